@@ -10,7 +10,7 @@ namespace llm {
 std::string resolve_models_dir(const std::string& configured) {
   if (!configured.empty()) return configured;
   if (const char* env = std::getenv("LLM_MODELS_DIR"); env && *env) return env;
-  for (const fs::path candidate :
+  for (const fs::path& candidate :
        {fs::path("../shared/models"), fs::path(LLM_SOURCE_DIR) / ".." / "shared" / "models"}) {
     std::error_code ec;
     if (fs::is_directory(candidate, ec)) return fs::weakly_canonical(candidate, ec).string();

@@ -130,6 +130,19 @@ typedef struct llm_kv_cache_view {
   const int32_t *block_table;  /* [slots][max_blocks_per_seq] block ids, same memory as k and v */
 } llm_kv_cache_view;
 
+/* Offset in elements from view->k (or ->v) of (cache slot, position, kv head, component 0), for either
+ * layout. A helper for plugins, so every backend addresses the cache the same way. */
+static inline int64_t llm_kv_offset(const llm_kv_cache_view *view, int32_t slot, int32_t pos,
+                                    int32_t kv_head) {
+  if (view->layout == LLM_KV_LAYOUT_PAGED) {
+    int32_t block = view->block_table[(int64_t)slot * view->max_blocks_per_seq + pos / view->block_size];
+    return (int64_t)block * view->block_stride + (int64_t)(pos % view->block_size) * view->token_stride +
+           (int64_t)kv_head * view->head_stride;
+  }
+  return (int64_t)slot * view->seq_stride + (int64_t)pos * view->token_stride +
+         (int64_t)kv_head * view->head_stride;
+}
+
 /*
  * One attention call over a batch of sequences of different lengths, queries packed token-major.
  * Sequence i owns query tokens [q_start[i], q_start[i+1]), which sit at the *last* positions of its

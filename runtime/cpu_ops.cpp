@@ -1,0 +1,225 @@
+#include "cpu_ops.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace llm::cpu {
+namespace {
+
+bool have_avx2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+}
+
+// ---- fp32: an R x T tile of dot products, one accumulator per (row, token) ----
+// Each (row, token) pair sums 8-lane partials over k, then folds its lanes in one fixed order and
+// adds the scalar tail: the same sequence for every tile shape, hence the bitwise-equal results.
+
+template <int R, int T>
+void tile_f32_scalar(const float* w, int ldw, const float* x, int ldx, int n, float* out, int ldo) {
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int k = 0;
+      for (; k + 8 <= n; k += 8)
+        for (int l = 0; l < 8; ++l) lanes[l] += w[r * ldw + k + l] * x[t * ldx + k + l];
+      float s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+      for (; k < n; ++k) s += w[r * ldw + k] * x[t * ldx + k];
+      out[t * ldo + r] = s;
+    }
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+  // lanes (0+4, 1+5, 2+6, 3+7), then (0+2, 1+3), then (0+1): matches tile_f32_scalar's fold
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int R, int T>
+__attribute__((target("avx2,fma"))) void tile_f32_avx2(const float* w, int ldw, const float* x, int ldx, int n,
+                                                        float* out, int ldo) {
+  __m256 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  int k = 0;
+  for (; k + 8 <= n; k += 8) {
+    __m256 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(x + t * ldx + k);
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * ldw + k);
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      float s = hsum(acc[r][t]);
+      for (int kk = k; kk < n; ++kk) s += w[r * ldw + kk] * x[t * ldx + kk];
+      out[t * ldo + r] = s;
+    }
+}
+
+// ---- Q8_0: int8 x int8 per group of 32, scaled by both groups' scales ----
+
+template <int R, int T>
+void tile_q8_scalar(const Matrix& w, int row0, const QuantizedActivations& x, int t0, float* out, int ldo) {
+  const int n = w.cols, gs = w.group_size, groups = n / gs;
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      const int8_t* wq = w.q + static_cast<size_t>(row0 + r) * n;
+      const float* ws = w.scales + static_cast<size_t>(row0 + r) * groups;
+      const int8_t* xq = x.q.data() + static_cast<size_t>(t0 + t) * n;
+      const float* xs = x.scales.data() + static_cast<size_t>(t0 + t) * groups;
+      float s = 0.0f;
+      for (int g = 0; g < groups; ++g) {
+        int32_t dot = 0;
+        for (int k = 0; k < gs; ++k) dot += int32_t(wq[g * gs + k]) * int32_t(xq[g * gs + k]);
+        s += static_cast<float>(dot) * (ws[g] * xs[g]);
+      }
+      out[(t0 + t) * ldo + row0 + r] = s;
+    }
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 dot32_i8(const int8_t* a, const int8_t* b) {
+  const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+  const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+  // |a| * (b with a's sign): unsigned x signed bytes, pairwise into int16, then into int32
+  const __m256i prod16 = _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vb, va));
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(prod16, _mm256_set1_epi16(1)));
+}
+
+template <int R, int T>
+__attribute__((target("avx2,fma"))) void tile_q8_avx2(const Matrix& w, int row0, const QuantizedActivations& x,
+                                                       int t0, float* out, int ldo) {
+  const int n = w.cols, groups = n / 32;
+  __m256 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  const int8_t* wq = w.q + static_cast<size_t>(row0) * n;
+  const float* ws = w.scales + static_cast<size_t>(row0) * groups;
+  const int8_t* xq = x.q.data() + static_cast<size_t>(t0) * n;
+  const float* xs = x.scales.data() + static_cast<size_t>(t0) * groups;
+  for (int g = 0; g < groups; ++g)
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) {
+        const __m256 d = dot32_i8(wq + r * n + g * 32, xq + t * n + g * 32);
+        acc[r][t] = _mm256_fmadd_ps(d, _mm256_set1_ps(ws[r * groups + g] * xs[t * groups + g]), acc[r][t]);
+      }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) out[(t0 + t) * ldo + row0 + r] = hsum(acc[r][t]);
+}
+
+// Splits rows into blocks of R across threads, tokens into blocks of up to 4, and calls tile<r, t>.
+constexpr int kRowBlock = 4;
+constexpr int kTokenBlock = 4;
+
+template <typename TileFn>
+void for_each_tile(int rows, int tokens, int threads, TileFn&& tile) {
+  const int row_blocks = (rows + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int rb = 0; rb < row_blocks; ++rb) {
+    const int r0 = rb * kRowBlock;
+    const int nr = std::min(kRowBlock, rows - r0);
+    for (int t0 = 0; t0 < tokens; t0 += kTokenBlock) tile(r0, nr, t0, std::min(kTokenBlock, tokens - t0));
+  }
+}
+
+// Tile tables indexed [rows-1][tokens-1], so runtime sizes pick compile-time tiles.
+template <int R, int T>
+void f32_tile(bool avx2, const float* w, const float* x, int n, float* out, int ldo) {
+  if (avx2) tile_f32_avx2<R, T>(w, n, x, n, n, out, ldo);
+  else tile_f32_scalar<R, T>(w, n, x, n, n, out, ldo);
+}
+using F32Tile = void (*)(bool, const float*, const float*, int, float*, int);
+template <int R>
+struct F32Row {
+  static constexpr F32Tile fns[4] = {f32_tile<R, 1>, f32_tile<R, 2>, f32_tile<R, 3>, f32_tile<R, 4>};
+};
+const F32Tile* const kF32Tiles[4] = {F32Row<1>::fns, F32Row<2>::fns, F32Row<3>::fns, F32Row<4>::fns};
+
+template <int R, int T>
+void q8_tile(bool avx2, const Matrix& w, int row0, const QuantizedActivations& x, int t0, float* out, int ldo) {
+  if (avx2) tile_q8_avx2<R, T>(w, row0, x, t0, out, ldo);
+  else tile_q8_scalar<R, T>(w, row0, x, t0, out, ldo);
+}
+using Q8Tile = void (*)(bool, const Matrix&, int, const QuantizedActivations&, int, float*, int);
+template <int R>
+struct Q8Row {
+  static constexpr Q8Tile fns[4] = {q8_tile<R, 1>, q8_tile<R, 2>, q8_tile<R, 3>, q8_tile<R, 4>};
+};
+const Q8Tile* const kQ8Tiles[4] = {Q8Row<1>::fns, Q8Row<2>::fns, Q8Row<3>::fns, Q8Row<4>::fns};
+
+}  // namespace
+
+const char* isa_name() { return have_avx2() ? "avx2+fma" : "scalar"; }
+
+void quantize_rows(const float* x, int tokens, int cols, int group_size, QuantizedActivations& out) {
+  out.tokens = tokens;
+  out.cols = cols;
+  out.group_size = group_size;
+  out.q.resize(static_cast<size_t>(tokens) * cols);
+  out.scales.resize(static_cast<size_t>(tokens) * cols / group_size);
+  const size_t groups = static_cast<size_t>(tokens) * cols / group_size;
+  for (size_t g = 0; g < groups; ++g) {
+    const float* src = x + g * group_size;
+    float max_abs = 0.0f;
+    for (int k = 0; k < group_size; ++k) max_abs = std::max(max_abs, std::fabs(src[k]));
+    const float scale = max_abs / 127.0f;
+    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    out.scales[g] = scale;
+    for (int k = 0; k < group_size; ++k) out.q[g * group_size + k] = static_cast<int8_t>(std::lround(src[k] * inv));
+  }
+}
+
+void matmul(const Matrix& w, const float* x, int tokens, float* out, int threads) {
+  const bool avx2 = have_avx2();
+  const int n = w.cols, rows = w.rows;
+  for_each_tile(rows, tokens, threads, [&](int r0, int nr, int t0, int nt) {
+    const float* wp = w.f32 + static_cast<size_t>(r0) * n;
+    const float* xp = x + static_cast<size_t>(t0) * n;
+    float* op = out + static_cast<size_t>(t0) * rows + r0;
+    kF32Tiles[nr - 1][nt - 1](avx2, wp, xp, n, op, rows);
+  });
+}
+
+void matmul_q8(const Matrix& w, const QuantizedActivations& x, float* out, int threads) {
+  const bool avx2 = have_avx2() && w.group_size == 32;
+  for_each_tile(w.rows, x.tokens, threads, [&](int r0, int nr, int t0, int nt) {
+    kQ8Tiles[nr - 1][nt - 1](avx2, w, r0, x, t0, out, w.rows);
+  });
+}
+
+void rmsnorm(float* out, const float* x, const float* gain, int n, float eps) {
+  float ss = 0.0f;
+  for (int i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+  for (int i = 0; i < n; ++i) out[i] = gain[i] * (x[i] * inv);
+}
+
+void rope(float* vec, int n_heads, int head_dim, const float* cos_sin_row) {
+  const int half = head_dim / 2;
+  for (int h = 0; h < n_heads; ++h) {
+    float* v = vec + h * head_dim;
+    for (int i = 0; i < half; ++i) {
+      const float c = cos_sin_row[2 * i], s = cos_sin_row[2 * i + 1];
+      const float a = v[2 * i], b = v[2 * i + 1];
+      v[2 * i] = a * c - b * s;
+      v[2 * i + 1] = a * s + b * c;
+    }
+  }
+}
+
+void swiglu(float* gate, const float* up, int n) {
+  for (int i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+}  // namespace llm::cpu

@@ -1,0 +1,93 @@
+#include "engine.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+
+#include "backend_chain.h"
+#include "error.h"
+#include "llama_cpu.h"
+#include "log.h"
+#include "models_dir.h"
+
+namespace llm {
+
+llm_device_info cpu_device_info(int threads) {
+  static const std::string name = [] {
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos)
+        return line.substr(line.find(':') + 2);
+    return std::string("CPU");
+  }();
+  llm_device_info d{};
+  d.struct_size = sizeof(d);
+  d.kind = LLM_DEVICE_CPU;
+  d.num_threads = threads;
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  d.total_memory_bytes = page * static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES));
+  d.free_memory_bytes = page * static_cast<uint64_t>(sysconf(_SC_AVPHYS_PAGES));
+  d.name = name.c_str();
+  return d;
+}
+
+llm_attention_shape attention_shape(const ModelConfig& config, int max_context, int max_batch) {
+  llm_attention_shape s{};
+  s.struct_size = sizeof(s);
+  s.head_dim = config.head_dim();
+  s.num_q_heads = config.n_heads;
+  s.num_kv_heads = config.n_kv_heads;
+  s.dtype = LLM_DTYPE_F32;
+  s.max_context = max_context;
+  s.max_batch = max_batch;
+  s.kv_layout = LLM_KV_LAYOUT_CONTIGUOUS;
+  return s;
+}
+
+int resolve_threads(int requested) {
+  if (requested > 0) return requested;
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+Engine::Engine(const RunConfig& config, int max_batch) : config_(config), threads_(resolve_threads(config.threads)) {
+  validate_run_config(config_);
+  const std::string models_dir = resolve_models_dir(config_.models_dir);
+  const std::string model_path = resolve_model_path(config_.model, models_dir);
+  const std::string tokenizer_path = resolve_model_path(config_.tokenizer, models_dir);
+
+  checkpoint_ = Checkpoint::open(model_path);
+  const ModelConfig& mc = checkpoint_->config();
+  log().info("model {}: {} (dim {}, {} layers, {} heads, {} kv heads, hidden {}, vocab {}, context {})", model_path,
+             checkpoint_format_name(checkpoint_->format()), mc.dim, mc.n_layers, mc.n_heads, mc.n_kv_heads,
+             mc.hidden_dim, mc.vocab_size, mc.max_seq_len);
+  tokenizer_ = load_tokenizer(tokenizer_path);
+  if (tokenizer_->vocab_size() != mc.vocab_size)
+    fail("tokenizer {} has {} tokens but model {} has a vocabulary of {}", tokenizer_path, tokenizer_->vocab_size(),
+         model_path, mc.vocab_size);
+
+  const int context = config_.max_context > 0 ? std::min(config_.max_context, mc.max_seq_len) : mc.max_seq_len;
+  plugins_ = load_plugins(plugin_search_dirs(config_.plugin_dirs));
+  const llm_device_info device = cpu_device_info(threads_);
+  auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, device,
+                                              attention_shape(mc, context, max_batch));
+  model_ = std::make_unique<LlamaCpu>(*checkpoint_, std::move(chain), threads_, max_batch, context);
+  log().info("running on {} with {} thread(s)", device.name, threads_);
+}
+
+Engine::~Engine() = default;
+
+GenerationOptions Engine::generation_options() const {
+  GenerationOptions o;
+  o.max_tokens = config_.max_tokens;
+  o.add_bos = config_.add_bos;
+  o.sampling = config_.sampling;
+  return o;
+}
+
+GenerationResult Engine::generate(const std::string& prompt, const GenerationOptions& options,
+                                  const std::function<void(const std::string&)>& on_text) {
+  return llm::generate(*model_, *tokenizer_, prompt, options, on_text);
+}
+
+}  // namespace llm

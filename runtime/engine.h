@@ -1,0 +1,54 @@
+// Everything a run needs, built from a RunConfig: checkpoint, tokenizer, plugins, backend chain and
+// model. llm-runner, the tests and the benches all start here.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "checkpoint.h"
+#include "generator.h"
+#include "language_model.h"
+#include "plugin_loader.h"
+#include "run_config.h"
+#include "tokenizer.h"
+
+namespace llm {
+
+// The CPU as an SDK device (name from /proc/cpuinfo, memory from sysconf).
+llm_device_info cpu_device_info(int threads);
+
+// The attention shape a model presents to probes.
+llm_attention_shape attention_shape(const ModelConfig& config, int max_context, int max_batch);
+
+// Thread count for `requested` (0: every hardware thread).
+int resolve_threads(int requested);
+
+class Engine {
+ public:
+  // Loads everything; throws llm::Error naming the file, key or plugin at fault.
+  explicit Engine(const RunConfig& config, int max_batch = 1);
+  ~Engine();
+
+  GenerationResult generate(const std::string& prompt, const GenerationOptions& options,
+                            const std::function<void(const std::string&)>& on_text = {});
+  // Options from the config (max_tokens, sampling, add_bos).
+  GenerationOptions generation_options() const;
+
+  LanguageModel& model() { return *model_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const Checkpoint& checkpoint() const { return *checkpoint_; }
+  const std::vector<PluginCandidate>& plugins() const { return plugins_; }
+  const RunConfig& config() const { return config_; }
+  int threads() const { return threads_; }
+
+ private:
+  RunConfig config_;
+  int threads_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::vector<PluginCandidate> plugins_;  // declared before model_: plugins outlive the chain
+  std::unique_ptr<LanguageModel> model_;
+};
+
+}  // namespace llm

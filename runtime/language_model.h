@@ -1,0 +1,34 @@
+// What the generation loop needs from a model, whatever device it runs on.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "model_config.h"
+
+namespace llm {
+
+// New tokens for one sequence: appended to cache slot `slot` at positions start_pos, start_pos+1, ...
+struct SequenceChunk {
+  int slot = 0;
+  int start_pos = 0;
+  std::vector<int> tokens;
+};
+
+class LanguageModel {
+ public:
+  virtual ~LanguageModel() = default;
+  virtual const ModelConfig& config() const = 0;
+  // Number of sequences that can be in flight at once (cache slots).
+  virtual int max_batch() const = 0;
+  // Positions one sequence can hold (the model's limit or a smaller configured one).
+  virtual int max_context() const = 0;
+  // Runs all chunks as one batch; returns the logits of each chunk's last token, [chunks][vocab],
+  // valid until the next call. A prompt is one chunk of many tokens; a decode step, chunks of one.
+  virtual const float* forward(const std::vector<SequenceChunk>& chunks) = 0;
+  // The attention backend serving calls now, and every one that served so far.
+  virtual std::string attention_backend() const = 0;
+  virtual std::vector<std::string> attention_backends_used() const = 0;
+};
+
+}  // namespace llm

@@ -1,0 +1,169 @@
+#include "llama_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "error.h"
+
+namespace llm {
+
+LlamaCpu::LlamaCpu(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, int threads, int max_batch,
+                   int max_context)
+    : config_(checkpoint.config()),
+      w_(checkpoint.weights()),
+      chain_(std::move(chain)),
+      threads_(threads),
+      cache_(config_, max_batch, max_context) {
+  // RoPE angles in double, rounded once to float: pos * theta^(-2i/head_dim).
+  const int half = config_.head_dim() / 2;
+  rope_table_.resize(static_cast<size_t>(max_context) * half * 2);
+  for (int pos = 0; pos < max_context; ++pos)
+    for (int i = 0; i < half; ++i) {
+      const double freq = std::pow(static_cast<double>(config_.rope_theta), -2.0 * i / config_.head_dim());
+      rope_table_[(static_cast<size_t>(pos) * half + i) * 2] = static_cast<float>(std::cos(pos * freq));
+      rope_table_[(static_cast<size_t>(pos) * half + i) * 2 + 1] = static_cast<float>(std::sin(pos * freq));
+    }
+}
+
+void LlamaCpu::grow_buffers(int tokens, int chunks) {
+  const auto t = static_cast<size_t>(tokens);
+  auto grow = [](std::vector<float>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+  };
+  grow(x_, t * config_.dim);
+  grow(xb_, t * config_.dim);
+  grow(xb2_, t * config_.dim);
+  grow(q_, t * config_.dim);
+  grow(k_, t * config_.kv_dim());
+  grow(v_, t * config_.kv_dim());
+  grow(hb_, t * config_.hidden_dim);
+  grow(hb2_, t * config_.hidden_dim);
+  grow(logits_, static_cast<size_t>(chunks) * config_.vocab_size);
+  grow(last_, static_cast<size_t>(chunks) * config_.dim);
+}
+
+void LlamaCpu::linear(const Matrix& w, const float* x, const cpu::QuantizedActivations* x_q, int tokens, float* out) {
+  if (w.type == WeightType::F32) {
+    cpu::matmul(w, x, tokens, out, threads_);
+    return;
+  }
+  if (!x_q) {  // quantize this input for this one product
+    cpu::quantize_rows(x, tokens, w.cols, w.group_size, xq_);
+    x_q = &xq_;
+  }
+  cpu::matmul_q8(w, *x_q, out, threads_);
+}
+
+const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
+  const ModelConfig& c = config_;
+  const int dim = c.dim, kv_dim = c.kv_dim(), hidden = c.hidden_dim, head_dim = c.head_dim();
+  const int n_chunks = static_cast<int>(chunks.size());
+
+  // Flatten the chunks into one batch of tokens, each with its slot and position.
+  int tokens = 0, max_q_len = 0, max_kv_len = 0;
+  for (const auto& ch : chunks) {
+    const int n = static_cast<int>(ch.tokens.size());
+    if (n == 0 || ch.slot < 0 || ch.slot >= cache_.slots() || ch.start_pos < 0 ||
+        ch.start_pos + n > cache_.max_context())
+      fail("forward: chunk (slot {}, start {}, {} tokens) does not fit {} slots of {} positions", ch.slot,
+           ch.start_pos, n, cache_.slots(), cache_.max_context());
+    tokens += n;
+    max_q_len = std::max(max_q_len, n);
+    max_kv_len = std::max(max_kv_len, ch.start_pos + n);
+  }
+  grow_buffers(tokens, n_chunks);
+  pos_.clear(), slot_.clear(), q_start_.assign(1, 0), kv_len_.clear(), seq_slot_.clear();
+  for (const auto& ch : chunks) {
+    for (size_t j = 0; j < ch.tokens.size(); ++j) {
+      pos_.push_back(ch.start_pos + static_cast<int>(j));
+      slot_.push_back(ch.slot);
+    }
+    q_start_.push_back(q_start_.back() + static_cast<int32_t>(ch.tokens.size()));
+    kv_len_.push_back(ch.start_pos + static_cast<int32_t>(ch.tokens.size()));
+    seq_slot_.push_back(ch.slot);
+  }
+
+  // Token embeddings into the residual stream.
+  float* x = x_.data();
+  int t = 0;
+  for (const auto& ch : chunks)
+    for (int token : ch.tokens) {
+      if (token < 0 || token >= c.vocab_size) fail("forward: token id {} is outside the vocabulary [0, {})", token, c.vocab_size);
+      w_.token_embedding.dequantize_row(token, x + static_cast<size_t>(t++) * dim);
+    }
+
+  llm_attention_args args{};
+  args.struct_size = sizeof(args);
+  args.num_seqs = n_chunks;
+  args.total_q_tokens = tokens;
+  args.max_q_len = max_q_len;
+  args.max_kv_len = max_kv_len;
+  args.causal = 1;
+  args.softmax_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  args.dtype = LLM_DTYPE_F32;
+  args.q = q_.data();
+  args.q_token_stride = dim;
+  args.q_head_stride = head_dim;
+  args.out = xb_.data();
+  args.out_token_stride = dim;
+  args.out_head_stride = head_dim;
+  args.q_start = q_start_.data();
+  args.kv_len = kv_len_.data();
+  args.seq_slot = seq_slot_.data();
+  const bool decode = max_q_len == 1;
+
+  // Quantizes xb once when `w` is int8, so the products that share that input share the quantization.
+  auto shared_input = [&](const Matrix& w) -> const cpu::QuantizedActivations* {
+    if (w.type != WeightType::Q8_0) return nullptr;
+    cpu::quantize_rows(xb_.data(), tokens, w.cols, w.group_size, xq_);
+    return &xq_;
+  };
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = w_.layers[l];
+
+    // attention rmsnorm, then the q, k, v projections (the normed input quantized once for all three)
+    for (int i = 0; i < tokens; ++i) cpu::rmsnorm(&xb_[i * dim], &x[i * dim], L.rms_att, dim, c.rms_norm_eps);
+    const cpu::QuantizedActivations* xb_q = shared_input(L.wq);  // wq, wk, wv have the same cols
+    linear(L.wq, xb_.data(), xb_q, tokens, q_.data());
+    linear(L.wk, xb_.data(), L.wk.type == L.wq.type ? xb_q : nullptr, tokens, k_.data());
+    linear(L.wv, xb_.data(), L.wv.type == L.wq.type ? xb_q : nullptr, tokens, v_.data());
+
+    // RoPE on q and k, then k and v go straight into the cache rows of their positions
+    for (int i = 0; i < tokens; ++i) {
+      const float* cs = &rope_table_[static_cast<size_t>(pos_[i]) * head_dim];
+      cpu::rope(&q_[i * dim], c.n_heads, head_dim, cs);
+      cpu::rope(&k_[i * kv_dim], c.n_kv_heads, head_dim, cs);
+      std::copy_n(&k_[i * kv_dim], kv_dim, cache_.key(l, slot_[i], pos_[i]));
+      std::copy_n(&v_[i * kv_dim], kv_dim, cache_.value(l, slot_[i], pos_[i]));
+    }
+
+    // grouped-query attention through the backend chain, into xb
+    const llm_kv_cache_view view = cache_.view(l);
+    args.layer = l;
+    args.kv = &view;
+    if (decode) chain_->decode(args);
+    else chain_->prefill(args);
+
+    // output projection and residual
+    linear(L.wo, xb_.data(), nullptr, tokens, xb2_.data());
+    for (size_t i = 0; i < static_cast<size_t>(tokens) * dim; ++i) x[i] += xb2_[i];
+
+    // ffn rmsnorm, SwiGLU: w2(silu(w1 x) * w3 x), residual
+    for (int i = 0; i < tokens; ++i) cpu::rmsnorm(&xb_[i * dim], &x[i * dim], L.rms_ffn, dim, c.rms_norm_eps);
+    const cpu::QuantizedActivations* ffn_q = shared_input(L.w1);
+    linear(L.w1, xb_.data(), ffn_q, tokens, hb_.data());
+    linear(L.w3, xb_.data(), L.w3.type == L.w1.type ? ffn_q : nullptr, tokens, hb2_.data());
+    cpu::swiglu(hb_.data(), hb2_.data(), tokens * hidden);
+    linear(L.w2, hb_.data(), nullptr, tokens, xb2_.data());
+    for (size_t i = 0; i < static_cast<size_t>(tokens) * dim; ++i) x[i] += xb2_[i];
+  }
+
+  // final rmsnorm and the classifier, for the last token of each chunk only
+  for (int s = 0; s < n_chunks; ++s)
+    cpu::rmsnorm(&last_[s * dim], &x[static_cast<size_t>(q_start_[s + 1] - 1) * dim], w_.rms_final, dim,
+                 c.rms_norm_eps);
+  linear(w_.classifier, last_.data(), nullptr, n_chunks, logits_.data());
+  return logits_.data();
+}
+
+}  // namespace llm

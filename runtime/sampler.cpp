@@ -1,0 +1,73 @@
+#include "sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace llm {
+
+int argmax(const float* values, int n) {
+  int best = 0;
+  for (int i = 1; i < n; ++i)
+    if (values[i] > values[best]) best = i;
+  return best;
+}
+
+Sampler::Sampler(const SamplingParams& params)
+    // splitmix64 of the seed, so nearby seeds give unrelated streams and seed 0 is not a fixed point
+    : params_(params), state_([](uint64_t z) {
+        z += 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return (z ^ (z >> 31)) | 1;
+      }(params.seed)) {}
+
+float Sampler::next_uniform() {
+  state_ ^= state_ >> 12;
+  state_ ^= state_ << 25;
+  state_ ^= state_ >> 27;
+  return static_cast<float>((state_ * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;  // 24 bits
+}
+
+int Sampler::sample(const float* logits, int n) {
+  if (params_.temperature <= 0.0f) return argmax(logits, n);
+
+  // softmax(logits / T) over all tokens, sorted most likely first when top-k or top-p cut the tail
+  const float max_logit = logits[argmax(logits, n)];
+  candidates_.resize(n);
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) {
+    const float p = std::exp((logits[i] - max_logit) / params_.temperature);
+    candidates_[i] = {p, i};
+    sum += p;
+  }
+  int keep = n;
+  const bool cut = (params_.top_k > 0 && params_.top_k < n) || params_.top_p < 1.0f;
+  if (cut) {
+    auto by_prob = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+    keep = params_.top_k > 0 ? std::min(params_.top_k, n) : n;
+    std::partial_sort(candidates_.begin(), candidates_.begin() + keep, candidates_.end(), by_prob);
+    double kept_sum = 0.0;
+    for (int i = 0; i < keep; ++i) kept_sum += candidates_[i].first;
+    if (params_.top_p < 1.0f) {  // smallest prefix whose share of the kept mass reaches top_p
+      double running = 0.0;
+      for (int i = 0; i < keep; ++i) {
+        running += candidates_[i].first;
+        if (running >= params_.top_p * kept_sum) {
+          keep = i + 1;
+          break;
+        }
+      }
+    }
+    sum = 0.0;
+    for (int i = 0; i < keep; ++i) sum += candidates_[i].first;
+  }
+  const double r = next_uniform() * sum;
+  double running = 0.0;
+  for (int i = 0; i < keep; ++i) {
+    running += candidates_[i].first;
+    if (r < running) return candidates_[i].second;
+  }
+  return candidates_[keep - 1].second;  // rounding left r at the very top
+}
+
+}  // namespace llm
