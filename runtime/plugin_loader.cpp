@@ -65,7 +65,7 @@ std::string missing_members(const llm_backend_iface& t) {
 // Loads one file; returns the plugin or sets `rejection`.
 std::shared_ptr<Plugin> load_one(const fs::path& path, std::string& rejection) {
   boost::dll::shared_library lib;
-  boost::system::error_code ec;
+  boost::dll::fs::error_code ec;
   lib.load(path, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local, ec);
   if (ec) {
     rejection = "not a loadable shared library (" + ec.message() + ")";

@@ -1,0 +1,121 @@
+// The forward pass's CPU kernels against float64 references, and the property that makes prefill and
+// decode agree: a token's product is bitwise the same alone or in a batch, on 1 or 2 threads.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "cpu_ops.h"
+
+namespace llm::cpu {
+namespace {
+
+struct Rand {
+  std::mt19937 rng{std::random_device{}()};
+  std::vector<float> vec(size_t n) {
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+  }
+};
+
+double rel_error(const std::vector<float>& got, const std::vector<double>& ref) {
+  double e = 0, r = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    e += (got[i] - ref[i]) * (got[i] - ref[i]);
+    r += ref[i] * ref[i];
+  }
+  return std::sqrt(e / r);
+}
+
+TEST(CpuOps, MatmulMatchesFloat64AndIsBitwiseStableAcrossBatchAndThreads) {
+  Rand r;
+  for (auto [rows, cols, tokens] : {std::tuple{7, 13, 1}, {64, 64, 5}, {33, 172, 9}, {288, 288, 4}, {130, 768, 3}}) {
+    auto w = r.vec(static_cast<size_t>(rows) * cols), x = r.vec(static_cast<size_t>(tokens) * cols);
+    Matrix m;
+    m.rows = rows, m.cols = cols, m.f32 = w.data();
+    std::vector<float> batched(static_cast<size_t>(tokens) * rows, std::nanf(""));
+    matmul(m, x.data(), tokens, batched.data(), 2);
+    std::vector<double> ref(batched.size());
+    for (int t = 0; t < tokens; ++t)
+      for (int i = 0; i < rows; ++i) {
+        double s = 0;
+        for (int k = 0; k < cols; ++k) s += static_cast<double>(w[i * cols + k]) * x[t * cols + k];
+        ref[t * rows + i] = s;
+      }
+    EXPECT_LT(rel_error(batched, ref), 1e-6) << rows << "x" << cols << " tokens " << tokens;
+    for (int t = 0; t < tokens; ++t) {  // one token at a time, one thread: identical bits
+      std::vector<float> single(rows);
+      matmul(m, x.data() + t * cols, 1, single.data(), 1);
+      for (int i = 0; i < rows; ++i) ASSERT_EQ(single[i], batched[t * rows + i]) << "token " << t << " row " << i;
+    }
+  }
+}
+
+TEST(CpuOps, Q8MatmulMatchesDequantizedReference) {
+  Rand r;
+  for (auto [rows, cols, tokens] : {std::tuple{5, 32, 1}, {64, 64, 3}, {288, 768, 2}, {33, 288, 5}}) {
+    auto wf = r.vec(static_cast<size_t>(rows) * cols), x = r.vec(static_cast<size_t>(tokens) * cols);
+    QuantizedActivations wq;  // quantize the weights with the same routine the file format uses
+    quantize_rows(wf.data(), rows, cols, 32, wq);
+    Matrix m;
+    m.type = WeightType::Q8_0, m.rows = rows, m.cols = cols, m.q = wq.q.data(), m.scales = wq.scales.data();
+    m.group_size = 32;
+    QuantizedActivations xq;
+    quantize_rows(x.data(), tokens, cols, 32, xq);
+    std::vector<float> out(static_cast<size_t>(tokens) * rows, std::nanf(""));
+    matmul_q8(m, xq, out.data(), 2);
+    // exact reference: the same integer products in double
+    std::vector<double> ref(out.size()), real(out.size());
+    for (int t = 0; t < tokens; ++t)
+      for (int i = 0; i < rows; ++i) {
+        double s = 0, s_real = 0;
+        for (int k = 0; k < cols; ++k) {
+          s += double(wq.q[i * cols + k]) * wq.scales[(i * cols + k) / 32] * xq.q[t * cols + k] *
+               xq.scales[(t * cols + k) / 32];
+          s_real += double(wf[i * cols + k]) * x[t * cols + k];
+        }
+        ref[t * rows + i] = s;
+        real[t * rows + i] = s_real;
+      }
+    EXPECT_LT(rel_error(out, ref), 1e-6) << "the int8 kernel itself";
+    EXPECT_LT(rel_error(out, real), 2e-2) << "Q8_0 x Q8_0 against the unquantized product";
+    for (int t = 0; t < tokens; ++t) {
+      QuantizedActivations one;
+      quantize_rows(x.data() + t * cols, 1, cols, 32, one);
+      std::vector<float> single(rows);
+      matmul_q8(m, one, single.data(), 1);
+      for (int i = 0; i < rows; ++i) ASSERT_EQ(single[i], out[t * rows + i]);
+    }
+  }
+}
+
+TEST(CpuOps, RmsnormRopeSwiglu) {
+  Rand r;
+  auto x = r.vec(64), g = r.vec(64);
+  std::vector<float> out(64);
+  rmsnorm(out.data(), x.data(), g.data(), 64, 1e-5f);
+  double ss = 0;
+  for (float v : x) ss += double(v) * v;
+  const double inv = 1.0 / std::sqrt(ss / 64 + 1e-5);
+  for (int i = 0; i < 64; ++i) EXPECT_NEAR(out[i], g[i] * x[i] * inv, 1e-5);
+
+  // RoPE by angle a on pair (x0, x1) is a rotation: norms are kept, a quarter turn maps (1, 0) to (0, 1)
+  std::vector<float> v = {1, 0, 3, 4}, table = {0, 1, std::cos(0.5f), std::sin(0.5f)};
+  rope(v.data(), 1, 4, table.data());
+  EXPECT_NEAR(v[0], 0, 1e-7);
+  EXPECT_NEAR(v[1], 1, 1e-7);
+  EXPECT_NEAR(std::hypot(v[2], v[3]), 5, 1e-5);
+  EXPECT_NEAR(std::atan2(v[3], v[2]) - std::atan2(4.0, 3.0), 0.5, 1e-5);
+
+  std::vector<float> gate = {-2, 0, 3}, up = {1, 5, 2};
+  swiglu(gate.data(), up.data(), 3);
+  EXPECT_NEAR(gate[0], -2 / (1 + std::exp(2.0)), 1e-6);
+  EXPECT_EQ(gate[1], 0);
+  EXPECT_NEAR(gate[2], 3 / (1 + std::exp(-3.0)) * 2, 1e-5);
+}
+
+}  // namespace
+}  // namespace llm::cpu
