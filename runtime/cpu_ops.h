@@ -1,5 +1,4 @@
-// The forward pass's CPU building blocks, fp32 compute. Matrix products run on up to `threads` OpenMP
-// threads and use AVX2/FMA when the CPU has it (chosen at run time: the build targets baseline x86-64).
+// The forward pass's CPU building blocks, fp32 compute. Matrix products run on the runtime's thread pool and use AVX2/FMA when the CPU has it (chosen at run time: the build targets baseline x86-64).
 // Every output element is summed in the same order whatever the thread count or the number of tokens,
 // so prefill and decode give bitwise the same numbers.
 #pragma once
@@ -7,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "thread_pool.h"
 #include "weights.h"
 
 namespace llm::cpu {
@@ -24,10 +24,10 @@ struct QuantizedActivations {
 void quantize_rows(const float* x, int tokens, int cols, int group_size, QuantizedActivations& out);
 
 // out[t][r] = sum_k W[r][k] x[t][k] for t < tokens, r < W.rows (W fp32; x has W.cols values a row).
-void matmul(const Matrix& w, const float* x, int tokens, float* out, int threads);
+void matmul(const Matrix& w, const float* x, int tokens, float* out, ThreadPool& pool);
 
 // The same for a Q8_0 matrix and pre-quantized activations (same group size and cols).
-void matmul_q8(const Matrix& w, const QuantizedActivations& x, float* out, int threads);
+void matmul_q8(const Matrix& w, const QuantizedActivations& x, float* out, ThreadPool& pool);
 
 // out = x / sqrt(mean(x^2) + eps) * gain, over n values.
 void rmsnorm(float* out, const float* x, const float* gain, int n, float eps);

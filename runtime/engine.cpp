@@ -13,7 +13,7 @@
 
 namespace llm {
 
-llm_device_info cpu_device_info(int threads) {
+llm_device_info cpu_device_info(int threads, const ThreadPool* pool) {
   static const std::string name = [] {
     std::ifstream in("/proc/cpuinfo");
     for (std::string line; std::getline(in, line);)
@@ -29,6 +29,7 @@ llm_device_info cpu_device_info(int threads) {
   d.total_memory_bytes = page * static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES));
   d.free_memory_bytes = page * static_cast<uint64_t>(sysconf(_SC_AVPHYS_PAGES));
   d.name = name.c_str();
+  d.host = pool ? pool->services() : nullptr;
   return d;
 }
 
@@ -50,7 +51,8 @@ int resolve_threads(int requested) {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-Engine::Engine(const RunConfig& config, int max_batch) : config_(config), threads_(resolve_threads(config.threads)) {
+Engine::Engine(const RunConfig& config, int max_batch)
+    : config_(config), pool_(std::make_unique<ThreadPool>(resolve_threads(config.threads))) {
   validate_run_config(config_);
   const std::string models_dir = resolve_models_dir(config_.models_dir);
   const std::string model_path = resolve_model_path(config_.model, models_dir);
@@ -68,11 +70,11 @@ Engine::Engine(const RunConfig& config, int max_batch) : config_(config), thread
 
   const int context = config_.max_context > 0 ? std::min(config_.max_context, mc.max_seq_len) : mc.max_seq_len;
   plugins_ = load_plugins(plugin_search_dirs(config_.plugin_dirs));
-  const llm_device_info device = cpu_device_info(threads_);
+  const llm_device_info device = cpu_device_info(pool_->size(), pool_.get());
   auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, device,
                                               attention_shape(mc, context, max_batch));
-  model_ = std::make_unique<LlamaCpu>(*checkpoint_, std::move(chain), threads_, max_batch, context);
-  log().info("running on {} with {} thread(s)", device.name, threads_);
+  model_ = std::make_unique<LlamaCpu>(*checkpoint_, std::move(chain), *pool_, max_batch, context);
+  log().info("running on {} with {} thread(s)", device.name, pool_->size());
 }
 
 Engine::~Engine() = default;

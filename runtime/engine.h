@@ -11,12 +11,14 @@
 #include "language_model.h"
 #include "plugin_loader.h"
 #include "run_config.h"
+#include "thread_pool.h"
 #include "tokenizer.h"
 
 namespace llm {
 
-// The CPU as an SDK device (name from /proc/cpuinfo, memory from sysconf).
-llm_device_info cpu_device_info(int threads);
+// The CPU as an SDK device (name from /proc/cpuinfo, memory from sysconf), offering `pool` (optional)
+// to backends as host services.
+llm_device_info cpu_device_info(int threads, const ThreadPool* pool = nullptr);
 
 // The attention shape a model presents to probes.
 llm_attention_shape attention_shape(const ModelConfig& config, int max_context, int max_batch);
@@ -40,11 +42,11 @@ class Engine {
   const Checkpoint& checkpoint() const { return *checkpoint_; }
   const std::vector<PluginCandidate>& plugins() const { return plugins_; }
   const RunConfig& config() const { return config_; }
-  int threads() const { return threads_; }
+  int threads() const { return pool_->size(); }
 
  private:
   RunConfig config_;
-  int threads_;
+  std::unique_ptr<ThreadPool> pool_;  // before the model, which computes on it
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<PluginCandidate> plugins_;  // declared before model_: plugins outlive the chain

@@ -7,12 +7,12 @@
 
 namespace llm {
 
-LlamaCpu::LlamaCpu(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, int threads, int max_batch,
+LlamaCpu::LlamaCpu(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, ThreadPool& pool, int max_batch,
                    int max_context)
     : config_(checkpoint.config()),
       w_(checkpoint.weights()),
       chain_(std::move(chain)),
-      threads_(threads),
+      pool_(pool),
       cache_(config_, max_batch, max_context) {
   // RoPE angles in double, rounded once to float: pos * theta^(-2i/head_dim).
   const int half = config_.head_dim() / 2;
@@ -44,14 +44,14 @@ void LlamaCpu::grow_buffers(int tokens, int chunks) {
 
 void LlamaCpu::linear(const Matrix& w, const float* x, const cpu::QuantizedActivations* x_q, int tokens, float* out) {
   if (w.type == WeightType::F32) {
-    cpu::matmul(w, x, tokens, out, threads_);
+    cpu::matmul(w, x, tokens, out, pool_);
     return;
   }
   if (!x_q) {  // quantize this input for this one product
     cpu::quantize_rows(x, tokens, w.cols, w.group_size, xq_);
     x_q = &xq_;
   }
-  cpu::matmul_q8(w, *x_q, out, threads_);
+  cpu::matmul_q8(w, *x_q, out, pool_);
 }
 
 const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {

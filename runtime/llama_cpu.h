@@ -14,8 +14,9 @@ namespace llm {
 
 class LlamaCpu : public LanguageModel {
  public:
-  // `checkpoint` must outlive the model. `max_batch` cache slots of `max_context` positions each.
-  LlamaCpu(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, int threads, int max_batch,
+  // `max_batch` cache slots of `max_context` positions each.
+  // `checkpoint` and `pool` must outlive the model.
+  LlamaCpu(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, ThreadPool& pool, int max_batch,
            int max_context);
 
   const ModelConfig& config() const override { return config_; }
@@ -33,7 +34,7 @@ class LlamaCpu : public LanguageModel {
   ModelConfig config_;
   const ModelWeights& w_;
   std::unique_ptr<BackendChain> chain_;
-  int threads_;
+  ThreadPool& pool_;
   KvCache cache_;
   std::vector<float> rope_table_;  // [position][head_dim/2][cos, sin]
 

@@ -37,7 +37,8 @@ TEST(CpuOps, MatmulMatchesFloat64AndIsBitwiseStableAcrossBatchAndThreads) {
     Matrix m;
     m.rows = rows, m.cols = cols, m.f32 = w.data();
     std::vector<float> batched(static_cast<size_t>(tokens) * rows, std::nanf(""));
-    matmul(m, x.data(), tokens, batched.data(), 2);
+    ThreadPool two(2), one(1);
+    matmul(m, x.data(), tokens, batched.data(), two);
     std::vector<double> ref(batched.size());
     for (int t = 0; t < tokens; ++t)
       for (int i = 0; i < rows; ++i) {
@@ -48,7 +49,7 @@ TEST(CpuOps, MatmulMatchesFloat64AndIsBitwiseStableAcrossBatchAndThreads) {
     EXPECT_LT(rel_error(batched, ref), 1e-6) << rows << "x" << cols << " tokens " << tokens;
     for (int t = 0; t < tokens; ++t) {  // one token at a time, one thread: identical bits
       std::vector<float> single(rows);
-      matmul(m, x.data() + t * cols, 1, single.data(), 1);
+      matmul(m, x.data() + t * cols, 1, single.data(), one);
       for (int i = 0; i < rows; ++i) ASSERT_EQ(single[i], batched[t * rows + i]) << "token " << t << " row " << i;
     }
   }
@@ -66,7 +67,8 @@ TEST(CpuOps, Q8MatmulMatchesDequantizedReference) {
     QuantizedActivations xq;
     quantize_rows(x.data(), tokens, cols, 32, xq);
     std::vector<float> out(static_cast<size_t>(tokens) * rows, std::nanf(""));
-    matmul_q8(m, xq, out.data(), 2);
+    ThreadPool two(2), one(1);
+    matmul_q8(m, xq, out.data(), two);
     // exact reference: the same integer products in double
     std::vector<double> ref(out.size()), real(out.size());
     for (int t = 0; t < tokens; ++t)
@@ -83,10 +85,10 @@ TEST(CpuOps, Q8MatmulMatchesDequantizedReference) {
     EXPECT_LT(rel_error(out, ref), 1e-6) << "the int8 kernel itself";
     EXPECT_LT(rel_error(out, real), 2e-2) << "Q8_0 x Q8_0 against the unquantized product";
     for (int t = 0; t < tokens; ++t) {
-      QuantizedActivations one;
-      quantize_rows(x.data() + t * cols, 1, cols, 32, one);
+      QuantizedActivations one_token;
+      quantize_rows(x.data() + t * cols, 1, cols, 32, one_token);
       std::vector<float> single(rows);
-      matmul_q8(m, one, single.data(), 1);
+      matmul_q8(m, one_token, single.data(), one);
       for (int i = 0; i < rows; ++i) ASSERT_EQ(single[i], out[t * rows + i]);
     }
   }

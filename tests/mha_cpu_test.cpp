@@ -92,7 +92,8 @@ double run_case(const Plugin& plugin, const Case& tc, std::mt19937& rng, bool de
   shape.head_dim = tc.head_dim, shape.num_q_heads = tc.q_heads, shape.num_kv_heads = tc.kv_heads;
   shape.dtype = LLM_DTYPE_F32, shape.max_context = max_ctx, shape.max_batch = seqs + 1;
   shape.kv_layout = view.layout, shape.kv_block_size = tc.paged ? block : 0;
-  const llm_device_info device = cpu_device_info(2);
+  ThreadPool pool(2);
+  const llm_device_info device = cpu_device_info(2, &pool);
   const auto& t = plugin.iface();
   llm_backend_context* ctx = nullptr;
   EXPECT_EQ(t.context_create(&device, &shape, &ctx), LLM_OK);

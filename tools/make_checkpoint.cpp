@@ -17,47 +17,7 @@
 
 #include "checkpoint.h"
 #include "error.h"
-
-namespace {
-
-struct Preset {
-  int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, max_seq_len;
-};
-
-const std::map<std::string, Preset>& presets() {
-  static const std::map<std::string, Preset> p = {
-      {"stories260K", {64, 172, 5, 8, 4, 512, 512}},
-      {"stories15M", {288, 768, 6, 6, 6, 32000, 256}},
-      {"stories42M", {512, 1376, 8, 8, 8, 32000, 1024}},
-      {"stories110M", {768, 2048, 12, 12, 12, 32000, 1024}},
-      {"tinyllama", {2048, 5632, 22, 32, 4, 32000, 2048}},
-      {"llama2-7b", {4096, 11008, 32, 32, 32, 32000, 4096}},
-  };
-  return p;
-}
-
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
-
-// Uniform in [-1, 1): the top 24 bits of the generator, so the value is exact in fp32.
-float uniform(uint64_t& state) {
-  return static_cast<float>(static_cast<double>(splitmix64(state) >> 40) / 8388608.0 - 1.0);
-}
-
-}  // namespace
+#include "random_checkpoint.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Writes a llama2.c checkpoint with deterministic random weights."};
@@ -73,10 +33,8 @@ int main(int argc, char** argv) {
   app.add_option("--format", format_name, "Checkpoint format")
       ->check(CLI::IsMember({"legacy", "v1", "q80"}))
       ->capture_default_str();
-  std::vector<std::string> preset_names;
-  for (const auto& [name, _] : presets()) preset_names.push_back(name);
   app.add_option("--preset", preset_name, "Model shape")
-      ->check(CLI::IsMember(preset_names))
+      ->check(CLI::IsMember(llm::model_preset_names()))
       ->capture_default_str();
   app.add_option("--dim", dim, "Override the transformer width");
   app.add_option("--hidden-dim", hidden_dim, "Override the feed-forward width");
@@ -91,7 +49,7 @@ int main(int argc, char** argv) {
   app.add_option("--group-size", group_size, "Q8_0 group size (q80 only)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
-  const Preset& p = presets().at(preset_name);
+  const llm::ModelConfig p = llm::model_preset(preset_name);
   llm::ModelConfig config;
   config.dim = dim.value_or(p.dim);
   config.hidden_dim = hidden_dim.value_or(p.hidden_dim);
@@ -107,23 +65,7 @@ int main(int argc, char** argv) {
                                        : format_name == "v1"   ? llm::CheckpointFormat::V1F32
                                                                : llm::CheckpointFormat::V2Q8;
 
-  // Each tensor gets its own stream derived from the seed and its name, so values do not depend on
-  // the order tensors are written in (or on the format).
-  auto fill = [&](const std::string& name, float* data, std::size_t count) {
-    uint64_t state = seed ^ fnv1a(name);
-    const bool is_norm = name.find("rms_") != std::string::npos;
-    if (is_norm) {
-      for (std::size_t i = 0; i < count; ++i) data[i] = 1.0f + 0.05f * uniform(state);
-      return;
-    }
-    // Uniform[-a, a] has std a / sqrt(3). The embedding uses std 0.02 (as llama's init); the other
-    // matrices std 1/sqrt(cols) so that W x keeps unit-scale activations unit-scale.
-    int cols = config.dim;
-    if (name.size() >= 3 && name.compare(name.size() - 3, 3, ".w2") == 0) cols = config.hidden_dim;
-    const double std_dev = name == "token_embedding" ? 0.02 : 1.0 / std::sqrt(static_cast<double>(cols));
-    const float a = static_cast<float>(std_dev * std::sqrt(3.0));
-    for (std::size_t i = 0; i < count; ++i) data[i] = a * uniform(state);
-  };
+  const llm::TensorFiller fill = llm::random_weights(config, seed);
 
   try {
     llm::write_checkpoint(out, config, format, fill, group_size);

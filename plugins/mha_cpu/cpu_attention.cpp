@@ -1,7 +1,6 @@
 #include "cpu_attention.h"
 
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -109,33 +108,46 @@ std::string validate(const llm_attention_shape& shape, const llm_attention_args&
   return "";
 }
 
-void attend(const llm_attention_shape& shape, const llm_attention_args& args, int threads) {
+namespace {
+
+struct AttendJob {
+  const llm_attention_shape* shape;
+  const llm_attention_args* args;
+};
+
+// Items [begin, end) of the flattened (token, query head) grid.
+void attend_items(void* arg, int64_t begin, int64_t end) {
+  const auto& job = *static_cast<const AttendJob*>(arg);
+  const llm_attention_shape& shape = *job.shape;
+  const llm_attention_args& args = *job.args;
   const Kernels& k = kernels();
-  const int heads = shape.num_q_heads;
-  const int group = shape.num_q_heads / shape.num_kv_heads;
-  const int head_dim = shape.head_dim;
+  const int heads = shape.num_q_heads, group = shape.num_q_heads / shape.num_kv_heads;
   const float* q = static_cast<const float*>(args.q);
   float* out = static_cast<float*>(args.out);
-  const long items = static_cast<long>(args.total_q_tokens) * heads;
-
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> scores(static_cast<size_t>(args.max_kv_len > 0 ? args.max_kv_len : shape.max_context));
-    int seq = 0;  // sequences are walked forward, so each thread finds a token's sequence cheaply
-#pragma omp for schedule(dynamic, 4)
-    for (long item = 0; item < items; ++item) {
-      const int t = static_cast<int>(item / heads), h = static_cast<int>(item % heads);
-      while (t >= args.q_start[seq + 1]) ++seq;
-      while (t < args.q_start[seq]) --seq;
-      const int q_len = args.q_start[seq + 1] - args.q_start[seq];
-      const int pos = args.kv_len[seq] - q_len + (t - args.q_start[seq]);
-      const int n = args.causal ? pos + 1 : args.kv_len[seq];
-      if (static_cast<size_t>(n) > scores.size()) scores.resize(n);
-      attend_one(*args.kv, args.seq_slot[seq], h / group, head_dim, n, args.softmax_scale,
-                 q + t * args.q_token_stride + h * args.q_head_stride,
-                 out + t * args.out_token_stride + h * args.out_head_stride, scores.data(), k);
-    }
+  thread_local std::vector<float> scores;  // grows to the longest context seen, per thread
+  int seq = 0;
+  for (int64_t item = begin; item < end; ++item) {
+    const int t = static_cast<int>(item / heads), h = static_cast<int>(item % heads);
+    while (t >= args.q_start[seq + 1]) ++seq;  // items ascend, so the sequence only moves forward
+    const int q_len = args.q_start[seq + 1] - args.q_start[seq];
+    const int pos = args.kv_len[seq] - q_len + (t - args.q_start[seq]);
+    const int n = args.causal ? pos + 1 : args.kv_len[seq];
+    if (scores.size() < static_cast<size_t>(n)) scores.resize(n);
+    attend_one(*args.kv, args.seq_slot[seq], h / group, shape.head_dim, n, args.softmax_scale,
+               q + t * args.q_token_stride + h * args.q_head_stride,
+               out + t * args.out_token_stride + h * args.out_head_stride, scores.data(), k);
   }
+}
+
+}  // namespace
+
+void attend(const llm_attention_shape& shape, const llm_attention_args& args, const llm_host_services* host) {
+  AttendJob job{&shape, &args};
+  const int64_t items = static_cast<int64_t>(args.total_q_tokens) * shape.num_q_heads;
+  if (host && host->struct_size >= sizeof(llm_host_services) && host->parallel_for && host->num_threads > 1)
+    host->parallel_for(host->host, items, attend_items, &job);
+  else
+    attend_items(&job, 0, items);
 }
 
 }  // namespace mha_cpu

@@ -11,9 +11,10 @@ namespace mha_cpu {
 // Checks `args` against `shape`; returns "" when they are consistent, else what is wrong.
 std::string validate(const llm_attention_shape& shape, const llm_attention_args& args, bool decode);
 
-// Computes the attention `args` describes with up to `threads` OpenMP threads. Each (token, head)
-// output is computed by one thread in a fixed order, so results do not depend on the thread count.
-void attend(const llm_attention_shape& shape, const llm_attention_args& args, int threads);
+// Computes the attention `args` describes, spread over the runtime's threads when `host` offers them
+// (else on the calling thread). Each (token, head) output is computed by one thread in a fixed order,
+// so results do not depend on the thread count.
+void attend(const llm_attention_shape& shape, const llm_attention_args& args, const llm_host_services* host);
 
 // True when this CPU runs the AVX2/FMA path (decided once, at run time).
 bool uses_avx2();

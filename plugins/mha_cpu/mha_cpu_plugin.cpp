@@ -18,7 +18,7 @@ thread_local std::string g_create_error;  // for failures before a context exist
 
 struct llm_backend_context {
   llm_attention_shape shape;
-  int threads;
+  const llm_host_services* host;  // the runtime's threads, or NULL
   std::string error;
 };
 
@@ -57,7 +57,7 @@ llm_status context_create(const llm_device_info* device, const llm_attention_sha
     g_create_error = reason;
     return LLM_ERR_UNSUPPORTED;
   }
-  auto* ctx = new (std::nothrow) llm_backend_context{*shape, device->num_threads > 0 ? device->num_threads : 1, {}};
+  auto* ctx = new (std::nothrow) llm_backend_context{*shape, device->host, {}};
   if (!ctx) {
     g_create_error = "out of memory";
     return LLM_ERR_OUT_OF_MEMORY;
@@ -75,7 +75,7 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
       ctx->error = (decode ? "decode: " : "prefill: ") + problem;
       return LLM_ERR_INVALID_ARGUMENT;
     }
-    mha_cpu::attend(ctx->shape, *args, ctx->threads);
+    mha_cpu::attend(ctx->shape, *args, ctx->host);
     return LLM_OK;
   } catch (const std::exception& e) {  // nothing may unwind across the C boundary
     ctx->error = e.what();

@@ -11,7 +11,7 @@
 
 struct llm_backend_context {
   llm_attention_shape shape;
-  int threads;
+  const llm_host_services* host;  // the runtime's threads, or NULL
   long calls;
   long fail_at;
   std::string error;
@@ -29,7 +29,7 @@ llm_status probe(const llm_device_info* device, const llm_attention_shape* shape
 
 llm_status context_create(const llm_device_info* device, const llm_attention_shape* shape, llm_backend_context** out) {
   const char* env = std::getenv("LLM_FLAKY_FAIL_AT");
-  *out = new llm_backend_context{*shape, device->num_threads, 0, env ? std::atol(env) : 3, {}};
+  *out = new llm_backend_context{*shape, device->host, 0, env ? std::atol(env) : 3, {}};
   return LLM_OK;
 }
 
@@ -44,7 +44,7 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
     ctx->error = problem;
     return LLM_ERR_INVALID_ARGUMENT;
   }
-  mha_cpu::attend(ctx->shape, *args, ctx->threads);
+  mha_cpu::attend(ctx->shape, *args, ctx->host);
   return LLM_OK;
 }
 

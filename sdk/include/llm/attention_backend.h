@@ -68,6 +68,21 @@ typedef enum llm_kv_layout {
 #define LLM_CAP_PAGED_KV (1ull << 3)         /* reads LLM_KV_LAYOUT_PAGED caches */
 #define LLM_CAP_DETERMINISTIC (1ull << 4)    /* same inputs give bitwise the same outputs */
 
+/* A task for llm_host_services.parallel_for: processes items [begin, end). */
+typedef void (*llm_parallel_task)(void *arg, int64_t begin, int64_t end);
+
+/* Services the runtime offers CPU backends: its own worker threads, so that a plugin does not start a
+ * second pool that would fight the runtime's for the same cores. since ABI 1.0 */
+typedef struct llm_host_services {
+  uint32_t struct_size;
+  int32_t num_threads; /* threads parallel_for runs on, the caller included */
+  void *host;          /* pass back as the first argument */
+  /* Runs task over [0, n) in chunks spread over the runtime's threads, the calling thread included;
+   * returns when every chunk is done. Not reentrant: call it only from the thread the runtime called
+   * the plugin on, never from inside a task. */
+  void (*parallel_for)(void *host, int64_t n, llm_parallel_task task, void *arg);
+} llm_host_services;
+
 /* The device the runtime would run attention on. Filled by the runtime. since ABI 1.0 */
 typedef struct llm_device_info {
   uint32_t struct_size;
@@ -79,6 +94,9 @@ typedef struct llm_device_info {
   uint64_t total_memory_bytes;  /* device memory (CUDA) or physical memory (CPU) */
   uint64_t free_memory_bytes;
   const char *name;             /* human-readable device name; never NULL */
+  /* (optional) the runtime's CPU threads, valid until the context is destroyed; NULL: none offered,
+   * the backend runs on the calling thread or its own. */
+  const llm_host_services *host;
 } llm_device_info;
 
 /* The model's attention shape, fixed for a session. Filled by the runtime. since ABI 1.0 */

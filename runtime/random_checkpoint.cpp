@@ -1,0 +1,84 @@
+#include "random_checkpoint.h"
+
+#include <cmath>
+#include <map>
+
+#include "error.h"
+
+namespace llm {
+namespace {
+
+const std::map<std::string, ModelConfig>& presets() {
+  auto shape = [](int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq) {
+    ModelConfig c;
+    c.dim = dim, c.hidden_dim = hidden, c.n_layers = layers, c.n_heads = heads, c.n_kv_heads = kv_heads;
+    c.vocab_size = vocab, c.max_seq_len = seq;
+    return c;
+  };
+  static const std::map<std::string, ModelConfig> p = {
+      {"stories260K", shape(64, 172, 5, 8, 4, 512, 512)},
+      {"stories15M", shape(288, 768, 6, 6, 6, 32000, 256)},
+      {"stories42M", shape(512, 1376, 8, 8, 8, 32000, 1024)},
+      {"stories110M", shape(768, 2048, 12, 12, 12, 32000, 1024)},
+      {"tinyllama", shape(2048, 5632, 22, 32, 4, 32000, 2048)},
+      {"llama2-7b", shape(4096, 11008, 32, 32, 32, 32000, 4096)},
+  };
+  return p;
+}
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+// Uniform in [-1, 1): the top 24 bits of the generator, so the value is exact in fp32.
+float uniform(uint64_t& state) {
+  return static_cast<float>(static_cast<double>(splitmix64(state) >> 40) / 8388608.0 - 1.0);
+}
+
+}  // namespace
+
+ModelConfig model_preset(const std::string& name) {
+  auto it = presets().find(name);
+  if (it == presets().end()) {
+    std::string names;
+    for (const auto& n : model_preset_names()) names += (names.empty() ? "" : ", ") + n;
+    fail("unknown model preset '{}' (expected one of: {})", name, names);
+  }
+  return it->second;
+}
+
+std::vector<std::string> model_preset_names() {
+  std::vector<std::string> names;
+  for (const auto& [name, _] : presets()) names.push_back(name);
+  return names;
+}
+
+TensorFiller random_weights(const ModelConfig& config, uint64_t seed) {
+  return [config, seed](const std::string& name, float* data, std::size_t count) {
+    uint64_t state = seed ^ fnv1a(name);
+    if (name.find("rms_") != std::string::npos) {
+      for (std::size_t i = 0; i < count; ++i) data[i] = 1.0f + 0.05f * uniform(state);
+      return;
+    }
+    // Uniform[-a, a] has std a / sqrt(3).
+    int cols = config.dim;
+    if (name.size() >= 3 && name.compare(name.size() - 3, 3, ".w2") == 0) cols = config.hidden_dim;
+    const double std_dev = name == "token_embedding" ? 0.02 : 1.0 / std::sqrt(static_cast<double>(cols));
+    const float a = static_cast<float>(std_dev * std::sqrt(3.0));
+    for (std::size_t i = 0; i < count; ++i) data[i] = a * uniform(state);
+  };
+}
+
+}  // namespace llm
