@@ -73,8 +73,12 @@ BackendChain::BackendChain(const std::vector<PluginCandidate>& candidates, const
     }
     links_.push_back(Link{std::move(v)});
   }
-  for (const auto& c : candidates)
-    if (!c.plugin) rejected += "\n  " + c.path + ": " + c.rejection;
+  for (const auto& c : candidates) {
+    if (!c.plugin)
+      rejected += "\n  " + c.path + ": " + c.rejection;
+    else if (std::find(names.begin(), names.end(), c.plugin->name()) == names.end())
+      rejected += "\n  " + c.plugin->name() + " (" + c.path + "): loaded, but not named in backends.order / --backends";
+  }
   if (links_.empty())
     fail("no usable attention backend for this model on {} (head_dim {}, {} q heads, {} kv heads); candidates:{}",
          device.name, shape.head_dim, shape.num_q_heads, shape.num_kv_heads,

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# llm-runner as a user runs it: output streams, exit codes, error messages, the backends listing.
+# Usage: cli_test.sh BUILD_DIR SOURCE_DIR. Exits 77 (CTest: skipped) when the models are absent.
+set -uo pipefail
+build=$1 src=$2
+runner="$build/bin/llm-runner"
+models="${LLM_MODELS_DIR:-$src/../shared/models}"
+if [ ! -f "$models/stories260K.bin" ] || [ ! -f "$models/tok512.bin" ]; then
+  echo "SKIP: stories260K.bin / tok512.bin not found in $models (set LLM_MODELS_DIR)"; exit 77
+fi
+export LLM_MODELS_DIR="$models"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+failures=0 passed=0
+check() {  # check NAME COND...: runs COND in a subshell, counts the result
+  local name=$1; shift
+  if ( "$@" ); then passed=$((passed + 1)); echo "ok   $name"; else failures=$((failures + 1)); echo "FAIL $name"; fi
+}
+run() { "$runner" "$@" >"$tmp/out" 2>"$tmp/err"; echo $? >"$tmp/rc"; }
+rc() { [ "$(cat "$tmp/rc")" = "$1" ]; }
+out_has() { grep -qF -- "$1" "$tmp/out"; }
+err_has() { grep -qF -- "$1" "$tmp/err"; }
+
+run --version
+check "--version names the ABI" eval 'rc 0 && out_has "plugin ABI 1.0"'
+run --help
+check "--help lists the overrides" eval 'rc 0 && out_has "--max-tokens" && out_has "--backends" && out_has "backends"'
+
+run --config "$src/configs/stories260K.yaml" --max-tokens 40
+check "default config: known greedy text on stdout" eval 'rc 0 && out_has "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."'
+check "stats line on stderr with the decode figure" eval 'grep -qE "decode [0-9.]+ tok/s" "$tmp/err" && err_has "attention: mha_cpu"'
+check "logs go to stderr, not stdout" eval '! grep -q "\[info\]" "$tmp/out"'
+
+run --config "$src/configs/stories260K_q80.yaml" --max-tokens 20
+check "int8 config runs" eval 'rc 0 && out_has "Once upon a time, there was a little girl"'
+
+run --config "$src/configs/stories260K.yaml" --max-tokens 30 --temperature 0.8 --top-k 20 --top-p 0.9 --seed 7
+cp "$tmp/out" "$tmp/sampled1"
+run --config "$src/configs/stories260K.yaml" --max-tokens 30 --temperature 0.8 --top-k 20 --top-p 0.9 --seed 7
+check "seeded sampling is reproducible" cmp -s "$tmp/out" "$tmp/sampled1"
+
+printf 'model:\n  path: stories260K.bin\n  tokenizer: tok512.bin\ngeneration:\n  temprature: 0.5\n' >"$tmp/typo.yaml"
+run --config "$tmp/typo.yaml"
+check "unknown config key names the key" eval 'rc 1 && err_has "unknown key '"'"'generation.temprature'"'"'"'
+
+printf 'generation:\n  max_tokens: lots\n' >"$tmp/type.yaml"
+run --config "$tmp/type.yaml"
+check "wrong type names key and expected form" eval 'rc 1 && err_has "'"'"'generation.max_tokens'"'"' must be an integer >= 1, got '"'"'lots'"'"'"'
+
+run --config "$src/configs/stories260K.yaml" --model /nonexistent/model.bin
+check "missing model names the file" eval 'rc 1 && err_has "/nonexistent/model.bin"'
+
+head -c 1000 "$models/stories260K.bin" >"$tmp/truncated.bin"
+run --config "$src/configs/stories260K.yaml" --model "$tmp/truncated.bin"
+check "truncated checkpoint is an error naming it" eval 'rc 1 && err_has "truncated.bin" && err_has "truncated"'
+
+run --config "$src/configs/stories260K.yaml" --backends flash_cuda,mha_cuda
+check "no usable backend lists candidates and reasons" eval 'rc 1 && err_has "no usable attention backend" && err_has "mha_cpu.so): loaded, but not named in backends.order"'
+
+run --config "$src/configs/stories260K.yaml" --prompt "$(printf 'word %.0s' $(seq 1 600))" --max-tokens 5
+check "prompt longer than the context is a clear error" eval 'rc 1 && err_has "but the model'"'"'s context holds 512"'
+
+run backends --config "$src/configs/stories260K.yaml" --plugin-dir "$build/test_plugins" --json
+check "backends --json: machine-readable verdicts" eval 'rc 0 && out_has "\"name\": \"mha_cpu\"" && out_has "\"supported\": true"'
+check "backends --json: rejected plugins with reasons" eval 'out_has "ABI major mismatch" && out_has "missing entry symbol"'
+
+run backends
+check "backends without a model still lists plugins" eval 'rc 0 && out_has "mha_cpu" && out_has "not run"'
+
+echo "$passed passed, $failures failed"
+[ "$failures" -eq 0 ]
