@@ -96,8 +96,10 @@ int main(int argc, char** argv) {
   const llm::ModelConfig s15 = llm::model_preset("stories15M");
   const std::string s15_f32 = (fs::path(work_dir) / "stories15M_random_f32.bin").string();
   const std::string s15_q80 = (fs::path(work_dir) / "stories15M_random_q80.bin").string();
-  if (!fs::exists(s15_f32)) llm::write_checkpoint(s15_f32, s15, llm::CheckpointFormat::LegacyF32, llm::random_weights(s15, 1));
-  if (!fs::exists(s15_q80)) llm::write_checkpoint(s15_q80, s15, llm::CheckpointFormat::V2Q8, llm::random_weights(s15, 1));
+  if (!fs::exists(s15_f32))
+    llm::write_checkpoint(s15_f32, s15, llm::CheckpointFormat::LegacyF32, llm::random_weights(s15, 1));
+  if (!fs::exists(s15_q80))
+    llm::write_checkpoint(s15_q80, s15, llm::CheckpointFormat::V2Q8, llm::random_weights(s15, 1));
 
   struct Case {
     std::string label, format, model, tokenizer;
@@ -150,7 +152,8 @@ int main(int argc, char** argv) {
   std::printf("\nCPU decode: %d threads, %s kernels; read bandwidth %.1f GB/s on 64 MB\n", threads,
               llm::cpu::isa_name(), bw64);
   std::printf("floor = read bandwidth on a buffer of the model's bytes/token (same run) / bytes per token\n\n");
-  std::printf("| model | weights | bytes/token | read GB/s | floor tok/s | prefill tok/s | decode tok/s | of floor |\n");
+  std::printf(
+      "| model | weights | bytes/token | read GB/s | floor tok/s | prefill tok/s | decode tok/s | of floor |\n");
   std::printf("|---|---|---:|---:|---:|---:|---:|---:|\n");
   for (const auto& r : rows) {
     const double floor = r.bandwidth * 1e9 / r.bytes_per_token;

@@ -144,8 +144,7 @@ void BackendChain::call(const llm_attention_args& args, bool decode) {
                                      : std::string("no backend left in the chain"));
     active_ = next;
   }
-  fail("attention failed: every backend in the chain ({}) has failed; see the log above",
-       fmt::join(names(), ", "));
+  fail("attention failed: every backend in the chain ({}) has failed; see the log above", fmt::join(names(), ", "));
 }
 
 }  // namespace llm

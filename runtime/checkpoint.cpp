@@ -108,34 +108,20 @@ struct Segment {
 
 const char* field_name(Field f) {
   switch (f) {
-    case Field::TokenEmbedding:
-      return "token_embedding";
-    case Field::Classifier:
-      return "classifier";
-    case Field::RmsFinal:
-      return "rms_final";
-    case Field::RmsAtt:
-      return "rms_att";
-    case Field::RmsFfn:
-      return "rms_ffn";
-    case Field::Wq:
-      return "wq";
-    case Field::Wk:
-      return "wk";
-    case Field::Wv:
-      return "wv";
-    case Field::Wo:
-      return "wo";
-    case Field::W1:
-      return "w1";
-    case Field::W2:
-      return "w2";
-    case Field::W3:
-      return "w3";
-    case Field::FreqReal:
-      return "freq_cis_real";
-    case Field::FreqImag:
-      return "freq_cis_imag";
+    case Field::TokenEmbedding: return "token_embedding";
+    case Field::Classifier: return "classifier";
+    case Field::RmsFinal: return "rms_final";
+    case Field::RmsAtt: return "rms_att";
+    case Field::RmsFfn: return "rms_ffn";
+    case Field::Wq: return "wq";
+    case Field::Wk: return "wk";
+    case Field::Wv: return "wv";
+    case Field::Wo: return "wo";
+    case Field::W1: return "w1";
+    case Field::W2: return "w2";
+    case Field::W3: return "w3";
+    case Field::FreqReal: return "freq_cis_real";
+    case Field::FreqImag: return "freq_cis_imag";
   }
   return "?";
 }
@@ -172,10 +158,8 @@ void for_each_segment(CheckpointFormat format, const Dims& d, Visit&& visit) {
     norms(Field::RmsFfn);
     ffn();
     visit(Segment{Field::RmsFinal, -1, 1, dim, false});
-    visit(Segment{Field::FreqReal, -1, static_cast<uint64_t>(d.seq), static_cast<uint64_t>(d.head() / 2),
-                  false});
-    visit(Segment{Field::FreqImag, -1, static_cast<uint64_t>(d.seq), static_cast<uint64_t>(d.head() / 2),
-                  false});
+    visit(Segment{Field::FreqReal, -1, static_cast<uint64_t>(d.seq), static_cast<uint64_t>(d.head() / 2), false});
+    visit(Segment{Field::FreqImag, -1, static_cast<uint64_t>(d.seq), static_cast<uint64_t>(d.head() / 2), false});
   } else {
     norms(Field::RmsAtt);
     norms(Field::RmsFfn);
@@ -200,9 +184,7 @@ uint64_t checked_add(uint64_t a, uint64_t b) {
   return r;
 }
 
-bool quantized(CheckpointFormat format, const Segment& s) {
-  return format == CheckpointFormat::V2Q8 && s.matrix;
-}
+bool quantized(CheckpointFormat format, const Segment& s) { return format == CheckpointFormat::V2Q8 && s.matrix; }
 
 uint64_t segment_bytes(CheckpointFormat format, const Segment& s, int64_t group) {
   const uint64_t n = checked_mul(s.rows, s.cols);
@@ -217,15 +199,13 @@ std::size_t header_bytes(CheckpointFormat format) {
 // Throws Overflow when the total does not fit in 64 bits.
 uint64_t expected_file_size(CheckpointFormat format, const Dims& d) {
   uint64_t total = header_bytes(format);
-  for_each_segment(format, d,
-                   [&](const Segment& s) { total = checked_add(total, segment_bytes(format, s, d.group)); });
+  for_each_segment(format, d, [&](const Segment& s) { total = checked_add(total, segment_bytes(format, s, d.group)); });
   return total;
 }
 
 // Everything about the header that does not depend on the file's size. `where` prefixes messages
 // (the path), `note` is appended to them (how the header was read).
-void validate_dims(const std::string& where, const Dims& d, CheckpointFormat format,
-                   const std::string& note) {
+void validate_dims(const std::string& where, const Dims& d, CheckpointFormat format, const std::string& note) {
   struct Limit {
     const char* name;
     int64_t value;
@@ -238,21 +218,19 @@ void validate_dims(const std::string& where, const Dims& d, CheckpointFormat for
   for (const Limit& l : limits) {
     if (l.value <= 0) fail("{}: {} is {}, expected a positive value{}", where, l.name, l.value, note);
     if (l.value > l.max) {
-      fail("{}: {} is {}, which exceeds the limit of {} (absurd dimension){}", where, l.name, l.value, l.max,
-           note);
+      fail("{}: {} is {}, which exceeds the limit of {} (absurd dimension){}", where, l.name, l.value, l.max, note);
     }
   }
   if (d.dim % d.heads != 0) {
-    fail("{}: dim {} is not divisible by n_heads {} (expected dim % n_heads == 0){}", where, d.dim, d.heads,
-         note);
+    fail("{}: dim {} is not divisible by n_heads {} (expected dim % n_heads == 0){}", where, d.dim, d.heads, note);
   }
   if (d.heads % d.kv_heads != 0) {
-    fail("{}: n_heads {} is not divisible by n_kv_heads {} (expected n_heads % n_kv_heads == 0){}", where,
-         d.heads, d.kv_heads, note);
+    fail("{}: n_heads {} is not divisible by n_kv_heads {} (expected n_heads % n_kv_heads == 0){}", where, d.heads,
+         d.kv_heads, note);
   }
   if (d.head() % 2 != 0) {
-    fail("{}: head size {} (dim {} / n_heads {}) is odd; RoPE rotates pairs, expected an even head size{}",
-         where, d.head(), d.dim, d.heads, note);
+    fail("{}: head size {} (dim {} / n_heads {}) is odd; RoPE rotates pairs, expected an even head size{}", where,
+         d.head(), d.dim, d.heads, note);
   }
   if (format == CheckpointFormat::V2Q8) {
     if (d.group <= 0) fail("{}: group_size is {}, expected a positive value{}", where, d.group, note);
@@ -264,9 +242,8 @@ void validate_dims(const std::string& where, const Dims& d, CheckpointFormat for
         fail(
             "{}: group_size {} does not divide the {} values of {} ({} x {}); expected a divisor of every "
             "quantized matrix's size{}",
-            where, d.group, n,
-            s.layer < 0 ? field_name(s.field) : fmt::format("each layer's {}", field_name(s.field)), s.rows,
-            s.cols, note);
+            where, d.group, n, s.layer < 0 ? field_name(s.field) : fmt::format("each layer's {}", field_name(s.field)),
+            s.rows, s.cols, note);
       }
     });
   }
@@ -356,12 +333,9 @@ class Writer {
 
 const char* checkpoint_format_name(CheckpointFormat format) {
   switch (format) {
-    case CheckpointFormat::LegacyF32:
-      return "legacy fp32";
-    case CheckpointFormat::V1F32:
-      return "v1 fp32";
-    case CheckpointFormat::V2Q8:
-      return "v2 Q8_0";
+    case CheckpointFormat::LegacyF32: return "legacy fp32";
+    case CheckpointFormat::V1F32: return "v1 fp32";
+    case CheckpointFormat::V2Q8: return "v2 Q8_0";
   }
   return "unknown";
 }
@@ -419,8 +393,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
         "0x{:08x} 'ak42')",
         magic, kMagic);
     if (size < kLegacyHeaderBytes) {
-      fail("{}: file is {} bytes, too small for a legacy header of {} bytes{}", path, size,
-           kLegacyHeaderBytes, note);
+      fail("{}: file is {} bytes, too small for a legacy header of {} bytes{}", path, size, kLegacyHeaderBytes, note);
     }
     d.dim = load_i32(data);
     d.hidden = load_i32(data + 4);
@@ -444,9 +417,8 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
   }
   if (size != expected) {
     fail("{}: {}: file is {} bytes but the header ({}, {}) implies {} bytes ({} bytes {})", path,
-         size < expected ? "truncated" : "trailing bytes", size, checkpoint_format_name(format),
-         d.describe(format), expected, size < expected ? expected - size : size - expected,
-         size < expected ? "missing" : "too many");
+         size < expected ? "truncated" : "trailing bytes", size, checkpoint_format_name(format), d.describe(format),
+         expected, size < expected ? expected - size : size - expected, size < expected ? "missing" : "too many");
   }
 
   // --- Config -----------------------------------------------------------------------------------
@@ -508,52 +480,27 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
       ++converted_matrices;
       converted_bytes += n * sizeof(float);
       if (s.layer <= 0) {
-        converted_names += fmt::format("{}{} ({}x{})", converted_names.empty() ? "" : ", ",
-                                       field_name(s.field), s.rows, s.cols);
+        converted_names +=
+            fmt::format("{}{} ({}x{})", converted_names.empty() ? "" : ", ", field_name(s.field), s.rows, s.cols);
       }
     }
 
     LayerWeights* layer = s.layer >= 0 ? &w.layers[static_cast<std::size_t>(s.layer)] : nullptr;
     switch (s.field) {
-      case Field::TokenEmbedding:
-        w.token_embedding = m;
-        break;
-      case Field::Classifier:
-        w.classifier = m;
-        break;
-      case Field::RmsFinal:
-        w.rms_final = m.f32;
-        break;
-      case Field::RmsAtt:
-        layer->rms_att = m.f32;
-        break;
-      case Field::RmsFfn:
-        layer->rms_ffn = m.f32;
-        break;
-      case Field::Wq:
-        layer->wq = m;
-        break;
-      case Field::Wk:
-        layer->wk = m;
-        break;
-      case Field::Wv:
-        layer->wv = m;
-        break;
-      case Field::Wo:
-        layer->wo = m;
-        break;
-      case Field::W1:
-        layer->w1 = m;
-        break;
-      case Field::W2:
-        layer->w2 = m;
-        break;
-      case Field::W3:
-        layer->w3 = m;
-        break;
+      case Field::TokenEmbedding: w.token_embedding = m; break;
+      case Field::Classifier: w.classifier = m; break;
+      case Field::RmsFinal: w.rms_final = m.f32; break;
+      case Field::RmsAtt: layer->rms_att = m.f32; break;
+      case Field::RmsFfn: layer->rms_ffn = m.f32; break;
+      case Field::Wq: layer->wq = m; break;
+      case Field::Wk: layer->wk = m; break;
+      case Field::Wv: layer->wv = m; break;
+      case Field::Wo: layer->wo = m; break;
+      case Field::W1: layer->w1 = m; break;
+      case Field::W2: layer->w2 = m; break;
+      case Field::W3: layer->w3 = m; break;
       case Field::FreqReal:
-      case Field::FreqImag:
-        break;
+      case Field::FreqImag: break;
     }
   });
   if (d.shared) w.classifier = w.token_embedding;
@@ -564,8 +511,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
         "({} bytes): {}",
         path, converted_matrices, group, converted_bytes, converted_names);
   }
-  log().debug("{}: {} checkpoint, {}, {} bytes", path, checkpoint_format_name(format), d.describe(format),
-              size);
+  log().debug("{}: {} checkpoint, {}, {} bytes", path, checkpoint_format_name(format), d.describe(format), size);
   return ckpt;
 }
 
@@ -585,11 +531,10 @@ void write_checkpoint(const std::string& path, const ModelConfig& config, Checkp
   Writer out(path);
   // Header.
   if (format == CheckpointFormat::LegacyF32) {
-    const int32_t header[7] = {
-        config.dim,        config.hidden_dim,
-        config.n_layers,   config.n_heads,
-        config.n_kv_heads, config.shared_classifier ? config.vocab_size : -config.vocab_size,
-        config.max_seq_len};
+    const int32_t header[7] = {config.dim,        config.hidden_dim,
+                               config.n_layers,   config.n_heads,
+                               config.n_kv_heads, config.shared_classifier ? config.vocab_size : -config.vocab_size,
+                               config.max_seq_len};
     out.write(header, sizeof header);
   } else {
     uint8_t header[kVersionedHeaderBytes] = {};
@@ -627,8 +572,7 @@ void write_checkpoint(const std::string& path, const ModelConfig& config, Checkp
         for (std::size_t i = 0; i < half; ++i) {
           const double freq = 1.0 / std::pow(10000.0, static_cast<double>(2 * i) / head_size);
           const double angle = static_cast<double>(pos) * freq;
-          values[pos * half + i] =
-              static_cast<float>(s.field == Field::FreqReal ? std::cos(angle) : std::sin(angle));
+          values[pos * half + i] = static_cast<float>(s.field == Field::FreqReal ? std::cos(angle) : std::sin(angle));
         }
       }
     } else {

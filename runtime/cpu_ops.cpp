@@ -52,7 +52,7 @@ __attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
 
 template <int R, int T>
 __attribute__((target("avx2,fma"))) void tile_f32_avx2(const float* w, int ldw, const float* x, int ldx, int n,
-                                                        float* out, int ldo) {
+                                                       float* out, int ldo) {
   __m256 even[R][T], odd[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) even[r][t] = odd[r][t] = _mm256_setzero_ps();
@@ -114,8 +114,8 @@ __attribute__((target("avx2,fma"))) inline __m256 dot32_i8(const int8_t* a, cons
 }
 
 template <int R, int T>
-__attribute__((target("avx2,fma"))) void tile_q8_avx2(const Matrix& w, int row0, const QuantizedActivations& x,
-                                                       int t0, float* out, int ldo) {
+__attribute__((target("avx2,fma"))) void tile_q8_avx2(const Matrix& w, int row0, const QuantizedActivations& x, int t0,
+                                                      float* out, int ldo) {
   const int n = w.cols, groups = n / 32;
   __m256 acc[R][T];
   for (int r = 0; r < R; ++r)
@@ -161,8 +161,10 @@ void for_each_tile(int rows, int tokens, int row_block, int token_block, ThreadP
 // Tile tables indexed [rows-1][tokens-1], so runtime sizes pick compile-time tiles.
 template <int R, int T>
 void f32_tile(bool avx2, const float* w, const float* x, int n, float* out, int ldo) {
-  if (avx2) tile_f32_avx2<R, T>(w, n, x, n, n, out, ldo);
-  else tile_f32_scalar<R, T>(w, n, x, n, n, out, ldo);
+  if (avx2)
+    tile_f32_avx2<R, T>(w, n, x, n, n, out, ldo);
+  else
+    tile_f32_scalar<R, T>(w, n, x, n, n, out, ldo);
 }
 using F32Tile = void (*)(bool, const float*, const float*, int, float*, int);
 template <int R>
@@ -173,8 +175,10 @@ const F32Tile* const kF32Tiles[kF32RowBlock] = {F32Row<1>::fns, F32Row<2>::fns};
 
 template <int R, int T>
 void q8_tile(bool avx2, const Matrix& w, int row0, const QuantizedActivations& x, int t0, float* out, int ldo) {
-  if (avx2) tile_q8_avx2<R, T>(w, row0, x, t0, out, ldo);
-  else tile_q8_scalar<R, T>(w, row0, x, t0, out, ldo);
+  if (avx2)
+    tile_q8_avx2<R, T>(w, row0, x, t0, out, ldo);
+  else
+    tile_q8_scalar<R, T>(w, row0, x, t0, out, ldo);
 }
 using Q8Tile = void (*)(bool, const Matrix&, int, const QuantizedActivations&, int, float*, int);
 template <int R>
@@ -208,19 +212,19 @@ void quantize_rows(const float* x, int tokens, int cols, int group_size, Quantiz
 void matmul(const Matrix& w, const float* x, int tokens, float* out, ThreadPool& pool) {
   const bool avx2 = have_avx2();
   const int n = w.cols, rows = w.rows;
-  for_each_tile(rows, tokens, tokens >= kF32TokenBlock ? kF32RowBlock : 1, kF32TokenBlock, pool, [&](int r0, int nr, int t0, int nt) {
-    const float* wp = w.f32 + static_cast<size_t>(r0) * n;
-    const float* xp = x + static_cast<size_t>(t0) * n;
-    float* op = out + static_cast<size_t>(t0) * rows + r0;
-    kF32Tiles[nr - 1][nt - 1](avx2, wp, xp, n, op, rows);
-  });
+  for_each_tile(rows, tokens, tokens >= kF32TokenBlock ? kF32RowBlock : 1, kF32TokenBlock, pool,
+                [&](int r0, int nr, int t0, int nt) {
+                  const float* wp = w.f32 + static_cast<size_t>(r0) * n;
+                  const float* xp = x + static_cast<size_t>(t0) * n;
+                  float* op = out + static_cast<size_t>(t0) * rows + r0;
+                  kF32Tiles[nr - 1][nt - 1](avx2, wp, xp, n, op, rows);
+                });
 }
 
 void matmul_q8(const Matrix& w, const QuantizedActivations& x, float* out, ThreadPool& pool) {
   const bool avx2 = have_avx2() && w.group_size == 32;
-  for_each_tile(w.rows, x.tokens, kQ8Block, kQ8Block, pool, [&](int r0, int nr, int t0, int nt) {
-    kQ8Tiles[nr - 1][nt - 1](avx2, w, r0, x, t0, out, w.rows);
-  });
+  for_each_tile(w.rows, x.tokens, kQ8Block, kQ8Block, pool,
+                [&](int r0, int nr, int t0, int nt) { kQ8Tiles[nr - 1][nt - 1](avx2, w, r0, x, t0, out, w.rows); });
 }
 
 void rmsnorm(float* out, const float* x, const float* gain, int n, float eps) {

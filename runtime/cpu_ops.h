@@ -1,6 +1,7 @@
-// The forward pass's CPU building blocks, fp32 compute. Matrix products run on the runtime's thread pool and use AVX2/FMA when the CPU has it (chosen at run time: the build targets baseline x86-64).
-// Every output element is summed in the same order whatever the thread count or the number of tokens,
-// so prefill and decode give bitwise the same numbers.
+// The forward pass's CPU building blocks, fp32 compute. Matrix products run on the runtime's thread pool and use
+// AVX2/FMA when the CPU has it (chosen at run time: the build targets baseline x86-64). Every output element is summed
+// in the same order whatever the thread count or the number of tokens, so prefill and decode give bitwise the same
+// numbers.
 #pragma once
 
 #include <cstdint>

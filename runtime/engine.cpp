@@ -71,8 +71,8 @@ Engine::Engine(const RunConfig& config, int max_batch)
   const int context = config_.max_context > 0 ? std::min(config_.max_context, mc.max_seq_len) : mc.max_seq_len;
   plugins_ = load_plugins(plugin_search_dirs(config_.plugin_dirs));
   const llm_device_info device = cpu_device_info(pool_->size(), pool_.get());
-  auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, device,
-                                              attention_shape(mc, context, max_batch));
+  auto chain =
+      std::make_unique<BackendChain>(plugins_, config_.backend_order, device, attention_shape(mc, context, max_batch));
   model_ = std::make_unique<LlamaCpu>(*checkpoint_, std::move(chain), *pool_, max_batch, context);
   log().info("running on {} with {} thread(s)", device.name, pool_->size());
 }

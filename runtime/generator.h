@@ -15,7 +15,7 @@ enum class StopReason { EndOfText, MaxTokens, ContextFull };
 const char* stop_reason_name(StopReason reason);
 
 struct GenerationOptions {
-  int max_tokens = 256;    // new tokens at most
+  int max_tokens = 256;  // new tokens at most
   bool add_bos = true;
   bool stop_at_eos = true;  // false: run to max_tokens (for reference comparisons)
   SamplingParams sampling;
@@ -26,8 +26,8 @@ struct GenerationResult {
   std::vector<int> tokens;  // generated ids (the stop token excluded)
   std::string text;         // generated text (the prompt excluded)
   StopReason stop = StopReason::MaxTokens;
-  double prefill_seconds = 0;  // prompt forward pass, up to the first sampled token
-  double decode_seconds = 0;   // every later step
+  double prefill_seconds = 0;         // prompt forward pass, up to the first sampled token
+  double decode_seconds = 0;          // every later step
   std::vector<std::string> backends;  // attention backends that served, in order
 
   double prefill_tokens_per_second() const;
@@ -37,6 +37,7 @@ struct GenerationResult {
 // Generates a continuation of `prompt` in cache slot 0. `on_text` receives complete UTF-8 text as it
 // is produced. Throws llm::Error when the prompt does not fit the context.
 GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, const std::string& prompt,
-                          const GenerationOptions& options, const std::function<void(const std::string&)>& on_text = {});
+                          const GenerationOptions& options,
+                          const std::function<void(const std::string&)>& on_text = {});
 
 }  // namespace llm

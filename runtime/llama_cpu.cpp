@@ -65,8 +65,8 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
     const int n = static_cast<int>(ch.tokens.size());
     if (n == 0 || ch.slot < 0 || ch.slot >= cache_.slots() || ch.start_pos < 0 ||
         ch.start_pos + n > cache_.max_context())
-      fail("forward: chunk (slot {}, start {}, {} tokens) does not fit {} slots of {} positions", ch.slot,
-           ch.start_pos, n, cache_.slots(), cache_.max_context());
+      fail("forward: chunk (slot {}, start {}, {} tokens) does not fit {} slots of {} positions", ch.slot, ch.start_pos,
+           n, cache_.slots(), cache_.max_context());
     tokens += n;
     max_q_len = std::max(max_q_len, n);
     max_kv_len = std::max(max_kv_len, ch.start_pos + n);
@@ -88,7 +88,8 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
   int t = 0;
   for (const auto& ch : chunks)
     for (int token : ch.tokens) {
-      if (token < 0 || token >= c.vocab_size) fail("forward: token id {} is outside the vocabulary [0, {})", token, c.vocab_size);
+      if (token < 0 || token >= c.vocab_size)
+        fail("forward: token id {} is outside the vocabulary [0, {})", token, c.vocab_size);
       w_.token_embedding.dequantize_row(token, x + static_cast<size_t>(t++) * dim);
     }
 
@@ -141,8 +142,10 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
     const llm_kv_cache_view view = cache_.view(l);
     args.layer = l;
     args.kv = &view;
-    if (decode) chain_->decode(args);
-    else chain_->prefill(args);
+    if (decode)
+      chain_->decode(args);
+    else
+      chain_->prefill(args);
 
     // output projection and residual
     linear(L.wo, xb_.data(), nullptr, tokens, xb2_.data());

@@ -39,19 +39,19 @@ class LlamaCpu : public LanguageModel {
   std::vector<float> rope_table_;  // [position][head_dim/2][cos, sin]
 
   // Run state, sized for the largest batch seen (no allocation on the per-token path after warm-up).
-  std::vector<float> x_;       // (tokens, dim) residual stream
-  std::vector<float> xb_;      // (tokens, dim) normed input / attention output
-  std::vector<float> xb2_;     // (tokens, dim) projection output
-  std::vector<float> q_;       // (tokens, dim)
-  std::vector<float> k_;       // (tokens, kv_dim)
-  std::vector<float> v_;       // (tokens, kv_dim)
-  std::vector<float> hb_;      // (tokens, hidden_dim)
-  std::vector<float> hb2_;     // (tokens, hidden_dim)
-  std::vector<float> logits_;  // (chunks, vocab)
-  std::vector<float> last_;    // (chunks, dim) final-normed last token of each chunk
-  std::vector<int> pos_, slot_;                     // per token
+  std::vector<float> x_;                              // (tokens, dim) residual stream
+  std::vector<float> xb_;                             // (tokens, dim) normed input / attention output
+  std::vector<float> xb2_;                            // (tokens, dim) projection output
+  std::vector<float> q_;                              // (tokens, dim)
+  std::vector<float> k_;                              // (tokens, kv_dim)
+  std::vector<float> v_;                              // (tokens, kv_dim)
+  std::vector<float> hb_;                             // (tokens, hidden_dim)
+  std::vector<float> hb2_;                            // (tokens, hidden_dim)
+  std::vector<float> logits_;                         // (chunks, vocab)
+  std::vector<float> last_;                           // (chunks, dim) final-normed last token of each chunk
+  std::vector<int> pos_, slot_;                       // per token
   std::vector<int32_t> q_start_, kv_len_, seq_slot_;  // per chunk, for the attention call
-  cpu::QuantizedActivations xq_;  // the int8 copy of the current matrix input
+  cpu::QuantizedActivations xq_;                      // the int8 copy of the current matrix input
 };
 
 }  // namespace llm

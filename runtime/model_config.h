@@ -6,13 +6,13 @@
 namespace llm {
 
 struct ModelConfig {
-  int dim = 0;          // transformer width
-  int hidden_dim = 0;   // SwiGLU inner width
+  int dim = 0;         // transformer width
+  int hidden_dim = 0;  // SwiGLU inner width
   int n_layers = 0;
-  int n_heads = 0;      // query heads
-  int n_kv_heads = 0;   // key/value heads (grouped-query attention when < n_heads)
+  int n_heads = 0;     // query heads
+  int n_kv_heads = 0;  // key/value heads (grouped-query attention when < n_heads)
   int vocab_size = 0;
-  int max_seq_len = 0;  // context limit
+  int max_seq_len = 0;            // context limit
   bool shared_classifier = true;  // classifier weights are the token embedding
   float rms_norm_eps = 1e-5f;
   float rope_theta = 10000.0f;

@@ -41,7 +41,8 @@ class Section {
     known_.insert(key);
     if (!node_ || !node_[key]) return;
     const YAML::Node value = node_[key];
-    if (!value.IsSequence()) fail("{}: '{}' must be a list of strings, got {}{}", source_, name(key), show(value), where(value));
+    if (!value.IsSequence())
+      fail("{}: '{}' must be a list of strings, got {}{}", source_, name(key), show(value), where(value));
     out.clear();
     for (const auto& item : value) {
       if (!item.IsScalar()) fail("{}: '{}' must be a list of strings{}", source_, name(key), where(item));

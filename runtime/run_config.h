@@ -10,16 +10,16 @@
 namespace llm {
 
 struct RunConfig {
-  std::string models_dir;      // "" -> LLM_MODELS_DIR, then ../shared/models (see models_dir.h)
-  std::string model;           // checkpoint path; relative paths resolve in the models directory
-  std::string tokenizer;       // tokenizer path; likewise
+  std::string models_dir;  // "" -> LLM_MODELS_DIR, then ../shared/models (see models_dir.h)
+  std::string model;       // checkpoint path; relative paths resolve in the models directory
+  std::string tokenizer;   // tokenizer path; likewise
   std::string prompt = "Once upon a time";
-  int max_tokens = 256;        // new tokens to generate
-  SamplingParams sampling;     // temperature 0 (greedy) unless set
+  int max_tokens = 256;     // new tokens to generate
+  SamplingParams sampling;  // temperature 0 (greedy) unless set
   bool add_bos = true;
-  std::string device = "cpu";  // where the model runs
-  int threads = 0;             // 0: all hardware threads
-  int max_context = 0;         // 0: the model's own limit
+  std::string device = "cpu";              // where the model runs
+  int threads = 0;                         // 0: all hardware threads
+  int max_context = 0;                     // 0: the model's own limit
   std::vector<std::string> backend_order;  // empty: default order (see backend_chain.h)
   std::vector<std::string> plugin_dirs;
   std::string log_level = "info";

@@ -43,7 +43,9 @@ int Sampler::sample(const float* logits, int n) {
   int keep = n;
   const bool cut = (params_.top_k > 0 && params_.top_k < n) || params_.top_p < 1.0f;
   if (cut) {
-    auto by_prob = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+    auto by_prob = [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
     keep = params_.top_k > 0 ? std::min(params_.top_k, n) : n;
     std::partial_sort(candidates_.begin(), candidates_.begin() + keep, candidates_.end(), by_prob);
     double kept_sum = 0.0;

@@ -40,8 +40,8 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0};  // bumped once per job
-  std::atomic<int64_t> next_{0};          // next chunk start
-  std::atomic<int> busy_{0};              // workers still inside the current job
+  std::atomic<int64_t> next_{0};         // next chunk start
+  std::atomic<int> busy_{0};             // workers still inside the current job
   int64_t n_ = 0, grain_ = 1;
   const std::function<void(int64_t, int64_t)>* task_ = nullptr;
   bool stop_ = false;

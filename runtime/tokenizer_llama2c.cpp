@@ -258,8 +258,8 @@ std::unique_ptr<Tokenizer> parse_llama2c_tokenizer(const std::string& data, cons
     }
     offset += 8;
     if (data.size() - offset < static_cast<size_t>(len)) {
-      fail("{}: llama2.c tokenizer: truncated entry {} at byte offset {}: piece of {} bytes, only {} left",
-           path, pieces.size(), entry, len, data.size() - offset);
+      fail("{}: llama2.c tokenizer: truncated entry {} at byte offset {}: piece of {} bytes, only {} left", path,
+           pieces.size(), entry, len, data.size() - offset);
     }
     pieces.emplace_back(data, offset, static_cast<size_t>(len));
     scores.push_back(score);

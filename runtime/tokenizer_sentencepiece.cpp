@@ -69,8 +69,7 @@ struct ProtoReader {
           bytes = data.substr(pos, v);
           pos += v;
           break;
-        default:
-          return false;
+        default: return false;
       }
       fn(key >> 3, key & 7, v, bytes);
     }
@@ -108,8 +107,7 @@ class SentencePieceTokenizer final : public Tokenizer {
       auto control = [&](int id) { return id >= 0 && id < spp_->GetPieceSize() && spp_->IsControl(id); };
       if (bos_id_ < 0 && control(bos)) bos_id_ = bos;
       if (eos_id_ < 0 && control(eos)) eos_id_ = eos;
-      log().debug("{}: no '<s>'/'</s>' pieces; BOS = {}, EOS = {} from the trainer spec", path_, bos_id_,
-                  eos_id_);
+      log().debug("{}: no '<s>'/'</s>' pieces; BOS = {}, EOS = {} from the trainer spec", path_, bos_id_, eos_id_);
     }
   }
 
@@ -126,8 +124,8 @@ class SentencePieceTokenizer final : public Tokenizer {
 
   std::string decode_piece(int prev_token, int token) const override {
     if (token < 0 || token >= vocab_size()) {
-      fail("token id {} is out of range for the SentencePiece vocabulary of {} pieces in {}", token,
-           vocab_size(), path_);
+      fail("token id {} is out of range for the SentencePiece vocabulary of {} pieces in {}", token, vocab_size(),
+           path_);
     }
     if (spp_->IsControl(token)) return "";  // BOS, EOS, padding
     const std::string& piece = spp_->IdToPiece(token);
@@ -166,8 +164,7 @@ std::unique_ptr<Tokenizer> parse_sentencepiece_tokenizer(const std::string& data
   auto status = spp->LoadFromSerializedProto(data);
   if (!status.ok()) {
     std::string why = status.ToString();
-    if (why.find("ParseFromArray") != std::string::npos)
-      why = "not a serialized ModelProto (protobuf parse failed)";
+    if (why.find("ParseFromArray") != std::string::npos) why = "not a serialized ModelProto (protobuf parse failed)";
     while (!why.empty() && why.back() == ' ') why.pop_back();
     fail("{}: SentencePiece: {}", path, why);
   }

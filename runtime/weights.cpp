@@ -4,10 +4,8 @@ namespace llm {
 
 const char* weight_type_name(WeightType type) {
   switch (type) {
-    case WeightType::F32:
-      return "f32";
-    case WeightType::Q8_0:
-      return "q8_0";
+    case WeightType::F32: return "f32";
+    case WeightType::Q8_0: return "q8_0";
   }
   return "unknown";
 }
@@ -15,10 +13,8 @@ const char* weight_type_name(WeightType type) {
 std::size_t Matrix::bytes() const {
   const std::size_t n = static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
   switch (type) {
-    case WeightType::F32:
-      return n * sizeof(float);
-    case WeightType::Q8_0:
-      return n * sizeof(int8_t) + (group_size > 0 ? n / group_size : 0) * sizeof(float);
+    case WeightType::F32: return n * sizeof(float);
+    case WeightType::Q8_0: return n * sizeof(int8_t) + (group_size > 0 ? n / group_size : 0) * sizeof(float);
   }
   return 0;
 }

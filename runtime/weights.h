@@ -20,10 +20,10 @@ struct Matrix {
   WeightType type = WeightType::F32;
   int rows = 0;
   int cols = 0;
-  const float* f32 = nullptr;      // F32: rows * cols values
-  const int8_t* q = nullptr;       // Q8_0: rows * cols values
-  const float* scales = nullptr;   // Q8_0: rows * cols / group_size scales
-  int group_size = 0;              // Q8_0 only
+  const float* f32 = nullptr;     // F32: rows * cols values
+  const int8_t* q = nullptr;      // Q8_0: rows * cols values
+  const float* scales = nullptr;  // Q8_0: rows * cols / group_size scales
+  int group_size = 0;             // Q8_0 only
 
   // Bytes this matrix occupies (values plus scales): what reading it once costs.
   std::size_t bytes() const;
@@ -44,10 +44,10 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  Matrix token_embedding;          // (vocab_size, dim)
+  Matrix token_embedding;  // (vocab_size, dim)
   std::vector<LayerWeights> layers;
   const float* rms_final = nullptr;  // (dim)
-  Matrix classifier;               // (vocab_size, dim); equals token_embedding when shared
+  Matrix classifier;                 // (vocab_size, dim); equals token_embedding when shared
 
   // Bytes one decode step reads: every matrix once (a shared classifier counted once), the norms,
   // and one embedding row.

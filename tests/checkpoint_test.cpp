@@ -217,15 +217,9 @@ TEST_P(CheckpointRoundTrip, ValuesSurvive) {
   const uint64_t norms = (2 * L + 1) * dim;
   uint64_t expected = 0;
   switch (tc.format) {
-    case CheckpointFormat::LegacyF32:
-      expected = 28 + 4 * (matrices + norms + S * dim / config.n_heads);
-      break;
-    case CheckpointFormat::V1F32:
-      expected = 256 + 4 * (matrices + norms);
-      break;
-    case CheckpointFormat::V2Q8:
-      expected = 256 + 4 * norms + matrices + 4 * matrices / tc.group_size;
-      break;
+    case CheckpointFormat::LegacyF32: expected = 28 + 4 * (matrices + norms + S * dim / config.n_heads); break;
+    case CheckpointFormat::V1F32: expected = 256 + 4 * (matrices + norms); break;
+    case CheckpointFormat::V2Q8: expected = 256 + 4 * norms + matrices + 4 * matrices / tc.group_size; break;
   }
   EXPECT_EQ(std::filesystem::file_size(path), expected);
 }
@@ -314,8 +308,7 @@ TEST(Checkpoint, Q80UnalignedScalesAreCopied) {
       float wmax = 0;
       for (std::size_t i = g * 3; i < g * 3 + 3; ++i) wmax = std::max(wmax, std::fabs(want[i]));
       for (std::size_t i = g * 3; i < g * 3 + 3; ++i) {
-        ASSERT_LE(std::fabs(got[i] - want[i]), 0.5f * wmax / 127.0f * 1.0001f + 1e-9f)
-            << name << "[" << i << "]";
+        ASSERT_LE(std::fabs(got[i] - want[i]), 0.5f * wmax / 127.0f * 1.0001f + 1e-9f) << name << "[" << i << "]";
       }
     }
   }
@@ -461,13 +454,11 @@ void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
   out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }
 
-void put_i32(std::vector<uint8_t>& bytes, std::size_t offset, int32_t v) {
-  std::memcpy(&bytes[offset], &v, 4);
-}
+void put_i32(std::vector<uint8_t>& bytes, std::size_t offset, int32_t v) { std::memcpy(&bytes[offset], &v, 4); }
 
 // Header offsets of the versioned formats.
-constexpr std::size_t kVersion = 4, kDim = 8, kHidden = 12, kLayers = 16, kHeads = 20, kKvHeads = 24,
-                      kVocab = 28, kSeqLen = 32, kShared = 36, kGroup = 37;
+constexpr std::size_t kVersion = 4, kDim = 8, kHidden = 12, kLayers = 16, kHeads = 20, kKvHeads = 24, kVocab = 28,
+                      kSeqLen = 32, kShared = 36, kGroup = 37;
 
 class CheckpointBadInput : public ::testing::Test {
  protected:
@@ -592,8 +583,7 @@ TEST_F(CheckpointBadInput, TruncatedBody) {
     const std::string want_size = std::to_string(bytes.size()) + " bytes";
     const std::string got_size = std::to_string(bytes.size() - 1) + " bytes";
     bytes.pop_back();
-    expect_error(bad(bytes),
-                 {"truncated", want_size.c_str(), got_size.c_str(), "dim=64", "(1 bytes missing)"});
+    expect_error(bad(bytes), {"truncated", want_size.c_str(), got_size.c_str(), "dim=64", "(1 bytes missing)"});
   }
 }
 

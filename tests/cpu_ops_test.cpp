@@ -1,11 +1,11 @@
 // The forward pass's CPU kernels against float64 references, and the property that makes prefill and
 // decode agree: a token's product is bitwise the same alone or in a batch, on 1 or 2 threads.
+#include "cpu_ops.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
-
-#include "cpu_ops.h"
 
 namespace llm::cpu {
 namespace {

@@ -109,7 +109,8 @@ TEST(Generation, PromptLongerThanTheContextIsAClearError) {
   c.max_context = 16;
   Engine engine(c);
   try {
-    engine.generate("Once upon a time there was a girl who liked to play in the big green park with her dog", greedy(5));
+    engine.generate("Once upon a time there was a girl who liked to play in the big green park with her dog",
+                    greedy(5));
     FAIL() << "expected llm::Error";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("but the model's context holds 16"));
@@ -167,8 +168,8 @@ TEST(Generation, Int8StaysCloseToFp32) {
     fl.assign(lf, lf + vocab);
     lq = q.model().forward({SequenceChunk{0, pos, {tq}}});
   }
-  std::printf("int8 vs fp32: %d of 200 greedy tokens agree; worst logit difference %.4f of the logit range\n",
-              agreed, worst);
+  std::printf("int8 vs fp32: %d of 200 greedy tokens agree; worst logit difference %.4f of the logit range\n", agreed,
+              worst);
   EXPECT_LT(worst, 0.02);
   EXPECT_GE(agreed, 150) << "int8 greedy text diverged from fp32 after " << agreed << " tokens";
 }

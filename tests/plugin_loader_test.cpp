@@ -1,5 +1,7 @@
 // The loader and the chain against real shared libraries: our mha_cpu, and test plugins built to be
 // rejected (wrong ABI major, no entry symbol) or to fail (flaky_cpu).
+#include "plugin_loader.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -8,7 +10,6 @@
 #include "backend_chain.h"
 #include "engine.h"
 #include "error.h"
-#include "plugin_loader.h"
 #include "test_support.h"
 
 namespace llm {
@@ -88,7 +89,8 @@ ModelConfig small_model() {
 
 TEST(BackendChain, FollowsConfiguredOrderAndSkipsMissingBackendsWithAReason) {
   auto all = load_plugins({LLM_PLUGIN_DIR, LLM_TEST_PLUGIN_DIR});
-  BackendChain chain(all, {"flash_cuda", "flaky_cpu", "mha_cpu"}, cpu_device_info(1), attention_shape(small_model(), 64, 1));
+  BackendChain chain(all, {"flash_cuda", "flaky_cpu", "mha_cpu"}, cpu_device_info(1),
+                     attention_shape(small_model(), 64, 1));
   EXPECT_EQ(chain.names(), (std::vector<std::string>{"flaky_cpu", "mha_cpu"}));
   EXPECT_EQ(chain.active_name(), "flaky_cpu");
 }

@@ -1,11 +1,12 @@
 // The YAML schema: every field read, and each kind of bad input an error naming the key.
+#include "run_config.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
 
 #include "error.h"
-#include "run_config.h"
 #include "test_support.h"
 
 namespace llm {
@@ -30,7 +31,8 @@ generation: {prompt: "Hi there", max_tokens: 7, temperature: 0.8, top_k: 40, top
 runtime: {device: cpu, threads: 3}
 backends: {order: [mha_cpu, other], plugin_dirs: [/p1, rel]}
 logging: {level: debug}
-)", "x.yaml", "/base");
+)",
+                                 "x.yaml", "/base");
   EXPECT_EQ(c.models_dir, "/models");
   EXPECT_EQ(c.model, "m.bin");
   EXPECT_EQ(c.tokenizer, "t.bin");

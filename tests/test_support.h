@@ -2,7 +2,6 @@
 #pragma once
 
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -21,11 +20,11 @@ inline std::string model_path(const std::string& name) {
 }
 
 // Skips the current test, naming the model and where it was looked for, when `name` is missing.
-#define LLM_REQUIRE_MODEL(var, name)                                                            \
-  const std::string var = ::llm::test::model_path(name);                                        \
-  if (var.empty()) {                                                                             \
-    GTEST_SKIP() << "model " << (name) << " not found in the models directory ('"                \
-                 << ::llm::resolve_models_dir() << "'); set LLM_MODELS_DIR to run this test";    \
+#define LLM_REQUIRE_MODEL(var, name)                                                                             \
+  const std::string var = ::llm::test::model_path(name);                                                         \
+  if (var.empty()) {                                                                                             \
+    GTEST_SKIP() << "model " << (name) << " not found in the models directory ('" << ::llm::resolve_models_dir() \
+                 << "'); set LLM_MODELS_DIR to run this test";                                                   \
   }
 
 // A fresh empty directory under the system temp dir, removed when the object dies.

@@ -187,8 +187,7 @@ TEST(Tokenizer, ByteTokensOfOneCharacterPrintOnceWhole) {
     EXPECT_EQ(tok->decode_piece(ids[3], ids[4]), "\xA5") << file;
     Utf8StreamDecoder dec;
     std::vector<std::string> printed;
-    for (size_t i = 1; i < ids.size(); ++i)
-      printed.push_back(dec.push(tok->decode_piece(ids[i - 1], ids[i])));
+    for (size_t i = 1; i < ids.size(); ++i) printed.push_back(dec.push(tok->decode_piece(ids[i - 1], ids[i])));
     EXPECT_THAT(printed, ElementsAre("", "", "", "日")) << file;
     EXPECT_EQ(dec.flush(), "");
   }

@@ -39,8 +39,7 @@ int main(int argc, char** argv) {
   app.add_option("--dim", dim, "Override the transformer width");
   app.add_option("--hidden-dim", hidden_dim, "Override the feed-forward width");
   app.add_option("--layers", layers, "Override the number of layers");
-  app.add_option("--heads", heads,
-                 "Override the number of query heads (kv heads follow unless --kv-heads is given)");
+  app.add_option("--heads", heads, "Override the number of query heads (kv heads follow unless --kv-heads is given)");
   app.add_option("--kv-heads", kv_heads, "Override the number of key/value heads");
   app.add_option("--vocab", vocab, "Override the vocabulary size");
   app.add_option("--seq-len", seq_len, "Override the context length");
@@ -74,12 +73,10 @@ int main(int argc, char** argv) {
         "wrote %s: format %s (%s%s), dim %d, hidden_dim %d, layers %d, heads %d, kv_heads %d, vocab %d, "
         "seq_len %d, %s classifier, %zu bytes (%.1f MiB), %zu bytes read per token\n",
         out.c_str(), format_name.c_str(), llm::checkpoint_format_name(ckpt->format()),
-        format == llm::CheckpointFormat::V2Q8 ? (", group " + std::to_string(group_size)).c_str() : "",
-        config.dim, config.hidden_dim, config.n_layers, config.n_heads, config.n_kv_heads, config.vocab_size,
-        config.max_seq_len, config.shared_classifier ? "shared" : "separate",
-        static_cast<std::size_t>(std::filesystem::file_size(out)),
-        static_cast<double>(std::filesystem::file_size(out)) / (1024.0 * 1024.0),
-        ckpt->weights().bytes_per_token());
+        format == llm::CheckpointFormat::V2Q8 ? (", group " + std::to_string(group_size)).c_str() : "", config.dim,
+        config.hidden_dim, config.n_layers, config.n_heads, config.n_kv_heads, config.vocab_size, config.max_seq_len,
+        config.shared_classifier ? "shared" : "separate", static_cast<std::size_t>(std::filesystem::file_size(out)),
+        static_cast<double>(std::filesystem::file_size(out)) / (1024.0 * 1024.0), ckpt->weights().bytes_per_token());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_checkpoint: %s\n", e.what());
     return 1;

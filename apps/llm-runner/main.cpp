@@ -2,10 +2,9 @@
 //   llm-runner --config FILE [overrides...]     generate; text on stdout, logs and stats on stderr
 //   llm-runner backends [--config FILE] [--json]  list every plugin found and its probe verdict
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 #include <cstdio>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <optional>
 
 #include "backend_chain.h"
@@ -33,7 +32,8 @@ void add_common_options(CLI::App& app, std::string& config_path, Overrides& o) {
   app.add_option("--model", o.model, "checkpoint path (relative: in the models directory)");
   app.add_option("--tokenizer", o.tokenizer, "tokenizer path (.model or llama2.c .bin)");
   app.add_option("--models-dir", o.models_dir, "models directory (default: $LLM_MODELS_DIR, ../shared/models)");
-  app.add_option("--backends", o.backends, "attention backend order, e.g. mha_cpu or flash_cuda,mha_cpu")->delimiter(',');
+  app.add_option("--backends", o.backends, "attention backend order, e.g. mha_cpu or flash_cuda,mha_cpu")
+      ->delimiter(',');
   app.add_option("--plugin-dir", o.plugin_dirs, "extra plugin directory (repeatable), searched first");
   app.add_option("--threads", o.threads, "CPU threads (0: all)")->check(CLI::Range(0, 1024));
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off");
@@ -92,13 +92,15 @@ int run_backends(const llm::RunConfig& config, bool as_json) {
     no_probe = "no model configured (use --config or --model)";
   } else {
     try {
-      checkpoint = llm::Checkpoint::open(
-          llm::resolve_model_path(config.model, llm::resolve_models_dir(config.models_dir)));
+      checkpoint =
+          llm::Checkpoint::open(llm::resolve_model_path(config.model, llm::resolve_models_dir(config.models_dir)));
     } catch (const llm::Error& e) {
       no_probe = e.what();
     }
   }
-  nlohmann::json out = {{"search_dirs", dirs}, {"device", device.name}, {"abi", {LLM_ABI_VERSION_MAJOR, LLM_ABI_VERSION_MINOR}},
+  nlohmann::json out = {{"search_dirs", dirs},
+                        {"device", device.name},
+                        {"abi", {LLM_ABI_VERSION_MAJOR, LLM_ABI_VERSION_MINOR}},
                         {"plugins", nlohmann::json::array()}};
   for (const auto& c : candidates) {
     nlohmann::json j = {{"path", c.path}, {"loaded", c.plugin != nullptr}};
@@ -106,8 +108,11 @@ int run_backends(const llm::RunConfig& config, bool as_json) {
       j["rejected"] = c.rejection;
     } else {
       const auto& t = c.plugin->iface();
-      j.update({{"name", c.plugin->name()}, {"version", c.plugin->version()}, {"abi", {t.abi_major, t.abi_minor}},
-                {"device", llm::device_kind_name(t.device_kind)}, {"priority", t.priority}});
+      j.update({{"name", c.plugin->name()},
+                {"version", c.plugin->version()},
+                {"abi", {t.abi_major, t.abi_minor}},
+                {"device", llm::device_kind_name(t.device_kind)},
+                {"priority", t.priority}});
       if (checkpoint) {
         const auto& mc = checkpoint->config();
         auto v = llm::probe_plugin(c.plugin, device, llm::attention_shape(mc, mc.max_seq_len, 1));
@@ -123,7 +128,8 @@ int run_backends(const llm::RunConfig& config, bool as_json) {
     return 0;
   }
   std::cout << "searched: " << fmt::format("{}", fmt::join(dirs, ", ")) << "\n";
-  std::cout << fmt::format("{:<12} {:<8} {:<5} {:<6} {:<10} {}\n", "BACKEND", "VERSION", "ABI", "DEVICE", "PROBE", "PATH / REASON");
+  std::cout << fmt::format("{:<12} {:<8} {:<5} {:<6} {:<10} {}\n", "BACKEND", "VERSION", "ABI", "DEVICE", "PROBE",
+                           "PATH / REASON");
   for (const auto& j : out["plugins"]) {
     if (!j["loaded"]) {
       std::cout << fmt::format("{:<12} {:<8} {:<5} {:<6} {:<10} {}\n      rejected: {}\n", "-", "-", "-", "-",
@@ -136,7 +142,8 @@ int run_backends(const llm::RunConfig& config, bool as_json) {
                              j["version"].get<std::string>(),
                              fmt::format("{}.{}", j["abi"][0].get<int>(), j["abi"][1].get<int>()),
                              j["device"].get<std::string>(), verdict, j["path"].get<std::string>());
-    if (!p["reason"].get<std::string>().empty()) std::cout << "      reason: " << p["reason"].get<std::string>() << "\n";
+    if (!p["reason"].get<std::string>().empty())
+      std::cout << "      reason: " << p["reason"].get<std::string>() << "\n";
   }
   if (candidates.empty()) std::cout << "(no plugin files found)\n";
   return 0;
@@ -159,7 +166,8 @@ int main(int argc, char** argv) {
   app.add_option("--top-p", o.top_p, "nucleus sampling threshold in (0, 1]")->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", o.seed, "random seed for sampling");
 
-  CLI::App* backends = app.add_subcommand("backends", "list every plugin found, its version, ABI, device and probe verdict");
+  CLI::App* backends =
+      app.add_subcommand("backends", "list every plugin found, its version, ABI, device and probe verdict");
   std::string backends_config;
   Overrides bo;
   bool as_json = false;

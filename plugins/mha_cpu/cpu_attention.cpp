@@ -42,7 +42,8 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* 
 __attribute__((target("avx2,fma"))) void axpy_avx2(float alpha, const float* x, float* y, int n) {
   const __m256 a = _mm256_set1_ps(alpha);
   int i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
@@ -62,8 +63,8 @@ const Kernels& kernels() {
 }
 
 // One query head of one token: softmax(q . K[0..n) * scale) V[0..n) into out. `scores` holds n floats.
-void attend_one(const llm_kv_cache_view& kv, int slot, int kv_head, int head_dim, int n, float scale,
-                const float* q, float* out, float* scores, const Kernels& k) {
+void attend_one(const llm_kv_cache_view& kv, int slot, int kv_head, int head_dim, int n, float scale, const float* q,
+                float* out, float* scores, const Kernels& k) {
   const float* K = static_cast<const float*>(kv.k);
   const float* V = static_cast<const float*>(kv.v);
   float max_score = -INFINITY;

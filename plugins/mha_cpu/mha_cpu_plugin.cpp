@@ -29,8 +29,7 @@ std::string probe_reason(const llm_device_info& device, const llm_attention_shap
   if (shape.dtype != LLM_DTYPE_F32) return "mha_cpu supports fp32 only (the model asks for another dtype)";
   if (shape.head_dim < 1 || shape.num_q_heads < 1 || shape.num_kv_heads < 1) return "empty attention shape";
   if (shape.num_q_heads % shape.num_kv_heads != 0) return "num_q_heads is not a multiple of num_kv_heads";
-  if (shape.kv_layout != LLM_KV_LAYOUT_CONTIGUOUS && shape.kv_layout != LLM_KV_LAYOUT_PAGED)
-    return "unknown KV layout";
+  if (shape.kv_layout != LLM_KV_LAYOUT_CONTIGUOUS && shape.kv_layout != LLM_KV_LAYOUT_PAGED) return "unknown KV layout";
   return "";
 }
 
@@ -38,15 +37,14 @@ llm_status probe(const llm_device_info* device, const llm_attention_shape* shape
   if (!device || !shape || !result) return LLM_ERR_INVALID_ARGUMENT;
   std::string reason = probe_reason(*device, *shape);
   result->supported = reason.empty();
-  result->capabilities = reason.empty()
-      ? LLM_CAP_PREFILL | LLM_CAP_DECODE | LLM_CAP_PAGED_KV | LLM_CAP_DETERMINISTIC : 0;
+  result->capabilities =
+      reason.empty() ? LLM_CAP_PREFILL | LLM_CAP_DECODE | LLM_CAP_PAGED_KV | LLM_CAP_DETERMINISTIC : 0;
   reason.copy(result->reason, sizeof(result->reason) - 1);
   result->reason[std::min(reason.size(), sizeof(result->reason) - 1)] = '\0';
   return LLM_OK;
 }
 
-llm_status context_create(const llm_device_info* device, const llm_attention_shape* shape,
-                          llm_backend_context** out) {
+llm_status context_create(const llm_device_info* device, const llm_attention_shape* shape, llm_backend_context** out) {
   if (!out) return LLM_ERR_INVALID_ARGUMENT;
   *out = nullptr;
   if (!device || !shape) {
@@ -86,14 +84,22 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
 llm_status prefill(llm_backend_context* ctx, const llm_attention_args* args) { return run(ctx, args, false); }
 llm_status decode(llm_backend_context* ctx, const llm_attention_args* args) { return run(ctx, args, true); }
 
-const char* last_error(const llm_backend_context* ctx) {
-  return ctx ? ctx->error.c_str() : g_create_error.c_str();
-}
+const char* last_error(const llm_backend_context* ctx) { return ctx ? ctx->error.c_str() : g_create_error.c_str(); }
 
 const llm_backend_iface kIface = {
-    sizeof(llm_backend_iface), LLM_ABI_VERSION_MAJOR, LLM_ABI_VERSION_MINOR,
-    "mha_cpu", "1.0.0", LLM_DEVICE_CPU, /*priority=*/10,
-    probe, context_create, context_destroy, prefill, decode, last_error,
+    sizeof(llm_backend_iface),
+    LLM_ABI_VERSION_MAJOR,
+    LLM_ABI_VERSION_MINOR,
+    "mha_cpu",
+    "1.0.0",
+    LLM_DEVICE_CPU,
+    /*priority=*/10,
+    probe,
+    context_create,
+    context_destroy,
+    prefill,
+    decode,
+    last_error,
 };
 
 }  // namespace

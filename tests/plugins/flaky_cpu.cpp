@@ -52,9 +52,19 @@ llm_status prefill(llm_backend_context* ctx, const llm_attention_args* args) { r
 llm_status decode(llm_backend_context* ctx, const llm_attention_args* args) { return run(ctx, args, true); }
 const char* last_error(const llm_backend_context* ctx) { return ctx ? ctx->error.c_str() : ""; }
 
-const llm_backend_iface kIface = {sizeof(llm_backend_iface), LLM_ABI_VERSION_MAJOR, LLM_ABI_VERSION_MINOR,
-                                  "flaky_cpu", "0.0.1", LLM_DEVICE_CPU, 100,
-                                  probe, context_create, context_destroy, prefill, decode, last_error};
+const llm_backend_iface kIface = {sizeof(llm_backend_iface),
+                                  LLM_ABI_VERSION_MAJOR,
+                                  LLM_ABI_VERSION_MINOR,
+                                  "flaky_cpu",
+                                  "0.0.1",
+                                  LLM_DEVICE_CPU,
+                                  100,
+                                  probe,
+                                  context_create,
+                                  context_destroy,
+                                  prefill,
+                                  decode,
+                                  last_error};
 
 }  // namespace
 

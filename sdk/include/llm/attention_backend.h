@@ -62,11 +62,11 @@ typedef enum llm_kv_layout {
 } llm_kv_layout;
 
 /* Capability flags a backend reports from probe. */
-#define LLM_CAP_PREFILL (1ull << 0)          /* serves llm_backend_iface.prefill */
-#define LLM_CAP_DECODE (1ull << 1)           /* serves llm_backend_iface.decode */
-#define LLM_CAP_CUDA_GRAPH_SAFE (1ull << 2)  /* no host sync or allocation inside calls: capturable */
-#define LLM_CAP_PAGED_KV (1ull << 3)         /* reads LLM_KV_LAYOUT_PAGED caches */
-#define LLM_CAP_DETERMINISTIC (1ull << 4)    /* same inputs give bitwise the same outputs */
+#define LLM_CAP_PREFILL (1ull << 0)         /* serves llm_backend_iface.prefill */
+#define LLM_CAP_DECODE (1ull << 1)          /* serves llm_backend_iface.decode */
+#define LLM_CAP_CUDA_GRAPH_SAFE (1ull << 2) /* no host sync or allocation inside calls: capturable */
+#define LLM_CAP_PAGED_KV (1ull << 3)        /* reads LLM_KV_LAYOUT_PAGED caches */
+#define LLM_CAP_DETERMINISTIC (1ull << 4)   /* same inputs give bitwise the same outputs */
 
 /* A task for llm_host_services.parallel_for: processes items [begin, end). */
 typedef void (*llm_parallel_task)(void *arg, int64_t begin, int64_t end);
@@ -86,14 +86,14 @@ typedef struct llm_host_services {
 /* The device the runtime would run attention on. Filled by the runtime. since ABI 1.0 */
 typedef struct llm_device_info {
   uint32_t struct_size;
-  int32_t kind;                 /* llm_device_kind */
-  int32_t index;                /* CUDA ordinal; 0 for the CPU */
-  int32_t compute_major;        /* CUDA compute capability (e.g. 9 and 0 for sm_90); 0 for the CPU */
+  int32_t kind;          /* llm_device_kind */
+  int32_t index;         /* CUDA ordinal; 0 for the CPU */
+  int32_t compute_major; /* CUDA compute capability (e.g. 9 and 0 for sm_90); 0 for the CPU */
   int32_t compute_minor;
-  int32_t num_threads;          /* CPU threads the backend may use (>= 1) */
-  uint64_t total_memory_bytes;  /* device memory (CUDA) or physical memory (CPU) */
+  int32_t num_threads;         /* CPU threads the backend may use (>= 1) */
+  uint64_t total_memory_bytes; /* device memory (CUDA) or physical memory (CPU) */
   uint64_t free_memory_bytes;
-  const char *name;             /* human-readable device name; never NULL */
+  const char *name; /* human-readable device name; never NULL */
   /* (optional) the runtime's CPU threads, valid until the context is destroyed; NULL: none offered,
    * the backend runs on the calling thread or its own. */
   const llm_host_services *host;
@@ -142,23 +142,21 @@ typedef struct llm_kv_cache_view {
   int64_t token_stride; /* elements between positions */
   int64_t head_stride;  /* elements between kv heads */
   /* PAGED only (zero / NULL otherwise): */
-  int32_t block_size;          /* positions per block */
-  int32_t max_blocks_per_seq;  /* row length of block_table */
-  int64_t block_stride;        /* elements between blocks */
-  const int32_t *block_table;  /* [slots][max_blocks_per_seq] block ids, same memory as k and v */
+  int32_t block_size;         /* positions per block */
+  int32_t max_blocks_per_seq; /* row length of block_table */
+  int64_t block_stride;       /* elements between blocks */
+  const int32_t *block_table; /* [slots][max_blocks_per_seq] block ids, same memory as k and v */
 } llm_kv_cache_view;
 
 /* Offset in elements from view->k (or ->v) of (cache slot, position, kv head, component 0), for either
  * layout. A helper for plugins, so every backend addresses the cache the same way. */
-static inline int64_t llm_kv_offset(const llm_kv_cache_view *view, int32_t slot, int32_t pos,
-                                    int32_t kv_head) {
+static inline int64_t llm_kv_offset(const llm_kv_cache_view *view, int32_t slot, int32_t pos, int32_t kv_head) {
   if (view->layout == LLM_KV_LAYOUT_PAGED) {
     int32_t block = view->block_table[(int64_t)slot * view->max_blocks_per_seq + pos / view->block_size];
     return (int64_t)block * view->block_stride + (int64_t)(pos % view->block_size) * view->token_stride +
            (int64_t)kv_head * view->head_stride;
   }
-  return (int64_t)slot * view->seq_stride + (int64_t)pos * view->token_stride +
-         (int64_t)kv_head * view->head_stride;
+  return (int64_t)slot * view->seq_stride + (int64_t)pos * view->token_stride + (int64_t)kv_head * view->head_stride;
 }
 
 /*
@@ -174,25 +172,25 @@ static inline int64_t llm_kv_offset(const llm_kv_cache_view *view, int32_t slot,
  */
 typedef struct llm_attention_args {
   uint32_t struct_size;
-  int32_t layer;            /* model layer index, for messages */
-  int32_t num_seqs;         /* sequences in this call (>= 1) */
-  int32_t total_q_tokens;   /* q_start[num_seqs] */
-  int32_t max_q_len;        /* upper bound of any sequence's query count (1 for decode) */
-  int32_t max_kv_len;       /* upper bound of any kv_len[i] */
-  int32_t causal;           /* nonzero: causal mask */
-  float softmax_scale;      /* usually 1/sqrt(head_dim) */
-  int32_t dtype;            /* llm_dtype of q and out */
-  const void *q;            /* [total_q_tokens][num_q_heads][head_dim] with the strides below */
-  int64_t q_token_stride;   /* elements between query tokens */
-  int64_t q_head_stride;    /* elements between query heads */
-  void *out;                /* same shape as q; every element is written */
+  int32_t layer;          /* model layer index, for messages */
+  int32_t num_seqs;       /* sequences in this call (>= 1) */
+  int32_t total_q_tokens; /* q_start[num_seqs] */
+  int32_t max_q_len;      /* upper bound of any sequence's query count (1 for decode) */
+  int32_t max_kv_len;     /* upper bound of any kv_len[i] */
+  int32_t causal;         /* nonzero: causal mask */
+  float softmax_scale;    /* usually 1/sqrt(head_dim) */
+  int32_t dtype;          /* llm_dtype of q and out */
+  const void *q;          /* [total_q_tokens][num_q_heads][head_dim] with the strides below */
+  int64_t q_token_stride; /* elements between query tokens */
+  int64_t q_head_stride;  /* elements between query heads */
+  void *out;              /* same shape as q; every element is written */
   int64_t out_token_stride;
   int64_t out_head_stride;
-  const int32_t *q_start;   /* [num_seqs + 1], q_start[0] == 0 */
-  const int32_t *kv_len;    /* [num_seqs] context length including this call's queries */
-  const int32_t *seq_slot;  /* [num_seqs] cache slot (CONTIGUOUS) or block-table row (PAGED) */
+  const int32_t *q_start;  /* [num_seqs + 1], q_start[0] == 0 */
+  const int32_t *kv_len;   /* [num_seqs] context length including this call's queries */
+  const int32_t *seq_slot; /* [num_seqs] cache slot (CONTIGUOUS) or block-table row (PAGED) */
   const llm_kv_cache_view *kv;
-  void *stream;             /* cudaStream_t to enqueue on (CUDA); NULL for the CPU */
+  void *stream; /* cudaStream_t to enqueue on (CUDA); NULL for the CPU */
 } llm_attention_args;
 
 /* A plugin's per-session state, opaque to the runtime. */
@@ -208,16 +206,15 @@ typedef struct llm_backend_iface {
   uint32_t abi_major;   /* LLM_ABI_VERSION_MAJOR the plugin was built against */
   uint32_t abi_minor;   /* LLM_ABI_VERSION_MINOR the plugin was built against */
 
-  const char *name;     /* unique backend name, [a-z0-9_]+, e.g. "mha_cpu" */
-  const char *version;  /* the plugin's own version, e.g. "1.2.0" */
-  int32_t device_kind;  /* llm_device_kind it computes on and whose memory it reads */
-  int32_t priority;     /* higher is preferred when the config names no order */
+  const char *name;    /* unique backend name, [a-z0-9_]+, e.g. "mha_cpu" */
+  const char *version; /* the plugin's own version, e.g. "1.2.0" */
+  int32_t device_kind; /* llm_device_kind it computes on and whose memory it reads */
+  int32_t priority;    /* higher is preferred when the config names no order */
 
   /* Says whether the backend serves `shape` on `device`. Must not crash or allocate device memory;
    * fills `result` (reason when not supported, capabilities when supported). Returns LLM_OK when it
    * reached a verdict, either way. */
-  llm_status (*probe)(const llm_device_info *device, const llm_attention_shape *shape,
-                      llm_probe_result *result);
+  llm_status (*probe)(const llm_device_info *device, const llm_attention_shape *shape, llm_probe_result *result);
 
   /* Creates per-session state for a probed (device, shape). On failure *out stays NULL and
    * last_error(NULL) says why. */
