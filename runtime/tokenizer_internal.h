@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "tokenizer.h"
 
@@ -15,5 +16,9 @@ std::unique_ptr<Tokenizer> parse_llama2c_tokenizer(const std::string& data, cons
 // Loads `data` (the whole file) as a serialized SentencePiece ModelProto. Throws llm::Error naming
 // `path` when libsentencepiece rejects it.
 std::unique_ptr<Tokenizer> parse_sentencepiece_tokenizer(const std::string& data, const std::string& path);
+
+// The byte a "<0xAB>" piece stands for, or -1 when `piece` is not a byte piece (both formats spell
+// byte tokens this way).
+int byte_piece_value(std::string_view piece);
 
 }  // namespace llm::detail

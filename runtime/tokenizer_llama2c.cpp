@@ -44,21 +44,6 @@ float read_f32(const std::string& data, size_t offset) {
   return v;
 }
 
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  return -1;
-}
-
-// The byte a "<0xAB>" piece stands for, or -1 when `piece` is not a byte piece.
-int byte_piece_value(std::string_view piece) {
-  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
-  int hi = hex_digit(piece[3]), lo = hex_digit(piece[4]);
-  if (hi < 0 || lo < 0) return -1;
-  return hi * 16 + lo;
-}
-
 // Length of the UTF-8 sequence starting at s[i] when it is a complete, valid one; else 1 (the byte
 // is then a symbol of its own, which falls back to its byte token).
 size_t utf8_char_length(std::string_view s, size_t i) {

@@ -15,21 +15,6 @@ namespace {
 
 constexpr std::string_view kWordMarker = "\xE2\x96\x81";  // U+2581 LOWER ONE EIGHTH BLOCK
 
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  return -1;
-}
-
-// The byte a "<0xAB>" piece stands for, or -1.
-int byte_piece_value(std::string_view piece) {
-  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
-  int hi = hex_digit(piece[3]), lo = hex_digit(piece[4]);
-  if (hi < 0 || lo < 0) return -1;
-  return hi * 16 + lo;
-}
-
 // Minimal protobuf reading, enough to get TrainerSpec.bos_id (41) and eos_id (42) out of a
 // serialized ModelProto (TrainerSpec is field 2) without the generated sentencepiece_model.pb.h,
 // which the system package does not install.
