@@ -340,10 +340,10 @@ const char* checkpoint_format_name(CheckpointFormat format) {
   return "unknown";
 }
 
-std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
+std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, LoadMode mode) {
   std::unique_ptr<Checkpoint> ckpt(new Checkpoint());
   ckpt->path_ = path;
-  ckpt->file_ = MappedFile(path);
+  ckpt->file_ = MappedFile(path, mode);
   const uint8_t* data = ckpt->file_.data();
   const std::size_t size = ckpt->file_.size();
 

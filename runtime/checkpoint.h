@@ -21,8 +21,8 @@ const char* checkpoint_format_name(CheckpointFormat format);
 
 class Checkpoint {
  public:
-  // Memory-maps and validates `path`. Throws llm::Error on any problem.
-  static std::unique_ptr<Checkpoint> open(const std::string& path);
+  // Memory-maps (or, with LoadMode::Memory, reads) and validates `path`. Throws llm::Error on any problem.
+  static std::unique_ptr<Checkpoint> open(const std::string& path, LoadMode mode = LoadMode::Mmap);
 
   const std::string& path() const { return path_; }
   CheckpointFormat format() const { return format_; }

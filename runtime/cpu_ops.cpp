@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "error.h"
+
 namespace llm::cpu {
 namespace {
 
@@ -134,29 +136,11 @@ __attribute__((target("avx2,fma"))) void tile_q8_avx2(const Matrix& w, int row0,
     for (int t = 0; t < T; ++t) out[(t0 + t) * ldo + row0 + r] = hsum(acc[r][t]);
 }
 
-// Splits rows into blocks of `row_block` across threads, tokens into blocks of up to `token_block`, and
-// calls tile(r0, nr, t0, nt).
-// Few tokens (decode): one row at a time, so each thread streams the weights front to back, which the
-// hardware prefetcher follows best (measured on the 2-core CI machine, 32000x288 fp32: one row 62-71 GB/s,
-// four interleaved rows 30 GB/s). Many tokens (prefill): register tiles, as arithmetic dominates; fp32
-// tiles are 2 rows x 3 tokens, since 2 accumulators per pair leave no registers for more.
+// Rows go to threads in blocks, tokens in blocks. Few tokens (decode): one row at a time, so each thread streams the
+// weights front to back, which the hardware prefetcher follows best (measured on the 2-core CI machine, 32000x288 fp32:
+// one row 62-71 GB/s, four interleaved rows 30 GB/s). Many tokens (prefill): register tiles, as arithmetic dominates;
+// fp32 tiles are 2 rows x 3 tokens, since 2 accumulators per pair leave no registers for more.
 constexpr int kF32RowBlock = 2, kF32TokenBlock = 3, kQ8Block = 4;
-
-// Int8 products keep 4-row tiles even for one token: their per-group chain (convert, scale, add) is
-// latency-bound, and four rows give four independent chains (one row measured 30-40% slower).
-template <typename TileFn>
-void for_each_tile(int rows, int tokens, int row_block, int token_block, ThreadPool& pool, TileFn&& tile) {
-  const int row_blocks = (rows + row_block - 1) / row_block;
-  // a few contiguous chunks per thread: streams stay sequential, a late thread takes fewer
-  const int64_t grain = std::max(1, (row_blocks + pool.size() - 1) / pool.size());
-  pool.parallel_for(row_blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t rb = begin; rb < end; ++rb) {
-      const int r0 = static_cast<int>(rb) * row_block;
-      const int nr = std::min(row_block, rows - r0);
-      for (int t0 = 0; t0 < tokens; t0 += token_block) tile(r0, nr, t0, std::min(token_block, tokens - t0));
-    }
-  });
-}
 
 // Tile tables indexed [rows-1][tokens-1], so runtime sizes pick compile-time tiles.
 template <int R, int T>
@@ -209,22 +193,55 @@ void quantize_rows(const float* x, int tokens, int cols, int group_size, Quantiz
   }
 }
 
-void matmul(const Matrix& w, const float* x, int tokens, float* out, ThreadPool& pool) {
+void matmul_group(const Product* products, int count, const float* x, const QuantizedActivations* xq, int tokens,
+                  ThreadPool& pool) {
+  if (count < 1 || count > kMaxGroup) fail("matmul_group: {} products (expected 1 to {})", count, kMaxGroup);
   const bool avx2 = have_avx2();
-  const int n = w.cols, rows = w.rows;
-  for_each_tile(rows, tokens, tokens >= kF32TokenBlock ? kF32RowBlock : 1, kF32TokenBlock, pool,
-                [&](int r0, int nr, int t0, int nt) {
-                  const float* wp = w.f32 + static_cast<size_t>(r0) * n;
-                  const float* xp = x + static_cast<size_t>(t0) * n;
-                  float* op = out + static_cast<size_t>(t0) * rows + r0;
-                  kF32Tiles[nr - 1][nt - 1](avx2, wp, xp, n, op, rows);
-                });
+  // Row blocks of all products, concatenated: block b belongs to the product i with first[i] <= b < first[i + 1].
+  // Int8 keeps 4-row tiles even for one token: its per-group chain (convert, scale, add) is latency-bound
+  // and four rows give four independent chains (one row measured 30-40% slower).
+  int row_block[kMaxGroup];
+  int64_t first[kMaxGroup + 1] = {0};
+  for (int i = 0; i < count; ++i) {
+    const Matrix& w = *products[i].w;
+    if (w.type == WeightType::Q8_0 && (!xq || xq->cols != w.cols || xq->group_size != w.group_size))
+      fail("matmul_group: a Q8_0 matrix needs its input quantized with {} columns in groups of {}", w.cols,
+           w.group_size);
+    row_block[i] = w.type == WeightType::Q8_0 ? kQ8Block : tokens >= kF32TokenBlock ? kF32RowBlock : 1;
+    first[i + 1] = first[i] + (w.rows + row_block[i] - 1) / row_block[i];
+  }
+  // One contiguous chunk per thread: streams stay sequential.
+  const int64_t total = first[count];
+  pool.parallel_for(total, (total + pool.size() - 1) / pool.size(), [&](int64_t begin, int64_t end) {
+    int i = 0;
+    for (int64_t b = begin; b < end; ++b) {
+      while (b >= first[i + 1]) ++i;
+      const Matrix& w = *products[i].w;
+      float* out = products[i].out;
+      const int n = w.cols, rows = w.rows;
+      const int r0 = static_cast<int>(b - first[i]) * row_block[i];
+      const int nr = std::min(row_block[i], rows - r0);
+      if (w.type == WeightType::F32) {
+        for (int t0 = 0; t0 < tokens; t0 += kF32TokenBlock)
+          kF32Tiles[nr - 1][std::min(kF32TokenBlock, tokens - t0) - 1](avx2, w.f32 + static_cast<size_t>(r0) * n,
+                                                                       x + static_cast<size_t>(t0) * n, n,
+                                                                       out + static_cast<size_t>(t0) * rows + r0, rows);
+      } else {
+        for (int t0 = 0; t0 < tokens; t0 += kQ8Block)
+          kQ8Tiles[nr - 1][std::min(kQ8Block, tokens - t0) - 1](avx2 && w.group_size == 32, w, r0, *xq, t0, out, rows);
+      }
+    }
+  });
+}
+
+void matmul(const Matrix& w, const float* x, int tokens, float* out, ThreadPool& pool) {
+  const Product p{&w, out};
+  matmul_group(&p, 1, x, nullptr, tokens, pool);
 }
 
 void matmul_q8(const Matrix& w, const QuantizedActivations& x, float* out, ThreadPool& pool) {
-  const bool avx2 = have_avx2() && w.group_size == 32;
-  for_each_tile(w.rows, x.tokens, kQ8Block, kQ8Block, pool,
-                [&](int r0, int nr, int t0, int nt) { kQ8Tiles[nr - 1][nt - 1](avx2, w, r0, x, t0, out, w.rows); });
+  const Product p{&w, out};
+  matmul_group(&p, 1, nullptr, &x, x.tokens, pool);
 }
 
 void rmsnorm(float* out, const float* x, const float* gain, int n, float eps) {

@@ -24,7 +24,20 @@ struct QuantizedActivations {
 // Quantizes x[tokens][cols] (max|x| / 127 per group, round to nearest) into `out`.
 void quantize_rows(const float* x, int tokens, int cols, int group_size, QuantizedActivations& out);
 
-// out[t][r] = sum_k W[r][k] x[t][k] for t < tokens, r < W.rows (W fp32; x has W.cols values a row).
+// One product of a group: out[t][r] = sum_k W[r][k] x[t][k] for t < tokens, r < W.rows.
+struct Product {
+  const Matrix* w;
+  float* out;
+};
+constexpr int kMaxGroup = 4;
+
+// Runs up to kMaxGroup products that share one input in a single parallel pass (one hand-off to the
+// threads instead of one per matrix: q/k/v, gate/up). x: the fp32 input [tokens][cols]; xq: the same
+// input quantized, needed when any matrix is Q8_0 (same cols and group size).
+void matmul_group(const Product* products, int count, const float* x, const QuantizedActivations* xq, int tokens,
+                  ThreadPool& pool);
+
+// A group of one: W fp32, x has W.cols values a row.
 void matmul(const Matrix& w, const float* x, int tokens, float* out, ThreadPool& pool);
 
 // The same for a Q8_0 matrix and pre-quantized activations (same group size and cols).

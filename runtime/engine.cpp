@@ -58,7 +58,7 @@ Engine::Engine(const RunConfig& config, int max_batch)
   const std::string model_path = resolve_model_path(config_.model, models_dir);
   const std::string tokenizer_path = resolve_model_path(config_.tokenizer, models_dir);
 
-  checkpoint_ = Checkpoint::open(model_path);
+  checkpoint_ = Checkpoint::open(model_path, config_.load == "memory" ? LoadMode::Memory : LoadMode::Mmap);
   const ModelConfig& mc = checkpoint_->config();
   log().info("model {}: {} (dim {}, {} layers, {} heads, {} kv heads, hidden {}, vocab {}, context {})", model_path,
              checkpoint_format_name(checkpoint_->format()), mc.dim, mc.n_layers, mc.n_heads, mc.n_kv_heads,

@@ -42,16 +42,15 @@ void LlamaCpu::grow_buffers(int tokens, int chunks) {
   grow(last_, static_cast<size_t>(chunks) * config_.dim);
 }
 
-void LlamaCpu::linear(const Matrix& w, const float* x, const cpu::QuantizedActivations* x_q, int tokens, float* out) {
-  if (w.type == WeightType::F32) {
-    cpu::matmul(w, x, tokens, out, pool_);
-    return;
-  }
-  if (!x_q) {  // quantize this input for this one product
-    cpu::quantize_rows(x, tokens, w.cols, w.group_size, xq_);
-    x_q = &xq_;
-  }
-  cpu::matmul_q8(w, *x_q, out, pool_);
+void LlamaCpu::linear(std::initializer_list<cpu::Product> group, const float* x, int tokens) {
+  const cpu::QuantizedActivations* xq = nullptr;
+  for (const cpu::Product& p : group)
+    if (p.w->type == WeightType::Q8_0) {
+      cpu::quantize_rows(x, tokens, p.w->cols, p.w->group_size, xq_);
+      xq = &xq_;
+      break;
+    }
+  cpu::matmul_group(group.begin(), static_cast<int>(group.size()), x, xq, tokens, pool_);
 }
 
 const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
@@ -113,21 +112,12 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
   args.seq_slot = seq_slot_.data();
   const bool decode = max_q_len == 1;
 
-  // Quantizes xb once when `w` is int8, so the products that share that input share the quantization.
-  auto shared_input = [&](const Matrix& w) -> const cpu::QuantizedActivations* {
-    if (w.type != WeightType::Q8_0) return nullptr;
-    cpu::quantize_rows(xb_.data(), tokens, w.cols, w.group_size, xq_);
-    return &xq_;
-  };
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w_.layers[l];
 
     // attention rmsnorm, then the q, k, v projections (the normed input quantized once for all three)
     for (int i = 0; i < tokens; ++i) cpu::rmsnorm(&xb_[i * dim], &x[i * dim], L.rms_att, dim, c.rms_norm_eps);
-    const cpu::QuantizedActivations* xb_q = shared_input(L.wq);  // wq, wk, wv have the same cols
-    linear(L.wq, xb_.data(), xb_q, tokens, q_.data());
-    linear(L.wk, xb_.data(), L.wk.type == L.wq.type ? xb_q : nullptr, tokens, k_.data());
-    linear(L.wv, xb_.data(), L.wv.type == L.wq.type ? xb_q : nullptr, tokens, v_.data());
+    linear({{&L.wq, q_.data()}, {&L.wk, k_.data()}, {&L.wv, v_.data()}}, xb_.data(), tokens);
 
     // RoPE on q and k, then k and v go straight into the cache rows of their positions
     for (int i = 0; i < tokens; ++i) {
@@ -148,16 +138,14 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
       chain_->prefill(args);
 
     // output projection and residual
-    linear(L.wo, xb_.data(), nullptr, tokens, xb2_.data());
+    linear({{&L.wo, xb2_.data()}}, xb_.data(), tokens);
     for (size_t i = 0; i < static_cast<size_t>(tokens) * dim; ++i) x[i] += xb2_[i];
 
     // ffn rmsnorm, SwiGLU: w2(silu(w1 x) * w3 x), residual
     for (int i = 0; i < tokens; ++i) cpu::rmsnorm(&xb_[i * dim], &x[i * dim], L.rms_ffn, dim, c.rms_norm_eps);
-    const cpu::QuantizedActivations* ffn_q = shared_input(L.w1);
-    linear(L.w1, xb_.data(), ffn_q, tokens, hb_.data());
-    linear(L.w3, xb_.data(), L.w3.type == L.w1.type ? ffn_q : nullptr, tokens, hb2_.data());
+    linear({{&L.w1, hb_.data()}, {&L.w3, hb2_.data()}}, xb_.data(), tokens);
     cpu::swiglu(hb_.data(), hb2_.data(), tokens * hidden);
-    linear(L.w2, hb_.data(), nullptr, tokens, xb2_.data());
+    linear({{&L.w2, xb2_.data()}}, hb_.data(), tokens);
     for (size_t i = 0; i < static_cast<size_t>(tokens) * dim; ++i) x[i] += xb2_[i];
   }
 
@@ -165,7 +153,7 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
   for (int s = 0; s < n_chunks; ++s)
     cpu::rmsnorm(&last_[s * dim], &x[static_cast<size_t>(q_start_[s + 1] - 1) * dim], w_.rms_final, dim,
                  c.rms_norm_eps);
-  linear(w_.classifier, last_.data(), nullptr, n_chunks, logits_.data());
+  linear({{&w_.classifier, logits_.data()}}, last_.data(), n_chunks);
   return logits_.data();
 }
 

@@ -1,6 +1,7 @@
 // The Llama forward pass on the CPU, fp32 compute, attention through the backend chain.
 #pragma once
 
+#include <initializer_list>
 #include <memory>
 #include <vector>
 
@@ -27,8 +28,9 @@ class LlamaCpu : public LanguageModel {
   std::vector<std::string> attention_backends_used() const override { return chain_->served_by(); }
 
  private:
-  // out[t] = W x[t] for all tokens, fp32 or int8 by the matrix's type (x_q: x already quantized).
-  void linear(const Matrix& w, const float* x, const cpu::QuantizedActivations* x_q, int tokens, float* out);
+  // out = W x for every product of the group, all sharing the input x [tokens][cols]; int8 matrices get x
+  // quantized once for the whole group.
+  void linear(std::initializer_list<cpu::Product> group, const float* x, int tokens);
   void grow_buffers(int tokens, int chunks);
 
   ModelConfig config_;

@@ -25,7 +25,7 @@ struct FdCloser {
 
 }  // namespace
 
-MappedFile::MappedFile(const std::string& path) {
+MappedFile::MappedFile(const std::string& path, LoadMode mode) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
@@ -43,6 +43,30 @@ MappedFile::MappedFile(const std::string& path) {
   if (st.st_size == 0) fail("{}: is empty (0 bytes)", path);
 
   const auto size = static_cast<std::size_t>(st.st_size);
+  if (mode == LoadMode::Memory) {
+    constexpr std::size_t kHuge = std::size_t{2} << 20;
+    const std::size_t rounded = (size + kHuge - 1) / kHuge * kHuge;
+    void* mem = ::mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+      int err = errno;
+      fail("{}: cannot allocate {} bytes to load it into memory: {}", path, rounded, std::strerror(err));
+    }
+    (void)::madvise(mem, rounded, MADV_HUGEPAGE);  // a hint: without THP this is a plain copy
+    for (std::size_t done = 0; done < size;) {
+      const ssize_t n = ::pread(fd, static_cast<uint8_t*>(mem) + done, size - done, static_cast<off_t>(done));
+      if (n <= 0) {
+        int err = n < 0 ? errno : EIO;
+        ::munmap(mem, rounded);
+        fail("{}: read failed at byte {} of {}: {}", path, done, size, std::strerror(err));
+      }
+      done += static_cast<std::size_t>(n);
+    }
+    (void)::mprotect(mem, rounded, PROT_READ);
+    data_ = static_cast<const uint8_t*>(mem);
+    size_ = size;
+    mapped_size_ = rounded;
+    return;
+  }
   void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   if (mapped == MAP_FAILED) {
     int err = errno;
@@ -52,22 +76,26 @@ MappedFile::MappedFile(const std::string& path) {
   (void)::madvise(mapped, size, MADV_WILLNEED);
   data_ = static_cast<const uint8_t*>(mapped);
   size_ = size;
+  mapped_size_ = size;
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      mapped_size_(std::exchange(other.mapped_size_, 0)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
-    if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+    if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), mapped_size_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    mapped_size_ = std::exchange(other.mapped_size_, 0);
   }
   return *this;
 }
 
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), mapped_size_);
 }
 
 }  // namespace llm

@@ -110,6 +110,10 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   Section model = top.child("model");
   model.read("path", c.model, "a checkpoint path");
   model.read("tokenizer", c.tokenizer, "a tokenizer path");
+  model.read("load", c.load, "'mmap' or 'memory'");
+  if (c.load != "mmap" && c.load != "memory")
+    fail("{}: 'model.load' must be 'mmap' (map the file) or 'memory' (read it into huge-page memory), got '{}'", source,
+         c.load);
   model.read("max_context", c.max_context, "an integer (0 = the model's own limit)");
   check_range(model, "max_context", c.max_context, 0, 1 << 22, "between 0 and 4194304");
   model.reject_unknown();

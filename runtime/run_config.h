@@ -10,9 +10,10 @@
 namespace llm {
 
 struct RunConfig {
-  std::string models_dir;  // "" -> LLM_MODELS_DIR, then ../shared/models (see models_dir.h)
-  std::string model;       // checkpoint path; relative paths resolve in the models directory
-  std::string tokenizer;   // tokenizer path; likewise
+  std::string models_dir;     // "" -> LLM_MODELS_DIR, then ../shared/models (see models_dir.h)
+  std::string model;          // checkpoint path; relative paths resolve in the models directory
+  std::string tokenizer;      // tokenizer path; likewise
+  std::string load = "mmap";  // "mmap" or "memory" (see LoadMode in mapped_file.h)
   std::string prompt = "Once upon a time";
   int max_tokens = 256;     // new tokens to generate
   SamplingParams sampling;  // temperature 0 (greedy) unless set

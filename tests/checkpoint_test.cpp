@@ -660,3 +660,36 @@ TEST_F(CheckpointBadInput, FillerExceptionRemovesPartialFile) {
 
 }  // namespace
 }  // namespace llm
+
+namespace llm {
+namespace {
+
+TEST(CheckpointLoadMode, MemoryHoldsTheSameBytesAsTheMapping) {
+  for (const char* name : {"stories260K.bin", "stories260K_q80.bin"}) {
+    LLM_REQUIRE_MODEL(path, name);
+    auto mapped = Checkpoint::open(path, LoadMode::Mmap);
+    auto loaded = Checkpoint::open(path, LoadMode::Memory);
+    const ModelWeights& a = mapped->weights();
+    const ModelWeights& b = loaded->weights();
+    ASSERT_EQ(a.layers.size(), b.layers.size());
+    std::vector<float> ra(a.classifier.cols), rb(b.classifier.cols);
+    for (int r = 0; r < a.classifier.rows; ++r) {
+      a.classifier.dequantize_row(r, ra.data());
+      b.classifier.dequantize_row(r, rb.data());
+      ASSERT_EQ(ra, rb) << name << " classifier row " << r;
+    }
+    for (size_t l = 0; l < a.layers.size(); ++l) {
+      const Matrix& wa = a.layers[l].w2;
+      const Matrix& wb = b.layers[l].w2;
+      std::vector<float> xa(wa.cols), xb(wb.cols);
+      for (int r = 0; r < wa.rows; ++r) {
+        wa.dequantize_row(r, xa.data());
+        wb.dequantize_row(r, xb.data());
+        ASSERT_EQ(xa, xb) << name << " layer " << l << " w2 row " << r;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace llm

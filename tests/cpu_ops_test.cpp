@@ -94,6 +94,42 @@ TEST(CpuOps, Q8MatmulMatchesDequantizedReference) {
   }
 }
 
+TEST(CpuOps, GroupedProductsEqualTheSameProductsOneByOne) {
+  Rand r;
+  ThreadPool pool(2);
+  for (int tokens : {1, 2, 7}) {
+    // three fp32 matrices of different heights over one input, then two int8 ones
+    auto wa = r.vec(64 * 96), wb = r.vec(32 * 96), wc = r.vec(5 * 96), x = r.vec(tokens * 96);
+    Matrix a, b, c;
+    a.rows = 64, b.rows = 32, c.rows = 5;
+    a.cols = b.cols = c.cols = 96;
+    a.f32 = wa.data(), b.f32 = wb.data(), c.f32 = wc.data();
+    std::vector<float> ga(tokens * 64, std::nanf("")), gb(tokens * 32, std::nanf("")), gc(tokens * 5, std::nanf(""));
+    const Product group[] = {{&a, ga.data()}, {&b, gb.data()}, {&c, gc.data()}};
+    matmul_group(group, 3, x.data(), nullptr, tokens, pool);
+    for (auto [m, got] : {std::pair{&a, &ga}, {&b, &gb}, {&c, &gc}}) {
+      std::vector<float> alone(got->size());
+      matmul(*m, x.data(), tokens, alone.data(), pool);
+      ASSERT_EQ(alone, *got) << "fp32 tokens " << tokens;
+    }
+    QuantizedActivations qa, qb, xq;
+    quantize_rows(wa.data(), 64, 96, 32, qa);
+    quantize_rows(wb.data(), 32, 96, 32, qb);
+    quantize_rows(x.data(), tokens, 96, 32, xq);
+    Matrix ma, mb;
+    ma.type = mb.type = WeightType::Q8_0;
+    ma.rows = 64, mb.rows = 32, ma.cols = mb.cols = 96, ma.group_size = mb.group_size = 32;
+    ma.q = qa.q.data(), ma.scales = qa.scales.data(), mb.q = qb.q.data(), mb.scales = qb.scales.data();
+    const Product qgroup[] = {{&ma, ga.data()}, {&mb, gb.data()}};
+    matmul_group(qgroup, 2, x.data(), &xq, tokens, pool);
+    for (auto [m, got] : {std::pair{&ma, &ga}, {&mb, &gb}}) {
+      std::vector<float> alone(static_cast<size_t>(tokens) * m->rows);
+      matmul_q8(*m, xq, alone.data(), pool);
+      ASSERT_EQ(alone, std::vector<float>(got->begin(), got->begin() + alone.size())) << "q8 tokens " << tokens;
+    }
+  }
+}
+
 TEST(CpuOps, RmsnormRopeSwiglu) {
   Rand r;
   auto x = r.vec(64), g = r.vec(64);

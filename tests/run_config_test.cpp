@@ -26,7 +26,7 @@ std::string error_of(const std::string& yaml) {
 TEST(RunConfig, ReadsEveryField) {
   RunConfig c = parse_run_config(R"(
 models_dir: /models
-model: {path: m.bin, tokenizer: t.bin, max_context: 128}
+model: {path: m.bin, tokenizer: t.bin, max_context: 128, load: memory}
 generation: {prompt: "Hi there", max_tokens: 7, temperature: 0.8, top_k: 40, top_p: 0.9, seed: 99, add_bos: false}
 runtime: {device: cpu, threads: 3}
 backends: {order: [mha_cpu, other], plugin_dirs: [/p1, rel]}
@@ -37,6 +37,7 @@ logging: {level: debug}
   EXPECT_EQ(c.model, "m.bin");
   EXPECT_EQ(c.tokenizer, "t.bin");
   EXPECT_EQ(c.max_context, 128);
+  EXPECT_EQ(c.load, "memory");
   EXPECT_EQ(c.prompt, "Hi there");
   EXPECT_EQ(c.max_tokens, 7);
   EXPECT_FLOAT_EQ(c.sampling.temperature, 0.8f);
@@ -81,6 +82,7 @@ TEST(RunConfig, OutOfRangeValuesAreErrors) {
   EXPECT_THAT(error_of("generation: {top_k: -3}"), HasSubstr("'generation.top_k'"));
   EXPECT_THAT(error_of("runtime: {threads: -1}"), HasSubstr("'runtime.threads'"));
   EXPECT_THAT(error_of("runtime: {device: tpu}"), HasSubstr("'runtime.device' must be 'cpu'"));
+  EXPECT_THAT(error_of("model: {load: disk}"), HasSubstr("'model.load' must be 'mmap'"));
   EXPECT_THAT(error_of("logging: {level: loud}"), HasSubstr("'logging.level' must be one of"));
 }
 
