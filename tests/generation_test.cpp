@@ -64,6 +64,26 @@ TEST(Generation, FallbackMidGenerationGivesIdenticalTokens) {
   }
 }
 
+TEST(Generation, BadPluginsAreRejectedWithReasonsWhileTheRunSucceeds) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  Engine engine(config_for(model, {}));  // default order, test plugins in the search path
+  int rejected = 0;
+  for (const auto& c : engine.plugins()) {
+    if (c.path.find("wrong_abi.so") != std::string::npos) {
+      EXPECT_THAT(c.rejection, HasSubstr("ABI major mismatch"));
+      ++rejected;
+    }
+    if (c.path.find("no_entry.so") != std::string::npos) {
+      EXPECT_THAT(c.rejection, HasSubstr("missing entry symbol"));
+      ++rejected;
+    }
+  }
+  EXPECT_EQ(rejected, 2);
+  auto r = engine.generate("Once upon a time", greedy(20));
+  EXPECT_EQ(r.tokens.size(), 20u);
+  EXPECT_EQ(r.backends, std::vector<std::string>{"mha_cpu"});
+}
+
 TEST(Generation, EveryBackendFailingIsAnErrorNotAHang) {
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
   ::setenv("LLM_FLAKY_FAIL_AT", "2", 1);
