@@ -7,9 +7,14 @@
 
 #include "backend_chain.h"
 #include "error.h"
+#include "cpu_ops.h"
 #include "llama_cpu.h"
 #include "log.h"
 #include "models_dir.h"
+#if LLM_HAVE_CUDA
+#include "cuda_device.h"
+#include "llama_cuda.h"
+#endif
 
 namespace llm {
 
@@ -70,11 +75,41 @@ Engine::Engine(const RunConfig& config, int max_batch)
 
   const int context = config_.max_context > 0 ? std::min(config_.max_context, mc.max_seq_len) : mc.max_seq_len;
   plugins_ = load_plugins(plugin_search_dirs(config_.plugin_dirs));
+
+  // Where the model runs: `auto` takes a usable GPU, else the CPU, saying why.
+  if (config_.device != "cpu") {
+#if LLM_HAVE_CUDA
+    const cuda::DeviceStatus gpu = cuda::probe_device(0);
+    if (gpu.usable) {
+      DType dtype = DType::BF16;
+      parse_dtype(config_.dtype, dtype);
+      llm_attention_shape shape = attention_shape(mc, context, max_batch);
+      shape.dtype = sdk_dtype(dtype);
+      auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, cuda::device_info(gpu), shape);
+      model_ = std::make_unique<cuda::LlamaCuda>(*checkpoint_, std::move(chain), gpu, dtype, max_batch, context);
+      device_ = "cuda";
+      return;
+    }
+    if (config_.device == "cuda") fail("device 'cuda' requested but {}", gpu.reason);
+    log().info("device auto: no usable GPU ({}); running on the CPU", gpu.reason);
+#else
+    if (config_.device == "cuda")
+      fail("device 'cuda' requested but this build has no CUDA support (no CUDA toolkit was found when it was built)");
+    log().info("device auto: this build has no CUDA support; running on the CPU");
+#endif
+  }
   const llm_device_info device = cpu_device_info(pool_->size(), pool_.get());
-  auto chain =
-      std::make_unique<BackendChain>(plugins_, config_.backend_order, device, attention_shape(mc, context, max_batch));
+  auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, device,
+                                              attention_shape(mc, context, max_batch));
   model_ = std::make_unique<LlamaCpu>(*checkpoint_, std::move(chain), *pool_, max_batch, context);
-  log().info("running on {} with {} thread(s)", device.name, pool_->size());
+  log().info("running on {} with {} thread(s), {} kernels", device.name, pool_->size(), cpu::isa_name());
+}
+
+std::string Engine::memory_stats() const {
+#if LLM_HAVE_CUDA
+  if (auto* gpu = dynamic_cast<const cuda::LlamaCuda*>(model_.get())) return gpu->allocator().stats_line();
+#endif
+  return "";
 }
 
 Engine::~Engine() = default;
@@ -90,6 +125,12 @@ GenerationOptions Engine::generation_options() const {
 GenerationResult Engine::generate(const std::string& prompt, const GenerationOptions& options,
                                   const std::function<void(const std::string&)>& on_text) {
   return llm::generate(*model_, *tokenizer_, prompt, options, on_text);
+}
+
+std::vector<GenerationResult> Engine::generate_batch(const std::vector<std::string>& prompts,
+                                                    const GenerationOptions& options,
+                                                    const std::function<void(size_t, const std::string&)>& on_text) {
+  return llm::generate_batch(*model_, *tokenizer_, prompts, options, on_text);
 }
 
 }  // namespace llm

@@ -34,6 +34,9 @@ class Engine {
 
   GenerationResult generate(const std::string& prompt, const GenerationOptions& options,
                             const std::function<void(const std::string&)>& on_text = {});
+  // Several prompts generated together (the engine must have been built with max_batch >= their count).
+  std::vector<GenerationResult> generate_batch(const std::vector<std::string>& prompts, const GenerationOptions& options,
+                                               const std::function<void(size_t, const std::string&)>& on_text = {});
   // Options from the config (max_tokens, sampling, add_bos).
   GenerationOptions generation_options() const;
 
@@ -43,6 +46,10 @@ class Engine {
   const std::vector<PluginCandidate>& plugins() const { return plugins_; }
   const RunConfig& config() const { return config_; }
   int threads() const { return pool_->size(); }
+  // "cpu" or "cuda": where the model runs after `auto` was resolved.
+  const std::string& device() const { return device_; }
+  // Device memory statistics (the CUDA allocator's line), or "" on the CPU.
+  std::string memory_stats() const;
 
  private:
   RunConfig config_;
@@ -51,6 +58,7 @@ class Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<PluginCandidate> plugins_;  // declared before model_: plugins outlive the chain
   std::unique_ptr<LanguageModel> model_;
+  std::string device_ = "cpu";
 };
 
 }  // namespace llm

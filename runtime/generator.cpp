@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "error.h"
+#include "sampler.h"
 
 namespace llm {
 
@@ -24,61 +25,110 @@ double GenerationResult::decode_tokens_per_second() const {
   return decode_seconds > 0 && steps > 1 ? (steps - 1) / decode_seconds : 0.0;
 }
 
-GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, const std::string& prompt,
-                          const GenerationOptions& options, const std::function<void(const std::string&)>& on_text) {
+std::vector<GenerationResult> generate_batch(LanguageModel& model, const Tokenizer& tokenizer,
+                                             const std::vector<std::string>& prompts, const GenerationOptions& options,
+                                             const std::function<void(size_t, const std::string&)>& on_text) {
   using clock = std::chrono::steady_clock;
-  const int context = model.max_context();
-  GenerationResult r;
-  r.prompt_tokens = tokenizer.encode(prompt, options.add_bos);
-  const int n_prompt = static_cast<int>(r.prompt_tokens.size());
-  if (n_prompt == 0) fail("the prompt is empty and add_bos is off: there is nothing to continue from");
-  if (n_prompt >= context)
-    fail("the prompt is {} tokens but the model's context holds {} (and at least one new token)", n_prompt, context);
+  const size_t n = prompts.size();
+  const int context = model.max_context(), vocab = model.config().vocab_size;
+  if (n == 0) return {};
+  if (n > static_cast<size_t>(model.max_batch()))
+    fail("{} prompts but the model was set up for batches of {}", n, model.max_batch());
 
-  Sampler sampler(options.sampling);
-  Utf8StreamDecoder utf8;
-  auto emit = [&](const std::string& bytes) {
-    std::string text = utf8.push(bytes);
+  std::vector<GenerationResult> results(n);
+  std::vector<SequenceChunk> chunks;
+  for (size_t i = 0; i < n; ++i) {
+    GenerationResult& r = results[i];
+    r.prompt_tokens = tokenizer.encode(prompts[i], options.add_bos);
+    const int len = static_cast<int>(r.prompt_tokens.size());
+    if (len == 0) fail("prompt {} is empty and add_bos is off: there is nothing to continue from", i + 1);
+    if (len >= context)
+      fail("{} is {} tokens but the model's context holds {} (and at least one new token)",
+           n == 1 ? std::string("the prompt") : fmt::format("prompt {}", i + 1), len, context);
+    chunks.push_back(SequenceChunk{static_cast<int>(i), 0, r.prompt_tokens});
+  }
+  std::vector<Sampler> samplers;
+  for (size_t i = 0; i < n; ++i) {
+    SamplingParams p = options.sampling;
+    p.seed += i;
+    samplers.emplace_back(p);
+  }
+  std::vector<Utf8StreamDecoder> utf8(n);
+  auto emit = [&](size_t i, const std::string& text) {
     if (text.empty()) return;
-    r.text += text;
-    if (on_text) on_text(text);
+    results[i].text += text;
+    if (on_text) on_text(i, text);
+  };
+  // One forward pass over `chunks`; next[k] is chunk k's next token. Greedy steps ask the model for the
+  // argmax only (a GPU model then copies back one id per sequence, not the logits).
+  std::vector<int> next(n);
+  auto step = [&](const std::vector<SequenceChunk>& batch) {
+    if (options.sampling.temperature <= 0.0f) {
+      model.forward_argmax(batch, next.data());
+      return;
+    }
+    const float* logits = model.forward(batch);
+    for (size_t k = 0; k < batch.size(); ++k) next[k] = samplers[batch[k].slot].sample(logits + k * vocab, vocab);
   };
 
-  // Prefill: the whole prompt in one forward pass.
+  // Prefill: every prompt in one forward pass.
   auto start = clock::now();
-  const float* logits = model.forward({SequenceChunk{0, 0, r.prompt_tokens}});
-  int token = sampler.sample(logits, model.config().vocab_size);
-  r.prefill_seconds = std::chrono::duration<double>(clock::now() - start).count();
+  step(chunks);
+  const double prefill = std::chrono::duration<double>(clock::now() - start).count();
 
-  // Decode: one token at a time until EOS (or BOS, which starts a new document), max_tokens or the
-  // context limit.
-  int prev = r.prompt_tokens.back();
-  int pos = n_prompt;
+  // Decode: each live sequence takes its sampled token, then all step together.
+  std::vector<int> token(next.begin(), next.begin() + n), prev(n), pos(n);
+  std::vector<bool> live(n, true);
+  for (size_t i = 0; i < n; ++i) {
+    prev[i] = results[i].prompt_tokens.back();
+    pos[i] = static_cast<int>(results[i].prompt_tokens.size());
+    results[i].stop = StopReason::MaxTokens;
+  }
   start = clock::now();
-  r.stop = StopReason::MaxTokens;
-  while (true) {
-    if (options.stop_at_eos && (token == tokenizer.eos_id() || token == tokenizer.bos_id())) {
-      r.stop = StopReason::EndOfText;
-      break;
+  for (;;) {
+    chunks.clear();
+    for (size_t i = 0; i < n; ++i) {
+      if (!live[i]) continue;
+      GenerationResult& r = results[i];
+      if (options.stop_at_eos && (token[i] == tokenizer.eos_id() || token[i] == tokenizer.bos_id())) {
+        r.stop = StopReason::EndOfText;  // BOS in llama2.c models starts a new document: the text ends
+        live[i] = false;
+        continue;
+      }
+      r.tokens.push_back(token[i]);
+      emit(i, utf8[i].push(tokenizer.decode_piece(prev[i], token[i])));
+      if (static_cast<int>(r.tokens.size()) >= options.max_tokens) {
+        live[i] = false;
+        continue;
+      }
+      if (pos[i] >= context) {
+        r.stop = StopReason::ContextFull;
+        live[i] = false;
+        continue;
+      }
+      prev[i] = token[i];
+      chunks.push_back(SequenceChunk{static_cast<int>(i), pos[i]++, {token[i]}});
     }
-    r.tokens.push_back(token);
-    emit(tokenizer.decode_piece(prev, token));
-    if (static_cast<int>(r.tokens.size()) >= options.max_tokens) break;
-    if (pos >= context) {
-      r.stop = StopReason::ContextFull;
-      break;
-    }
-    prev = token;
-    logits = model.forward({SequenceChunk{0, pos++, {token}}});
-    token = sampler.sample(logits, model.config().vocab_size);
+    if (chunks.empty()) break;
+    step(chunks);
+    for (size_t k = 0; k < chunks.size(); ++k) token[chunks[k].slot] = next[k];
   }
-  r.decode_seconds = std::chrono::duration<double>(clock::now() - start).count();
-  if (std::string rest = utf8.flush(); !rest.empty()) {
-    r.text += rest;
-    if (on_text) on_text(rest);
+  const double decode = std::chrono::duration<double>(clock::now() - start).count();
+  for (size_t i = 0; i < n; ++i) {
+    emit(i, utf8[i].flush());
+    results[i].prefill_seconds = prefill;
+    results[i].decode_seconds = decode;
+    results[i].backends = model.attention_backends_used();
   }
-  r.backends = model.attention_backends_used();
-  return r;
+  return results;
+}
+
+GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, const std::string& prompt,
+                          const GenerationOptions& options, const std::function<void(const std::string&)>& on_text) {
+  auto results = generate_batch(model, tokenizer, {prompt}, options, [&](size_t, const std::string& text) {
+    if (on_text) on_text(text);
+  });
+  return std::move(results.front());
 }
 
 }  // namespace llm

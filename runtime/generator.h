@@ -40,4 +40,13 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
                           const GenerationOptions& options,
                           const std::function<void(const std::string&)>& on_text = {});
 
+// Generates continuations of several prompts together: prompt i in cache slot i, all prompts prefilled in
+// one batch, then one decode step for every live sequence at a time; each stops on its own (EOS, its
+// max_tokens, the context). Results are in prompt order; on_text(i, text) streams sequence i's text.
+// Sampling uses seed + i for sequence i. Throws llm::Error when a prompt does not fit or there are more
+// prompts than the model's batch.
+std::vector<GenerationResult> generate_batch(LanguageModel& model, const Tokenizer& tokenizer,
+                                             const std::vector<std::string>& prompts, const GenerationOptions& options,
+                                             const std::function<void(size_t, const std::string&)>& on_text = {});
+
 }  // namespace llm

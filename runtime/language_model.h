@@ -26,6 +26,9 @@ class LanguageModel {
   // Runs all chunks as one batch; returns the logits of each chunk's last token, [chunks][vocab],
   // valid until the next call. A prompt is one chunk of many tokens; a decode step, chunks of one.
   virtual const float* forward(const std::vector<SequenceChunk>& chunks) = 0;
+  // The same pass, returning only each chunk's greedy next token in ids[chunks] (a GPU model computes
+  // the argmax on the device and copies back just the ids).
+  virtual void forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids);
   // The attention backend serving calls now, and every one that served so far.
   virtual std::string attention_backend() const = 0;
   virtual std::vector<std::string> attention_backends_used() const = 0;

@@ -134,8 +134,12 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   gen.reject_unknown();
 
   Section run = top.child("runtime");
-  run.read("device", c.device, "'cpu'");
-  if (c.device != "cpu") fail("{}: 'runtime.device' must be 'cpu' in this build, got '{}'", source, c.device);
+  run.read("device", c.device, "one of cpu, cuda, auto");
+  if (c.device != "cpu" && c.device != "cuda" && c.device != "auto")
+    fail("{}: 'runtime.device' must be one of cpu, cuda, auto; got '{}'", source, c.device);
+  run.read("dtype", c.dtype, "one of bf16, fp16, fp32");
+  if (c.dtype != "bf16" && c.dtype != "fp16" && c.dtype != "fp32")
+    fail("{}: 'runtime.dtype' must be one of bf16, fp16, fp32; got '{}'", source, c.dtype);
   run.read("threads", c.threads, "an integer >= 0 (0 = all hardware threads)");
   check_range(run, "threads", c.threads, 0, 1024, "between 0 and 1024 (0 = all hardware threads)");
   run.reject_unknown();

@@ -59,6 +59,14 @@ check "no usable backend lists candidates and reasons" eval 'rc 1 && err_has "no
 run --config "$src/configs/stories260K.yaml" --prompt "$(printf 'word %.0s' $(seq 1 600))" --max-tokens 5
 check "prompt longer than the context is a clear error" eval 'rc 1 && err_has "but the model'"'"'s context holds 512"'
 
+printf 'Once upon a time\nThe little dog\n\nTom had a toy car. He\n' >"$tmp/prompts.txt"
+run --config "$src/configs/stories260K.yaml" --prompts "$tmp/prompts.txt" --max-tokens 30
+check "--prompts: outputs apart and in order" eval 'rc 0 && [ "$(grep -c "^--- [0-9] ---$" "$tmp/out")" = 3 ] && grep -A1 "^--- 1 ---" "$tmp/out" | grep -q "^Once upon a time, there was a little girl" && grep -A1 "^--- 3 ---" "$tmp/out" | grep -q "^Tom had a toy car. He"'
+check "--prompts: stats count the sequences" err_has "stats: 3 sequence(s)"
+
+run --config "$src/configs/stories260K.yaml" --device cuda
+check "--device cuda without a usable GPU is a clear error" eval 'rc 1 && err_has "device '"'"'cuda'"'"' requested but"' 
+
 run backends --config "$src/configs/stories260K.yaml" --plugin-dir "$build/test_plugins" --json
 check "backends --json: machine-readable verdicts" eval 'rc 0 && out_has "\"name\": \"mha_cpu\"" && out_has "\"supported\": true"'
 check "backends --json: rejected plugins with reasons" eval 'out_has "ABI major mismatch" && out_has "missing entry symbol"'

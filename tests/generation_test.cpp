@@ -123,6 +123,25 @@ TEST(Generation, SequencesInOneBatchMatchThemRunAlone) {
   for (int i = 0; i < vocab; ++i) ASSERT_EQ(copy[vocab + i], one[i]);
 }
 
+TEST(Generation, BatchedGenerationGivesEachPromptItsOwnText) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  const std::vector<std::string> prompts = {"Once upon a time", "The little dog", "Tom had a toy car. He",
+                                            "One day, a big red ball"};
+  GenerationOptions o = greedy(60);
+  Engine batch(config_for(model), static_cast<int>(prompts.size()));
+  std::vector<std::string> streamed(prompts.size());
+  auto results = batch.generate_batch(prompts, o, [&](size_t i, const std::string& t) { streamed[i] += t; });
+  ASSERT_EQ(results.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto alone = Engine(config_for(model)).generate(prompts[i], o);
+    EXPECT_EQ(results[i].tokens, alone.tokens) << prompts[i];
+    EXPECT_EQ(results[i].text, alone.text) << prompts[i];
+    EXPECT_EQ(streamed[i], results[i].text);
+  }
+  // sequences stop on their own: different max_tokens would be the same loop; here EOS/limits differ per text
+  EXPECT_THROW(Engine(config_for(model), 2).generate_batch({"a", "b", "c"}, o), Error);
+}
+
 TEST(Generation, PromptLongerThanTheContextIsAClearError) {
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
   RunConfig c = config_for(model);

@@ -3,6 +3,7 @@
 //   llm-runner backends [--config FILE] [--json]  list every plugin found and its probe verdict
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -14,12 +15,16 @@
 #include "error.h"
 #include "log.h"
 #include "models_dir.h"
+#if LLM_HAVE_CUDA
+#include "cuda_device.h"
+#include "dtype.h"
+#endif
 
 namespace {
 
 // Flags that override the config, each left unset unless given.
 struct Overrides {
-  std::optional<std::string> prompt, model, tokenizer, models_dir, log_level;
+  std::optional<std::string> prompt, model, tokenizer, models_dir, log_level, device, dtype, prompts_file;
   std::optional<int> max_tokens, top_k, threads;
   std::optional<float> temperature, top_p;
   std::optional<uint64_t> seed;
@@ -36,6 +41,10 @@ void add_common_options(CLI::App& app, std::string& config_path, Overrides& o) {
       ->delimiter(',');
   app.add_option("--plugin-dir", o.plugin_dirs, "extra plugin directory (repeatable), searched first");
   app.add_option("--threads", o.threads, "CPU threads (0: all)")->check(CLI::Range(0, 1024));
+  app.add_option("--device", o.device, "cpu, cuda, or auto (CUDA when a usable GPU is present)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  app.add_option("--dtype", o.dtype, "GPU weights and KV cache: bf16, fp16 or fp32")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off");
 }
 
@@ -46,6 +55,8 @@ llm::RunConfig build_config(const std::string& config_path, const Overrides& o) 
   if (o.tokenizer) c.tokenizer = *o.tokenizer;
   if (o.models_dir) c.models_dir = *o.models_dir;
   if (o.log_level) c.log_level = *o.log_level;
+  if (o.device) c.device = *o.device;
+  if (o.dtype) c.dtype = *o.dtype;
   if (o.max_tokens) c.max_tokens = *o.max_tokens;
   if (o.top_k) c.sampling.top_k = *o.top_k;
   if (o.threads) c.threads = *o.threads;
@@ -58,24 +69,61 @@ llm::RunConfig build_config(const std::string& config_path, const Overrides& o) 
   return c;
 }
 
-int run_generate(const llm::RunConfig& config) {
-  llm::Engine engine(config);
-  llm::log().info("kernels: {}", llm::cpu::isa_name());
-  std::fputs(config.prompt.c_str(), stdout);
-  std::fflush(stdout);
-  llm::GenerationResult r = engine.generate(config.prompt, engine.generation_options(), [](const std::string& text) {
-    std::fputs(text.c_str(), stdout);
-    std::fflush(stdout);
-  });
-  std::fputs("\n", stdout);
-  std::fflush(stdout);
+void print_stats(const llm::Engine& engine, const std::vector<llm::GenerationResult>& results) {
+  size_t prompt_tokens = 0, generated = 0, decode_steps = 0;
+  for (const auto& r : results) {
+    prompt_tokens += r.prompt_tokens.size();
+    generated += r.tokens.size();
+    decode_steps += r.tokens.size() + (r.stop == llm::StopReason::EndOfText ? 1 : 0) - 1;  // first token: prefill
+  }
+  const auto& first = results.front();
   std::string backends;
-  for (const auto& b : r.backends) backends += (backends.empty() ? "" : " -> ") + b;
+  for (const auto& b : first.backends) backends += (backends.empty() ? "" : " -> ") + b;
+  const std::string stop = results.size() == 1 ? llm::stop_reason_name(first.stop) : "per sequence";
+  const double prefill = first.prefill_seconds > 0 ? prompt_tokens / first.prefill_seconds : 0.0;
+  const double decode = first.decode_seconds > 0 ? decode_steps / first.decode_seconds : 0.0;
+  const std::string memory = engine.memory_stats();
+  const std::string device =
+      engine.device() == "cuda" ? "cuda" : "cpu, threads " + std::to_string(engine.threads());
   std::fprintf(stderr,
-               "stats: prompt %zu tokens, generated %zu tokens (stop: %s); prefill %.1f tok/s, decode %.1f tok/s; "
-               "attention: %s; threads %d\n",
-               r.prompt_tokens.size(), r.tokens.size(), llm::stop_reason_name(r.stop), r.prefill_tokens_per_second(),
-               r.decode_tokens_per_second(), backends.c_str(), engine.threads());
+               "stats: %zu sequence(s), prompt %zu tokens, generated %zu tokens (stop: %s); prefill %.1f tok/s, "
+               "decode %.1f tok/s; attention: %s; device %s%s%s\n",
+               results.size(), prompt_tokens, generated, stop.c_str(), prefill, decode, backends.c_str(),
+               device.c_str(), memory.empty() ? "" : "; ", memory.c_str());
+}
+
+std::vector<std::string> read_prompts(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw llm::Error("--prompts " + path + ": cannot open");
+  std::vector<std::string> prompts;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) prompts.push_back(line);
+  if (prompts.empty()) throw llm::Error("--prompts " + path + ": no prompts (one a line, empty lines skipped)");
+  return prompts;
+}
+
+int run_generate(const llm::RunConfig& config, const std::optional<std::string>& prompts_file) {
+  if (!prompts_file) {
+    llm::Engine engine(config);
+    std::fputs(config.prompt.c_str(), stdout);
+    std::fflush(stdout);
+    auto r = engine.generate(config.prompt, engine.generation_options(), [](const std::string& text) {
+      std::fputs(text.c_str(), stdout);
+      std::fflush(stdout);
+    });
+    std::fputs("\n", stdout);
+    std::fflush(stdout);
+    print_stats(engine, {r});
+    return 0;
+  }
+  // A batch: outputs are printed apart and in prompt order once every sequence has finished.
+  const std::vector<std::string> prompts = read_prompts(*prompts_file);
+  llm::Engine engine(config, static_cast<int>(prompts.size()));
+  auto results = engine.generate_batch(prompts, engine.generation_options());
+  for (size_t i = 0; i < results.size(); ++i)
+    std::printf("%s--- %zu ---\n%s%s\n", i ? "\n" : "", i + 1, prompts[i].c_str(), results[i].text.c_str());
+  std::fflush(stdout);
+  print_stats(engine, results);
   return 0;
 }
 
@@ -83,7 +131,18 @@ int run_backends(const llm::RunConfig& config, bool as_json) {
   const auto dirs = llm::plugin_search_dirs(config.plugin_dirs);
   const auto candidates = llm::load_plugins(dirs);
   const int threads = llm::resolve_threads(config.threads);
-  const llm_device_info device = llm::cpu_device_info(threads);
+  llm_device_info device = llm::cpu_device_info(threads);
+  llm_dtype dtype = LLM_DTYPE_F32;
+#if LLM_HAVE_CUDA
+  // Probe against the GPU the run would use.
+  const llm::cuda::DeviceStatus gpu = llm::cuda::probe_device(0);
+  if (config.device != "cpu" && gpu.usable) {
+    device = llm::cuda::device_info(gpu);
+    llm::DType t = llm::DType::BF16;
+    llm::parse_dtype(config.dtype, t);
+    dtype = llm::sdk_dtype(t);
+  }
+#endif
 
   // Probe against the configured model's shape when there is one.
   std::unique_ptr<llm::Checkpoint> checkpoint;
@@ -115,7 +174,9 @@ int run_backends(const llm::RunConfig& config, bool as_json) {
                 {"priority", t.priority}});
       if (checkpoint) {
         const auto& mc = checkpoint->config();
-        auto v = llm::probe_plugin(c.plugin, device, llm::attention_shape(mc, mc.max_seq_len, 1));
+        llm_attention_shape shape = llm::attention_shape(mc, mc.max_seq_len, 1);
+        shape.dtype = dtype;
+        auto v = llm::probe_plugin(c.plugin, device, shape);
         j["probe"] = {{"supported", v.supported}, {"reason", v.reason}, {"capabilities", v.capabilities}};
       } else {
         j["probe"] = {{"supported", nullptr}, {"reason", "not run: " + no_probe}};
@@ -160,6 +221,8 @@ int main(int argc, char** argv) {
   Overrides o;
   add_common_options(app, config_path, o);
   app.add_option("--prompt", o.prompt, "prompt text");
+  app.add_option("--prompts", o.prompts_file, "file of prompts, one a line, generated together as a batch")
+      ->check(CLI::ExistingFile);
   app.add_option("--max-tokens", o.max_tokens, "new tokens to generate")->check(CLI::Range(1, 1 << 22));
   app.add_option("--temperature", o.temperature, "sampling temperature (0: greedy)")->check(CLI::Range(0.0, 100.0));
   app.add_option("--top-k", o.top_k, "keep the k most likely tokens (0: off)")->check(CLI::NonNegativeNumber);
@@ -178,7 +241,7 @@ int main(int argc, char** argv) {
   try {
     if (*backends) return run_backends(build_config(backends_config, bo), as_json);
     if (o.top_p && *o.top_p <= 0.0f) throw llm::Error("--top-p must be in (0, 1], got 0");
-    return run_generate(build_config(config_path, o));
+    return run_generate(build_config(config_path, o), o.prompts_file);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "llm-runner: error: %s\n", e.what());

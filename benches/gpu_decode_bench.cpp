@@ -1,0 +1,153 @@
+// gpu_decode_bench: end-to-end GPU prefill and decode tok/s on random-weight Llama shapes, bf16, beside the
+// decode floor (weight bytes / device copy bandwidth, both measured in this run).
+//
+//   gpu_decode_bench [--shapes stories110M,tinyllama,llama2-7b] [--batches 1,8] [--prompt-len 512]
+//                    [--new-tokens 256] [--backends mha_cuda] [--work-dir DIR] [--tokenizer PATH]
+// Checkpoints are written once into --work-dir as Q8_0 (smallest to write; dequantized to bf16 on upload:
+// decode speed does not depend on the values).
+#include <cuda_runtime.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include "cuda_check.h"
+#include "engine.h"
+#include "llama_cuda.h"
+#include "log.h"
+#include "models_dir.h"
+#include "random_checkpoint.h"
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Device-to-device copy bandwidth, counting bytes read plus bytes written, best of 10 copies of 1 GiB.
+double copy_bandwidth() {
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  LLM_CUDA_CHECK(cudaMalloc(&a, bytes));
+  LLM_CUDA_CHECK(cudaMalloc(&b, bytes));
+  LLM_CUDA_CHECK(cudaMemset(a, 1, bytes));
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  float best = 1e30f;
+  for (int i = 0; i < 10; ++i) {
+    cudaEventRecord(start);
+    LLM_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    best = std::min(best, ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes / (best * 1e-3) / 1e9;
+}
+
+size_t bf16_weight_bytes(const llm::ModelConfig& c) {
+  const size_t d = c.dim, kv = c.kv_dim(), h = c.hidden_dim, v = c.vocab_size;
+  const size_t per_layer = d * d * 2 + d * kv * 2 + d * h * 3;
+  return 2 * (c.n_layers * per_layer + v * d * (c.shared_classifier ? 1 : 2));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"GPU prefill and decode tok/s on random-weight Llama shapes, beside the bandwidth floor"};
+  std::vector<std::string> shapes = {"stories110M", "tinyllama", "llama2-7b"}, backends = {"mha_cuda"};
+  std::vector<int> batches = {1, 8};
+  int prompt_len = 512, new_tokens = 256;
+  std::string work_dir = (fs::temp_directory_path() / "llm-gpu-bench").string(), tokenizer, dtype = "bf16";
+  app.add_option("--shapes", shapes, "model presets")->delimiter(',');
+  app.add_option("--batches", batches, "sequences decoded together")->delimiter(',');
+  app.add_option("--prompt-len", prompt_len, "prompt tokens per sequence")->capture_default_str();
+  app.add_option("--new-tokens", new_tokens, "decode steps")->capture_default_str();
+  app.add_option("--backends", backends, "attention backend chain")->delimiter(',');
+  app.add_option("--dtype", dtype, "bf16, fp16 or fp32")->capture_default_str();
+  app.add_option("--work-dir", work_dir, "where random checkpoints are written")->capture_default_str();
+  app.add_option("--tokenizer", tokenizer, "a 32000-token tokenizer (default: llama2-tokenizer.bin in the models dir)");
+  CLI11_PARSE(app, argc, argv);
+  llm::set_log_level("warn");
+  if (tokenizer.empty()) tokenizer = llm::resolve_models_dir() + "/llama2-tokenizer.bin";
+  fs::create_directories(work_dir);
+
+  const llm::cuda::DeviceStatus gpu = llm::cuda::probe_device(0);
+  if (!gpu.usable) {
+    std::printf("gpu_decode_bench: no usable GPU: %s\n", gpu.reason.c_str());
+    return 0;
+  }
+  const double bw = copy_bandwidth();
+  std::printf("device %s; copy bandwidth %.0f GB/s (read + write)\n", gpu.name.c_str(), bw);
+  std::printf("| shape | batch | attention | weights (bf16) | prefill tok/s | decode tok/s (per seq) | decode tok/s "
+              "(aggregate) | floor tok/s | of floor |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+  std::fflush(stdout);
+
+  for (const auto& shape : shapes) {
+    llm::ModelConfig config = llm::model_preset(shape);
+    config.max_seq_len = std::max(config.max_seq_len, prompt_len + new_tokens);
+    const std::string path = (fs::path(work_dir) / (shape + "_random_q80.bin")).string();
+    if (!fs::exists(path)) {
+      const auto t0 = Clock::now();
+      llm::write_checkpoint(path, config, llm::CheckpointFormat::V2Q8, llm::random_weights(config, 1));
+      std::fprintf(stderr, "wrote %s in %.1f s\n", path.c_str(), std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    const int max_batch = *std::max_element(batches.begin(), batches.end());
+    llm::RunConfig rc;
+    rc.model = path;
+    rc.tokenizer = tokenizer;
+    rc.device = "cuda";
+    rc.dtype = dtype;
+    rc.backend_order = backends;
+    rc.max_context = prompt_len + new_tokens;
+    std::unique_ptr<llm::Engine> engine;
+    try {
+      engine = std::make_unique<llm::Engine>(rc, max_batch);
+    } catch (const std::exception& e) {
+      std::printf("| %s | - | - | - | error: %s |\n", shape.c_str(), e.what());
+      continue;
+    }
+    llm::LanguageModel& model = engine->model();
+    const double floor = bw * 1e9 / bf16_weight_bytes(config);
+    std::mt19937 rng(7);
+    std::uniform_int_distribution<int> token(3, config.vocab_size - 1);
+    for (int batch : batches) {
+      std::vector<llm::SequenceChunk> prompts;
+      for (int s = 0; s < batch; ++s) {
+        llm::SequenceChunk c{s, 0, {}};
+        for (int i = 0; i < prompt_len; ++i) c.tokens.push_back(token(rng));
+        prompts.push_back(c);
+      }
+      std::vector<int> ids(batch);
+      double best_prefill = 0, best_decode = 0;
+      for (int rep = 0; rep < 3; ++rep) {  // rep 0 warms up (graph capture, cuBLAS heuristics)
+        auto t0 = Clock::now();
+        model.forward_argmax(prompts, ids.data());
+        const double prefill = std::chrono::duration<double>(Clock::now() - t0).count();
+        t0 = Clock::now();
+        for (int step = 0; step < new_tokens; ++step) {
+          std::vector<llm::SequenceChunk> chunks;
+          for (int s = 0; s < batch; ++s) chunks.push_back(llm::SequenceChunk{s, prompt_len + step, {ids[s]}});
+          model.forward_argmax(chunks, ids.data());
+        }
+        const double decode = std::chrono::duration<double>(Clock::now() - t0).count();
+        if (rep == 0) continue;
+        best_prefill = std::max(best_prefill, batch * prompt_len / prefill);
+        best_decode = std::max(best_decode, new_tokens / decode);
+      }
+      std::printf("| %s | %d | %s | %.2f GB | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", shape.c_str(), batch,
+                  model.attention_backend().c_str(), bf16_weight_bytes(config) / 1e9, best_prefill, best_decode,
+                  best_decode * batch, floor, 100.0 * best_decode / floor);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,188 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cfloat>
+
+#include "cuda_check.h"
+#include "cuda_kernels.h"
+
+namespace llm::cuda {
+namespace {
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Calls f.template operator()<T>() with T the C++ type of `type`.
+template <typename F>
+void by_type(DType type, F&& f) {
+  switch (type) {
+    case DType::F32: f(float{}); break;
+    case DType::F16: f(__half{}); break;
+    case DType::BF16: f(__nv_bfloat16{}); break;
+  }
+}
+
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) / 32;
+  v = threadIdx.x < warps ? partial[threadIdx.x] : 0.0f;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __shared__ float total;
+  if (threadIdx.x == 0) total = v;
+  __syncthreads();
+  return total;
+}
+
+template <typename T>
+__global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, float* x) {
+  const int t = blockIdx.x;
+  const T* row = table + static_cast<int64_t>(tokens[t]) * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) x[static_cast<int64_t>(t) * dim + i] = to_f32(row[i]);
+}
+
+template <typename T>
+__global__ void rmsnorm_kernel(const float* x, const int32_t* rows, const float* gain, int dim, float eps, T* out) {
+  const int r = blockIdx.x;
+  const float* xr = x + static_cast<int64_t>(rows ? rows[r] : r) * dim;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  const float inv = rsqrtf(block_sum(ss) / dim + eps);
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) out[static_cast<int64_t>(r) * dim + i] = from_f32<T>(gain[i] * (xr[i] * inv));
+}
+
+template <typename T>
+__global__ void rope_cache_kernel(T* q, T* k, const T* v, const int32_t* pos, const int32_t* slot, int n_heads,
+                                  int n_kv, int head_dim, const float* cos_sin, T* k_cache, T* v_cache,
+                                  int64_t seq_stride) {
+  const int t = blockIdx.x;
+  const int half = head_dim / 2, kv_dim = n_kv * head_dim;
+  const float* cs = cos_sin + static_cast<int64_t>(pos[t]) * head_dim;
+  T* qt = q + static_cast<int64_t>(t) * n_heads * head_dim;
+  T* kt = k + static_cast<int64_t>(t) * kv_dim;
+  for (int i = threadIdx.x; i < (n_heads + n_kv) * half; i += blockDim.x) {
+    const int head = i / half, p = i % half;
+    T* base = head < n_heads ? qt + head * head_dim : kt + (head - n_heads) * head_dim;
+    const float a = to_f32(base[2 * p]), b = to_f32(base[2 * p + 1]);
+    const float c = cs[2 * p], s = cs[2 * p + 1];
+    base[2 * p] = from_f32<T>(a * c - b * s);
+    base[2 * p + 1] = from_f32<T>(a * s + b * c);
+  }
+  __syncthreads();
+  const int64_t row = static_cast<int64_t>(slot[t]) * seq_stride + static_cast<int64_t>(pos[t]) * kv_dim;
+  const T* vt = v + static_cast<int64_t>(t) * kv_dim;
+  for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+    k_cache[row + i] = kt[i];
+    v_cache[row + i] = vt[i];
+  }
+}
+
+template <typename T>
+__global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, T* out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = from_f32<T>(g / (1.0f + __expf(-g)) * up[i]);
+  }
+}
+
+__global__ void argmax_kernel(const float* logits, int vocab, int32_t* ids) {
+  const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+  float best = -FLT_MAX;
+  int best_i = 0x7fffffff;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+    if (row[i] > best) best = row[i], best_i = i;  // ascending i: keeps the lowest index among equals
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    if (ob > best || (ob == best && oi < best_i)) best = ob, best_i = oi;
+  }
+  __shared__ float sb[32];
+  __shared__ int si[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) sb[warp] = best, si[warp] = best_i;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (blockDim.x + 31) / 32; ++w)
+      if (sb[w] > best || (sb[w] == best && si[w] < best_i)) best = sb[w], best_i = si[w];
+    ids[blockIdx.x] = best_i;
+  }
+}
+
+template <typename T>
+__global__ void convert_kernel(const float* src, int64_t n, T* dst) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = from_f32<T>(src[i]);
+}
+
+int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((n + block - 1) / block, 65535)); }
+
+}  // namespace
+
+void embed(const int32_t* tokens, int n_tokens, const void* embedding, DType type, int dim, float* x,
+           cudaStream_t stream) {
+  by_type(type, [&](auto tag) {
+    using T = decltype(tag);
+    embed_kernel<T><<<n_tokens, 256, 0, stream>>>(tokens, static_cast<const T*>(embedding), dim, x);
+  });
+  LLM_CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm(const float* x, const int32_t* rows, int n_rows, const float* gain, int dim, float eps, void* out,
+             DType type, cudaStream_t stream) {
+  by_type(type, [&](auto tag) {
+    using T = decltype(tag);
+    rmsnorm_kernel<T><<<n_rows, 256, 0, stream>>>(x, rows, gain, dim, eps, static_cast<T*>(out));
+  });
+  LLM_CUDA_CHECK_LAUNCH();
+}
+
+void rope_and_cache(void* q, void* k, const void* v, const int32_t* pos, const int32_t* slot, int n_tokens,
+                    int n_heads, int n_kv_heads, int head_dim, const float* cos_sin, void* k_cache, void* v_cache,
+                    int64_t seq_stride, DType type, cudaStream_t stream) {
+  by_type(type, [&](auto tag) {
+    using T = decltype(tag);
+    rope_cache_kernel<T><<<n_tokens, 128, 0, stream>>>(static_cast<T*>(q), static_cast<T*>(k),
+                                                       static_cast<const T*>(v), pos, slot, n_heads, n_kv_heads,
+                                                       head_dim, cos_sin, static_cast<T*>(k_cache),
+                                                       static_cast<T*>(v_cache), seq_stride);
+  });
+  LLM_CUDA_CHECK_LAUNCH();
+}
+
+void swiglu(const float* gate, const float* up, int64_t n, void* out, DType type, cudaStream_t stream) {
+  by_type(type, [&](auto tag) {
+    using T = decltype(tag);
+    swiglu_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(gate, up, n, static_cast<T*>(out));
+  });
+  LLM_CUDA_CHECK_LAUNCH();
+}
+
+void argmax_rows(const float* logits, int n_rows, int vocab, int32_t* ids, cudaStream_t stream) {
+  argmax_kernel<<<n_rows, 1024, 0, stream>>>(logits, vocab, ids);
+  LLM_CUDA_CHECK_LAUNCH();
+}
+
+void convert_from_f32(const float* src, int64_t n, void* dst, DType type, cudaStream_t stream) {
+  by_type(type, [&](auto tag) {
+    using T = decltype(tag);
+    convert_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(src, n, static_cast<T*>(dst));
+  });
+  LLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace llm::cuda

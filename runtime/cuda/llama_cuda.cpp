@@ -1,0 +1,336 @@
+#include "llama_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda_check.h"
+#include "cuda_kernels.h"
+#include "error.h"
+#include "log.h"
+
+namespace llm::cuda {
+namespace {
+
+cudaDataType cuda_type(DType t) {
+  return t == DType::F32 ? CUDA_R_32F : t == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+// cuBLAS needs its own workspace to be captured in a graph without allocating (32 MiB suits Hopper).
+constexpr size_t kCublasWorkspace = size_t{32} << 20;
+
+}  // namespace
+
+LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, const DeviceStatus& device,
+                     DType dtype, int max_batch, int max_context)
+    : config_(checkpoint.config()),
+      chain_(std::move(chain)),
+      dtype_(dtype),
+      max_batch_(max_batch),
+      max_context_(max_context),
+      alloc_(std::make_unique<CachingAllocator>(device.index)) {
+  LLM_CUDA_CHECK(cudaSetDevice(device.index));
+  LLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  LLM_CUBLAS_CHECK(cublasCreate(&cublas_));
+  LLM_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  LLM_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_PEDANTIC_MATH));  // fp32 stays fp32: no TF32
+  cublas_workspace_ = alloc(kCublasWorkspace, AllocTag::Workspace);
+  LLM_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
+  LLM_CUDA_CHECK(cudaMallocHost(&pinned_ids_, sizeof(int32_t) * max_batch_));
+
+  // Weights, once, in the model dtype (norms stay fp32).
+  const ModelWeights& w = checkpoint.weights();
+  embedding_ = upload(w.token_embedding);
+  classifier_ = config_.shared_classifier && w.classifier.f32 == w.token_embedding.f32 &&
+                        w.classifier.q == w.token_embedding.q
+                    ? embedding_
+                    : upload(w.classifier);
+  for (const LayerWeights& L : w.layers) {
+    DeviceLayer d;
+    d.rms_att = upload_f32(L.rms_att, config_.dim);
+    d.rms_ffn = upload_f32(L.rms_ffn, config_.dim);
+    d.wq = upload(L.wq), d.wk = upload(L.wk), d.wv = upload(L.wv), d.wo = upload(L.wo);
+    d.w1 = upload(L.w1), d.w2 = upload(L.w2), d.w3 = upload(L.w3);
+    layers_.push_back(d);
+  }
+  rms_final_ = upload_f32(w.rms_final, config_.dim);
+
+  // RoPE angles in double, rounded once to float (as on the CPU).
+  const int half = config_.head_dim() / 2;
+  std::vector<float> rope(static_cast<size_t>(max_context_) * half * 2);
+  for (int pos = 0; pos < max_context_; ++pos)
+    for (int i = 0; i < half; ++i) {
+      const double freq = std::pow(static_cast<double>(config_.rope_theta), -2.0 * i / config_.head_dim());
+      rope[(static_cast<size_t>(pos) * half + i) * 2] = static_cast<float>(std::cos(pos * freq));
+      rope[(static_cast<size_t>(pos) * half + i) * 2 + 1] = static_cast<float>(std::sin(pos * freq));
+    }
+  rope_ = upload_f32(rope.data(), rope.size());
+
+  // The KV cache, in the model dtype.
+  seq_stride_ = static_cast<int64_t>(max_context_) * config_.kv_dim();
+  layer_stride_ = seq_stride_ * max_batch_;
+  const size_t cache_bytes = static_cast<size_t>(layer_stride_) * config_.n_layers * dtype_size(dtype_);
+  k_cache_ = alloc(cache_bytes, AllocTag::KvCache);
+  v_cache_ = alloc(cache_bytes, AllocTag::KvCache);
+  LLM_CUDA_CHECK(cudaMemsetAsync(k_cache_, 0, cache_bytes, stream_));
+  LLM_CUDA_CHECK(cudaMemsetAsync(v_cache_, 0, cache_bytes, stream_));
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  log().info("GPU model on {}: {} weights, KV cache {:.1f} MiB ({} slots x {} positions); {}", device.name,
+             dtype_name(dtype_), 2.0 * cache_bytes / (1 << 20), max_batch_, max_context_, alloc_->stats_line());
+}
+
+LlamaCuda::~LlamaCuda() {
+  for (auto& g : graphs_)
+    if (g.exec) cudaGraphExecDestroy(g.exec);
+  if (pinned_ids_) cudaFreeHost(pinned_ids_);
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) cudaStreamSynchronize(stream_);
+  chain_.reset();  // plugin contexts go before the memory they were given
+  alloc_.reset();
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void* LlamaCuda::alloc(size_t bytes, AllocTag tag) { return alloc_->allocate(bytes, stream_, tag); }
+
+float* LlamaCuda::upload_f32(const float* data, size_t count) {
+  auto* d = static_cast<float*>(alloc(count * sizeof(float), AllocTag::Weights));
+  LLM_CUDA_CHECK(cudaMemcpy(d, data, count * sizeof(float), cudaMemcpyHostToDevice));
+  return d;
+}
+
+LlamaCuda::DeviceMatrix LlamaCuda::upload(const Matrix& m) {
+  DeviceMatrix d;
+  d.rows = m.rows, d.cols = m.cols;
+  const size_t n = static_cast<size_t>(m.rows) * m.cols;
+  d.data = alloc(n * dtype_size(dtype_), AllocTag::Weights);
+  // fp32 rows (dequantized for Q8_0) go up in slabs and are converted to the dtype on the device.
+  const int slab_rows = std::max(1, static_cast<int>((size_t{16} << 20) / (sizeof(float) * m.cols)));
+  std::vector<float> host(static_cast<size_t>(std::min(slab_rows, m.rows)) * m.cols);
+  auto* staging = static_cast<float*>(alloc(host.size() * sizeof(float), AllocTag::Workspace));
+  for (int r0 = 0; r0 < m.rows; r0 += slab_rows) {
+    const int nr = std::min(slab_rows, m.rows - r0);
+    for (int r = 0; r < nr; ++r) m.dequantize_row(r0 + r, host.data() + static_cast<size_t>(r) * m.cols);
+    const size_t count = static_cast<size_t>(nr) * m.cols;
+    LLM_CUDA_CHECK(cudaMemcpyAsync(staging, host.data(), count * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    convert_from_f32(staging, static_cast<int64_t>(count),
+                     static_cast<char*>(d.data) + static_cast<size_t>(r0) * m.cols * dtype_size(dtype_), dtype_,
+                     stream_);
+    LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` is reused for the next slab
+  }
+  alloc_->deallocate(staging);
+  return d;
+}
+
+void LlamaCuda::grow_buffers(int tokens, int chunks) {
+  if (tokens <= cap_tokens_ && chunks <= cap_chunks_) return;
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (void* p : {static_cast<void*>(x_), xb_, q_, k_, v_, static_cast<void*>(h1_), static_cast<void*>(h3_), hb_,
+                  last_, static_cast<void*>(logits_), static_cast<void*>(meta_), static_cast<void*>(ids_)})
+    alloc_->deallocate(p);
+  for (auto& g : graphs_)  // graphs hold the old addresses
+    if (g.exec) cudaGraphExecDestroy(g.exec);
+  graphs_.clear();
+  cap_tokens_ = std::max(tokens, cap_tokens_);
+  cap_chunks_ = std::max(chunks, cap_chunks_);
+  const size_t t = cap_tokens_, c = cap_chunks_, e = dtype_size(dtype_);
+  const ModelConfig& m = config_;
+  x_ = static_cast<float*>(alloc(t * m.dim * sizeof(float), AllocTag::Activations));
+  xb_ = alloc(t * m.dim * e, AllocTag::Activations);
+  q_ = alloc(t * m.dim * e, AllocTag::Activations);
+  k_ = alloc(t * m.kv_dim() * e, AllocTag::Activations);
+  v_ = alloc(t * m.kv_dim() * e, AllocTag::Activations);
+  h1_ = static_cast<float*>(alloc(t * m.hidden_dim * sizeof(float), AllocTag::Activations));
+  h3_ = static_cast<float*>(alloc(t * m.hidden_dim * sizeof(float), AllocTag::Activations));
+  hb_ = alloc(t * m.hidden_dim * e, AllocTag::Activations);
+  last_ = alloc(c * m.dim * e, AllocTag::Activations);
+  logits_ = static_cast<float*>(alloc(c * m.vocab_size * sizeof(float), AllocTag::Activations));
+  meta_ = static_cast<int32_t*>(alloc((3 * t + 4 * c + 1) * sizeof(int32_t), AllocTag::Activations));
+  ids_ = static_cast<int32_t*>(alloc(c * sizeof(int32_t), AllocTag::Activations));
+}
+
+// y = W x for `tokens` rows of x: W (rows, cols) row-major in dtype, x (tokens, cols) dtype, y (tokens, rows)
+// fp32 (y_f32) or dtype; beta = 1 adds into y (the residual).
+void LlamaCuda::gemm(const DeviceMatrix& w, const void* x, int tokens, void* y, bool y_f32, float beta) {
+  const float alpha = 1.0f;
+  const cudaDataType t = cuda_type(dtype_);
+  LLM_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, tokens, w.cols, &alpha, w.data, t, w.cols,
+                                x, t, w.cols, &beta, y, y_f32 ? CUDA_R_32F : t, w.rows, CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT));
+}
+
+void LlamaCuda::stage(const std::vector<SequenceChunk>& chunks) {
+  int tokens = 0;
+  for (const auto& ch : chunks) {
+    const int n = static_cast<int>(ch.tokens.size());
+    if (n == 0 || ch.slot < 0 || ch.slot >= max_batch_ || ch.start_pos < 0 || ch.start_pos + n > max_context_)
+      fail("forward: chunk (slot {}, start {}, {} tokens) does not fit {} slots of {} positions", ch.slot,
+           ch.start_pos, n, max_batch_, max_context_);
+    for (int tok : ch.tokens)
+      if (tok < 0 || tok >= config_.vocab_size)
+        fail("forward: token id {} is outside the vocabulary [0, {})", tok, config_.vocab_size);
+    tokens += n;
+  }
+  const int c = static_cast<int>(chunks.size());
+  grow_buffers(tokens, c);
+  // Layout (offsets in ints): tokens | pos | slot (each cap_tokens_) | q_start (cap_chunks_ + 1) | kv_len |
+  // seq_slot | last (each cap_chunks_): fixed offsets, so captured graphs find fresh values on replay.
+  host_meta_.assign(3 * cap_tokens_ + 4 * cap_chunks_ + 1, 0);
+  int32_t* tok = host_meta_.data();
+  int32_t* pos = tok + cap_tokens_;
+  int32_t* slot = pos + cap_tokens_;
+  int32_t* q_start = slot + cap_tokens_;
+  int32_t* kv_len = q_start + cap_chunks_ + 1;
+  int32_t* seq_slot = kv_len + cap_chunks_;
+  int32_t* last = seq_slot + cap_chunks_;
+  int t = 0;
+  for (int i = 0; i < c; ++i) {
+    const auto& ch = chunks[i];
+    for (size_t j = 0; j < ch.tokens.size(); ++j, ++t) {
+      tok[t] = ch.tokens[j];
+      pos[t] = ch.start_pos + static_cast<int>(j);
+      slot[t] = ch.slot;
+    }
+    q_start[i + 1] = t;
+    kv_len[i] = ch.start_pos + static_cast<int>(ch.tokens.size());
+    seq_slot[i] = ch.slot;
+    last[i] = t - 1;
+  }
+  LLM_CUDA_CHECK(cudaMemcpyAsync(meta_, host_meta_.data(), host_meta_.size() * sizeof(int32_t),
+                                 cudaMemcpyHostToDevice, stream_));
+}
+
+void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
+  const ModelConfig& c = config_;
+  const int32_t* tok = meta_;
+  const int32_t* pos = tok + cap_tokens_;
+  const int32_t* slot = pos + cap_tokens_;
+  const int32_t* q_start = slot + cap_tokens_;
+  const int32_t* kv_len = q_start + cap_chunks_ + 1;
+  const int32_t* seq_slot = kv_len + cap_chunks_;
+  const int32_t* last = seq_slot + cap_chunks_;
+  const size_t e = dtype_size(dtype_);
+
+  embed(tok, tokens, embedding_.data, dtype_, c.dim, x_, stream_);
+
+  llm_kv_cache_view view{};
+  view.struct_size = sizeof(view);
+  view.layout = LLM_KV_LAYOUT_CONTIGUOUS;
+  view.dtype = sdk_dtype(dtype_);
+  view.device_kind = LLM_DEVICE_CUDA;
+  view.seq_stride = seq_stride_;
+  view.token_stride = c.kv_dim();
+  view.head_stride = c.head_dim();
+  llm_attention_args args{};
+  args.struct_size = sizeof(args);
+  args.num_seqs = chunks;
+  args.total_q_tokens = tokens;
+  args.max_q_len = max_q_len;
+  args.max_kv_len = max_kv_len;
+  args.causal = 1;
+  args.softmax_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim()));
+  args.dtype = sdk_dtype(dtype_);
+  args.q = q_;
+  args.q_token_stride = c.dim;
+  args.q_head_stride = c.head_dim();
+  args.out = xb_;
+  args.out_token_stride = c.dim;
+  args.out_head_stride = c.head_dim();
+  args.q_start = q_start;
+  args.kv_len = kv_len;
+  args.seq_slot = seq_slot;
+  args.kv = &view;
+  args.stream = stream_;
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const DeviceLayer& L = layers_[l];
+    void* k_cache = static_cast<char*>(k_cache_) + static_cast<size_t>(l) * layer_stride_ * e;
+    void* v_cache = static_cast<char*>(v_cache_) + static_cast<size_t>(l) * layer_stride_ * e;
+
+    // attention rmsnorm, q/k/v products, RoPE with k and v written into the cache
+    rmsnorm(x_, nullptr, tokens, L.rms_att, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
+    gemm(L.wq, xb_, tokens, q_, false, 0.0f);
+    gemm(L.wk, xb_, tokens, k_, false, 0.0f);
+    gemm(L.wv, xb_, tokens, v_, false, 0.0f);
+    rope_and_cache(q_, k_, v_, pos, slot, tokens, c.n_heads, c.n_kv_heads, c.head_dim(), rope_, k_cache, v_cache,
+                   seq_stride_, dtype_, stream_);
+
+    // attention through the chain, into xb; then the output product added into the residual
+    view.k = k_cache;
+    view.v = v_cache;
+    args.layer = l;
+    if (max_q_len == 1)
+      chain_->decode(args);
+    else
+      chain_->prefill(args);
+    gemm(L.wo, xb_, tokens, x_, true, 1.0f);
+
+    // ffn rmsnorm, SwiGLU, down product added into the residual
+    rmsnorm(x_, nullptr, tokens, L.rms_ffn, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
+    gemm(L.w1, xb_, tokens, h1_, true, 0.0f);
+    gemm(L.w3, xb_, tokens, h3_, true, 0.0f);
+    swiglu(h1_, h3_, static_cast<int64_t>(tokens) * c.hidden_dim, hb_, dtype_, stream_);
+    gemm(L.w2, hb_, tokens, x_, true, 1.0f);
+  }
+
+  // final rmsnorm of each chunk's last token, classifier, argmax
+  rmsnorm(x_, last, chunks, rms_final_, c.dim, c.rms_norm_eps, last_, dtype_, stream_);
+  gemm(classifier_, last_, chunks, logits_, true, 0.0f);
+  argmax_rows(logits_, chunks, c.vocab_size, ids_, stream_);
+}
+
+void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
+  stage(chunks);
+  const int n = static_cast<int>(chunks.size());
+  int tokens = 0, max_q = 0, max_kv = 0;
+  for (const auto& ch : chunks) {
+    tokens += static_cast<int>(ch.tokens.size());
+    max_q = std::max(max_q, static_cast<int>(ch.tokens.size()));
+    max_kv = std::max(max_kv, ch.start_pos + static_cast<int>(ch.tokens.size()));
+  }
+  const bool decode = max_q == 1;
+  const bool graphable = use_graphs_ && decode && (chain_->common_capabilities() & LLM_CAP_CUDA_GRAPH_SAFE);
+  if (!graphable) {
+    enqueue(tokens, n, max_q, max_kv);
+    return;
+  }
+  // Decode: one graph per batch size, captured with the session's bounds and replayed every step.
+  if (graphs_.size() <= static_cast<size_t>(n)) graphs_.resize(n + 1);
+  Graph& g = graphs_[n];
+  if (!g.exec) {
+    cudaGraph_t graph = nullptr;
+    LLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue(tokens, n, 1, max_context_);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      throw;
+    }
+    LLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    LLM_CUDA_CHECK(cudaGraphInstantiate(&g.exec, graph, 0));
+    LLM_CUDA_CHECK(cudaGraphDestroy(graph));
+    g.tokens = tokens;
+    log().debug("captured the decode step for {} sequence(s) in a CUDA graph", n);
+  }
+  LLM_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+  ++graph_replays_;
+}
+
+void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids) {
+  run(chunks);
+  const size_t n = chunks.size();
+  LLM_CUDA_CHECK(cudaMemcpyAsync(pinned_ids_, ids_, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::copy(pinned_ids_, pinned_ids_ + n, ids);
+}
+
+const float* LlamaCuda::forward(const std::vector<SequenceChunk>& chunks) {
+  run(chunks);
+  host_logits_.resize(chunks.size() * static_cast<size_t>(config_.vocab_size));
+  LLM_CUDA_CHECK(cudaMemcpyAsync(host_logits_.data(), logits_, host_logits_.size() * sizeof(float),
+                                 cudaMemcpyDeviceToHost, stream_));
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return host_logits_.data();
+}
+
+}  // namespace llm::cuda

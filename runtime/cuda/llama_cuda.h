@@ -1,0 +1,105 @@
+// The Llama forward pass on the GPU: weights uploaded once in the model dtype (bf16, fp16 or fp32; Q8_0
+// dequantized on upload), an fp32 residual stream, cuBLAS products with fp32 accumulation, fused kernels
+// for the element-wise steps, attention through the backend chain on a device KV cache in the model dtype,
+// and argmax on the GPU so that a greedy step copies back one token id per sequence.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <vector>
+
+#include "backend_chain.h"
+#include "checkpoint.h"
+#include "cuda_allocator.h"
+#include "cuda_device.h"
+#include "dtype.h"
+#include "language_model.h"
+
+namespace llm::cuda {
+
+class LlamaCuda : public LanguageModel {
+ public:
+  // Uploads the weights of `checkpoint` (which must outlive the model) to `device`.
+  LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, const DeviceStatus& device,
+            DType dtype, int max_batch, int max_context);
+  ~LlamaCuda() override;
+
+  const ModelConfig& config() const override { return config_; }
+  int max_batch() const override { return max_batch_; }
+  int max_context() const override { return max_context_; }
+  const float* forward(const std::vector<SequenceChunk>& chunks) override;
+  void forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids) override;
+  std::string attention_backend() const override { return chain_->active_name(); }
+  std::vector<std::string> attention_backends_used() const override { return chain_->served_by(); }
+
+  DType dtype() const { return dtype_; }
+  const CachingAllocator& allocator() const { return *alloc_; }
+  // Decode steps are captured in a CUDA graph per batch size and replayed when every backend left in the
+  // chain is graph-safe; off: every step is launched kernel by kernel.
+  void set_use_graphs(bool on) { use_graphs_ = on; }
+  int graph_replays() const { return graph_replays_; }
+
+ private:
+  struct DeviceMatrix {
+    void* data = nullptr;
+    int rows = 0, cols = 0;
+  };
+  struct DeviceLayer {
+    float *rms_att = nullptr, *rms_ffn = nullptr;
+    DeviceMatrix wq, wk, wv, wo, w1, w2, w3;
+  };
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    int tokens = 0;
+  };
+
+  DeviceMatrix upload(const Matrix& m);
+  float* upload_f32(const float* data, size_t count);
+  void* alloc(size_t bytes, AllocTag tag);
+  void grow_buffers(int tokens, int chunks);
+  void stage(const std::vector<SequenceChunk>& chunks);  // metadata to the device
+  void enqueue(int tokens, int chunks, int max_q_len, int max_kv_len);  // the forward pass, on stream_
+  void gemm(const DeviceMatrix& w, const void* x, int tokens, void* y, bool y_f32, float beta);
+  void run(const std::vector<SequenceChunk>& chunks);
+
+  ModelConfig config_;
+  std::unique_ptr<BackendChain> chain_;
+  DType dtype_;
+  int max_batch_, max_context_;
+  std::unique_ptr<CachingAllocator> alloc_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  void* cublas_workspace_ = nullptr;
+
+  // weights
+  DeviceMatrix embedding_, classifier_;
+  std::vector<DeviceLayer> layers_;
+  float* rms_final_ = nullptr;
+  float* rope_ = nullptr;  // [position][head_dim/2][cos, sin]
+  // KV cache: [layer][slot][position][kv_dim] in dtype_
+  void *k_cache_ = nullptr, *v_cache_ = nullptr;
+  int64_t layer_stride_ = 0, seq_stride_ = 0;
+
+  // activations, sized for the largest batch seen
+  int cap_tokens_ = 0, cap_chunks_ = 0;
+  float* x_ = nullptr;              // (tokens, dim) residual stream, fp32
+  void* xb_ = nullptr;              // (tokens, dim) normed input / attention output, dtype
+  void *q_ = nullptr, *k_ = nullptr, *v_ = nullptr;  // dtype
+  float *h1_ = nullptr, *h3_ = nullptr;              // (tokens, hidden) fp32
+  void* hb_ = nullptr;                               // (tokens, hidden) dtype
+  void* last_ = nullptr;                             // (chunks, dim) dtype
+  float* logits_ = nullptr;                          // (chunks, vocab)
+  int32_t* meta_ = nullptr;  // device: tokens, pos, slot [tokens]; q_start [chunks+1], kv_len, seq_slot, last [chunks]
+  int32_t* ids_ = nullptr;   // device argmax output [chunks]
+  std::vector<int32_t> host_meta_;
+  std::vector<float> host_logits_;
+  int32_t* pinned_ids_ = nullptr;
+
+  bool use_graphs_ = true;
+  std::vector<Graph> graphs_;  // by chunk count, decode only
+  int graph_replays_ = 0;
+};
+
+}  // namespace llm::cuda

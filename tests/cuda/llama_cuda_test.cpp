@@ -1,0 +1,151 @@
+// The GPU forward pass against the CPU fp32 one on stories260K, with mha_cuda serving attention.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "cuda_test_support.h"
+#include "engine.h"
+#include "error.h"
+#include "llama_cuda.h"
+#include "test_support.h"
+
+namespace llm {
+namespace {
+
+RunConfig gpu_config(const std::string& model, const std::string& dtype) {
+  RunConfig c;
+  c.model = model;
+  c.tokenizer = test::model_path("tok512.bin");
+  c.device = "cuda";
+  c.dtype = dtype;
+  c.backend_order = {"mha_cuda"};
+  c.plugin_dirs = {LLM_PLUGIN_DIR, LLM_TEST_PLUGIN_DIR};
+  return c;
+}
+
+RunConfig cpu_config(const std::string& model) {
+  RunConfig c = gpu_config(model, "fp32");
+  c.device = "cpu";
+  c.backend_order = {"mha_cpu"};
+  c.threads = 2;
+  return c;
+}
+
+// max over steps of ||gpu - cpu|| / ||cpu|| for the logits along the CPU's greedy path.
+double logit_error(Engine& gpu, Engine& cpu, int steps) {
+  std::vector<int> tokens = cpu.tokenizer().encode("Once upon a time", true);
+  const int vocab = cpu.model().config().vocab_size;
+  double worst = 0;
+  for (int s = 0; s < steps; ++s) {
+    const int start = s == 0 ? 0 : static_cast<int>(tokens.size()) - 1;
+    std::vector<int> feed(tokens.begin() + start, tokens.end());
+    const float* lc = cpu.model().forward({SequenceChunk{0, start, feed}});
+    std::vector<float> c(lc, lc + vocab);
+    const float* lg = gpu.model().forward({SequenceChunk{0, start, feed}});
+    double e = 0, r = 0;
+    for (int i = 0; i < vocab; ++i) {
+      if (!std::isfinite(lg[i])) return INFINITY;
+      e += (lg[i] - c[i]) * double(lg[i] - c[i]);
+      r += double(c[i]) * c[i];
+    }
+    worst = std::max(worst, std::sqrt(e / r));
+    tokens.push_back(argmax(c.data(), vocab));
+  }
+  return worst;
+}
+
+TEST(LlamaCuda, LogitsMatchTheCpuForEachDtype) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  Engine cpu(cpu_config(model));
+  // fp32: the same arithmetic up to summation order; bf16/fp16: weights, activations and cache rounded.
+  for (auto [dtype, bound] : {std::pair{"fp32", 1e-5}, {"fp16", 1e-2}, {"bf16", 3e-2}}) {
+    Engine gpu(gpu_config(model, dtype));
+    Engine fresh_cpu(cpu_config(model));
+    const double err = logit_error(gpu, fresh_cpu, 40);
+    std::printf("GPU %s vs CPU fp32 logits, 40 steps: max relative L2 error %.3g (bound %.0e)\n", dtype, err, bound);
+    EXPECT_LT(err, bound) << dtype;
+  }
+}
+
+TEST(LlamaCuda, Fp32GreedyTextEqualsTheCpu) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  GenerationOptions o;
+  o.max_tokens = 200;
+  o.stop_at_eos = false;
+  auto cpu = Engine(cpu_config(model)).generate("Once upon a time", o);
+  Engine gpu(gpu_config(model, "fp32"));
+  auto r = gpu.generate("Once upon a time", o);
+  EXPECT_EQ(r.tokens, cpu.tokens);
+  EXPECT_EQ(gpu.device(), "cuda");
+  EXPECT_EQ(r.backends, std::vector<std::string>{"mha_cuda"});
+}
+
+TEST(LlamaCuda, GraphReplayEqualsEagerAndTheAllocatorStopsGrowing) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  GenerationOptions o;
+  o.max_tokens = 300;
+  o.stop_at_eos = false;
+  Engine eager(gpu_config(model, "bf16")), graphed(gpu_config(model, "bf16"));
+  auto* eager_model = dynamic_cast<cuda::LlamaCuda*>(&eager.model());
+  auto* graph_model = dynamic_cast<cuda::LlamaCuda*>(&graphed.model());
+  ASSERT_TRUE(eager_model && graph_model);
+  eager_model->set_use_graphs(false);
+  auto a = eager.generate("Once upon a time", o);
+  // warm-up run, then 1000 more decode steps must not call cudaMalloc again
+  auto b = graphed.generate("Once upon a time", o);
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_GT(graph_model->graph_replays(), 250);
+  const auto before = graph_model->allocator().stats();
+  for (int i = 0; i < 4; ++i) graphed.generate("The little dog", o);
+  const auto after = graph_model->allocator().stats();
+  EXPECT_EQ(after.cuda_malloc_calls, before.cuda_malloc_calls) << graph_model->allocator().stats_line();
+  EXPECT_EQ(after.bytes_in_use, before.bytes_in_use);
+}
+
+TEST(LlamaCuda, Int8CheckpointRunsOnTheGpu) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(q80, "stories260K_q80.bin");
+  LLM_REQUIRE_MODEL(fp32, "stories260K.bin");
+  GenerationOptions o;
+  o.max_tokens = 40;
+  // Q8_0 is dequantized on upload: the GPU sees the very values the fp32 file holds (it was made from them).
+  auto a = Engine(gpu_config(q80, "fp32")).generate("Once upon a time", o);
+  auto b = Engine(gpu_config(fp32, "fp32")).generate("Once upon a time", o);
+  EXPECT_EQ(a.tokens, b.tokens);
+}
+
+TEST(LlamaCuda, BatchedGenerationMatchesEachPromptAlone) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  const std::vector<std::string> prompts = {"Once upon a time", "The little dog", "Tom had a toy car. He",
+                                            "One day, a big red ball", "Lily and Ben"};
+  GenerationOptions o;
+  o.max_tokens = 80;
+  Engine batch(gpu_config(model, "fp32"), static_cast<int>(prompts.size()));
+  auto results = batch.generate_batch(prompts, o);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto alone = Engine(gpu_config(model, "fp32")).generate(prompts[i], o);
+    EXPECT_EQ(results[i].tokens, alone.tokens) << prompts[i];
+  }
+}
+
+TEST(LlamaCuda, NoCudaBackendIsAClearErrorNotACrash) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  RunConfig c = gpu_config(model, "bf16");
+  c.backend_order = {"mha_cpu"};
+  try {
+    Engine e(c);
+    FAIL() << "expected llm::Error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), testing::HasSubstr("no usable attention backend"));
+    EXPECT_THAT(e.what(), testing::HasSubstr("mha_cpu"));
+  }
+}
+
+}  // namespace
+}  // namespace llm
