@@ -87,8 +87,9 @@ int main(int argc, char** argv) {
   }
   const double bw = copy_bandwidth();
   std::printf("device %s; copy bandwidth %.0f GB/s (read + write)\n", gpu.name.c_str(), bw);
-  std::printf("| shape | batch | attention | weights (bf16) | prefill tok/s | decode tok/s (per seq) | decode tok/s "
-              "(aggregate) | floor tok/s | of floor |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+  std::printf(
+      "| shape | batch | attention | weights (bf16) | prefill tok/s | decode tok/s (per seq) | decode tok/s "
+      "(aggregate) | floor tok/s | of floor |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
   std::fflush(stdout);
 
   for (const auto& shape : shapes) {
@@ -98,7 +99,8 @@ int main(int argc, char** argv) {
     if (!fs::exists(path)) {
       const auto t0 = Clock::now();
       llm::write_checkpoint(path, config, llm::CheckpointFormat::V2Q8, llm::random_weights(config, 1));
-      std::fprintf(stderr, "wrote %s in %.1f s\n", path.c_str(), std::chrono::duration<double>(Clock::now() - t0).count());
+      std::fprintf(stderr, "wrote %s in %.1f s\n", path.c_str(),
+                   std::chrono::duration<double>(Clock::now() - t0).count());
     }
     const int max_batch = *std::max_element(batches.begin(), batches.end());
     llm::RunConfig rc;

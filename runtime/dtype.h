@@ -17,10 +17,14 @@ inline llm_dtype sdk_dtype(DType t) {
 }
 // Parses "fp32", "fp16" or "bf16"; returns false otherwise.
 inline bool parse_dtype(const std::string& s, DType& out) {
-  if (s == "fp32") out = DType::F32;
-  else if (s == "fp16") out = DType::F16;
-  else if (s == "bf16") out = DType::BF16;
-  else return false;
+  if (s == "fp32")
+    out = DType::F32;
+  else if (s == "fp16")
+    out = DType::F16;
+  else if (s == "bf16")
+    out = DType::BF16;
+  else
+    return false;
   return true;
 }
 

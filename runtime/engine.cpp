@@ -6,8 +6,8 @@
 #include <thread>
 
 #include "backend_chain.h"
-#include "error.h"
 #include "cpu_ops.h"
+#include "error.h"
 #include "llama_cpu.h"
 #include "log.h"
 #include "models_dir.h"
@@ -99,8 +99,8 @@ Engine::Engine(const RunConfig& config, int max_batch)
 #endif
   }
   const llm_device_info device = cpu_device_info(pool_->size(), pool_.get());
-  auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, device,
-                                              attention_shape(mc, context, max_batch));
+  auto chain =
+      std::make_unique<BackendChain>(plugins_, config_.backend_order, device, attention_shape(mc, context, max_batch));
   model_ = std::make_unique<LlamaCpu>(*checkpoint_, std::move(chain), *pool_, max_batch, context);
   log().info("running on {} with {} thread(s), {} kernels", device.name, pool_->size(), cpu::isa_name());
 }
@@ -128,8 +128,8 @@ GenerationResult Engine::generate(const std::string& prompt, const GenerationOpt
 }
 
 std::vector<GenerationResult> Engine::generate_batch(const std::vector<std::string>& prompts,
-                                                    const GenerationOptions& options,
-                                                    const std::function<void(size_t, const std::string&)>& on_text) {
+                                                     const GenerationOptions& options,
+                                                     const std::function<void(size_t, const std::string&)>& on_text) {
   return llm::generate_batch(*model_, *tokenizer_, prompts, options, on_text);
 }
 

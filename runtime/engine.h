@@ -35,7 +35,8 @@ class Engine {
   GenerationResult generate(const std::string& prompt, const GenerationOptions& options,
                             const std::function<void(const std::string&)>& on_text = {});
   // Several prompts generated together (the engine must have been built with max_batch >= their count).
-  std::vector<GenerationResult> generate_batch(const std::vector<std::string>& prompts, const GenerationOptions& options,
+  std::vector<GenerationResult> generate_batch(const std::vector<std::string>& prompts,
+                                               const GenerationOptions& options,
                                                const std::function<void(size_t, const std::string&)>& on_text = {});
   // Options from the config (max_tokens, sampling, add_bos).
   GenerationOptions generation_options() const;

@@ -18,8 +18,8 @@ struct RunConfig {
   int max_tokens = 256;     // new tokens to generate
   SamplingParams sampling;  // temperature 0 (greedy) unless set
   bool add_bos = true;
-  std::string device = "cpu";  // where the model runs: cpu, cuda, or auto (CUDA when usable, else CPU)
-  std::string dtype = "bf16";  // GPU weights, activations and KV cache: bf16, fp16 or fp32 (the CPU: fp32)
+  std::string device = "cpu";              // where the model runs: cpu, cuda, or auto (CUDA when usable, else CPU)
+  std::string dtype = "bf16";              // GPU weights, activations and KV cache: bf16, fp16 or fp32 (the CPU: fp32)
   int threads = 0;                         // 0: all hardware threads
   int max_context = 0;                     // 0: the model's own limit
   std::vector<std::string> backend_order;  // empty: default order (see backend_chain.h)

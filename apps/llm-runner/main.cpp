@@ -83,8 +83,7 @@ void print_stats(const llm::Engine& engine, const std::vector<llm::GenerationRes
   const double prefill = first.prefill_seconds > 0 ? prompt_tokens / first.prefill_seconds : 0.0;
   const double decode = first.decode_seconds > 0 ? decode_steps / first.decode_seconds : 0.0;
   const std::string memory = engine.memory_stats();
-  const std::string device =
-      engine.device() == "cuda" ? "cuda" : "cpu, threads " + std::to_string(engine.threads());
+  const std::string device = engine.device() == "cuda" ? "cuda" : "cpu, threads " + std::to_string(engine.threads());
   std::fprintf(stderr,
                "stats: %zu sequence(s), prompt %zu tokens, generated %zu tokens (stop: %s); prefill %.1f tok/s, "
                "decode %.1f tok/s; attention: %s; device %s%s%s\n",

@@ -15,11 +15,17 @@ __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162flo
 template <typename T>
 __device__ __forceinline__ T from_f32(float v);
 template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half from_f32<__half>(float v) {
+  return __float2half_rn(v);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 
 // Calls f.template operator()<T>() with T the C++ type of `type`.
 template <typename F>
@@ -61,7 +67,8 @@ __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, const float*
   float ss = 0.0f;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
   const float inv = rsqrtf(block_sum(ss) / dim + eps);
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) out[static_cast<int64_t>(r) * dim + i] = from_f32<T>(gain[i] * (xr[i] * inv));
+  for (int i = threadIdx.x; i < dim; i += blockDim.x)
+    out[static_cast<int64_t>(r) * dim + i] = from_f32<T>(gain[i] * (xr[i] * inv));
 }
 
 template <typename T>
@@ -151,15 +158,14 @@ void rmsnorm(const float* x, const int32_t* rows, int n_rows, const float* gain,
   LLM_CUDA_CHECK_LAUNCH();
 }
 
-void rope_and_cache(void* q, void* k, const void* v, const int32_t* pos, const int32_t* slot, int n_tokens,
-                    int n_heads, int n_kv_heads, int head_dim, const float* cos_sin, void* k_cache, void* v_cache,
+void rope_and_cache(void* q, void* k, const void* v, const int32_t* pos, const int32_t* slot, int n_tokens, int n_heads,
+                    int n_kv_heads, int head_dim, const float* cos_sin, void* k_cache, void* v_cache,
                     int64_t seq_stride, DType type, cudaStream_t stream) {
   by_type(type, [&](auto tag) {
     using T = decltype(tag);
-    rope_cache_kernel<T><<<n_tokens, 128, 0, stream>>>(static_cast<T*>(q), static_cast<T*>(k),
-                                                       static_cast<const T*>(v), pos, slot, n_heads, n_kv_heads,
-                                                       head_dim, cos_sin, static_cast<T*>(k_cache),
-                                                       static_cast<T*>(v_cache), seq_stride);
+    rope_cache_kernel<T><<<n_tokens, 128, 0, stream>>>(static_cast<T*>(q), static_cast<T*>(k), static_cast<const T*>(v),
+                                                       pos, slot, n_heads, n_kv_heads, head_dim, cos_sin,
+                                                       static_cast<T*>(k_cache), static_cast<T*>(v_cache), seq_stride);
   });
   LLM_CUDA_CHECK_LAUNCH();
 }

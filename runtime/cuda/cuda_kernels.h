@@ -24,8 +24,8 @@ void rmsnorm(const float* x, const int32_t* rows, int n_rows, const float* gain,
 // position (llama2.c's adjacent-pair layout, angles from cos_sin [pos][head_dim/2][2]), then writes k and v
 // into the cache: cache row (slot[t], pos[t]) of layer base k_cache / v_cache, rows of kv_dim elements,
 // seq_stride elements between slots.
-void rope_and_cache(void* q, void* k, const void* v, const int32_t* pos, const int32_t* slot, int n_tokens,
-                    int n_heads, int n_kv_heads, int head_dim, const float* cos_sin, void* k_cache, void* v_cache,
+void rope_and_cache(void* q, void* k, const void* v, const int32_t* pos, const int32_t* slot, int n_tokens, int n_heads,
+                    int n_kv_heads, int head_dim, const float* cos_sin, void* k_cache, void* v_cache,
                     int64_t seq_stride, DType type, cudaStream_t stream);
 
 // out = silu(gate) * up, gate and up fp32 [n], out in `type`.

@@ -11,9 +11,7 @@
 namespace llm::cuda {
 namespace {
 
-cudaDataType cuda_type(DType t) {
-  return t == DType::F32 ? CUDA_R_32F : t == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
-}
+cudaDataType cuda_type(DType t) { return t == DType::F32 ? CUDA_R_32F : t == DType::F16 ? CUDA_R_16F : CUDA_R_16BF; }
 
 // cuBLAS needs its own workspace to be captured in a graph without allocating (32 MiB suits Hopper).
 constexpr size_t kCublasWorkspace = size_t{32} << 20;
@@ -40,10 +38,10 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   // Weights, once, in the model dtype (norms stay fp32).
   const ModelWeights& w = checkpoint.weights();
   embedding_ = upload(w.token_embedding);
-  classifier_ = config_.shared_classifier && w.classifier.f32 == w.token_embedding.f32 &&
-                        w.classifier.q == w.token_embedding.q
-                    ? embedding_
-                    : upload(w.classifier);
+  classifier_ =
+      config_.shared_classifier && w.classifier.f32 == w.token_embedding.f32 && w.classifier.q == w.token_embedding.q
+          ? embedding_
+          : upload(w.classifier);
   for (const LayerWeights& L : w.layers) {
     DeviceLayer d;
     d.rms_att = upload_f32(L.rms_att, config_.dim);
@@ -123,8 +121,8 @@ LlamaCuda::DeviceMatrix LlamaCuda::upload(const Matrix& m) {
 void LlamaCuda::grow_buffers(int tokens, int chunks) {
   if (tokens <= cap_tokens_ && chunks <= cap_chunks_) return;
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  for (void* p : {static_cast<void*>(x_), xb_, q_, k_, v_, static_cast<void*>(h1_), static_cast<void*>(h3_), hb_,
-                  last_, static_cast<void*>(logits_), static_cast<void*>(meta_), static_cast<void*>(ids_)})
+  for (void* p : {static_cast<void*>(x_), xb_, q_, k_, v_, static_cast<void*>(h1_), static_cast<void*>(h3_), hb_, last_,
+                  static_cast<void*>(logits_), static_cast<void*>(meta_), static_cast<void*>(ids_)})
     alloc_->deallocate(p);
   for (auto& g : graphs_)  // graphs hold the old addresses
     if (g.exec) cudaGraphExecDestroy(g.exec);
@@ -152,8 +150,8 @@ void LlamaCuda::grow_buffers(int tokens, int chunks) {
 void LlamaCuda::gemm(const DeviceMatrix& w, const void* x, int tokens, void* y, bool y_f32, float beta) {
   const float alpha = 1.0f;
   const cudaDataType t = cuda_type(dtype_);
-  LLM_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, tokens, w.cols, &alpha, w.data, t, w.cols,
-                                x, t, w.cols, &beta, y, y_f32 ? CUDA_R_32F : t, w.rows, CUBLAS_COMPUTE_32F,
+  LLM_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, tokens, w.cols, &alpha, w.data, t, w.cols, x,
+                                t, w.cols, &beta, y, y_f32 ? CUDA_R_32F : t, w.rows, CUBLAS_COMPUTE_32F,
                                 CUBLAS_GEMM_DEFAULT));
 }
 
@@ -162,8 +160,8 @@ void LlamaCuda::stage(const std::vector<SequenceChunk>& chunks) {
   for (const auto& ch : chunks) {
     const int n = static_cast<int>(ch.tokens.size());
     if (n == 0 || ch.slot < 0 || ch.slot >= max_batch_ || ch.start_pos < 0 || ch.start_pos + n > max_context_)
-      fail("forward: chunk (slot {}, start {}, {} tokens) does not fit {} slots of {} positions", ch.slot,
-           ch.start_pos, n, max_batch_, max_context_);
+      fail("forward: chunk (slot {}, start {}, {} tokens) does not fit {} slots of {} positions", ch.slot, ch.start_pos,
+           n, max_batch_, max_context_);
     for (int tok : ch.tokens)
       if (tok < 0 || tok >= config_.vocab_size)
         fail("forward: token id {} is outside the vocabulary [0, {})", tok, config_.vocab_size);
@@ -194,8 +192,8 @@ void LlamaCuda::stage(const std::vector<SequenceChunk>& chunks) {
     seq_slot[i] = ch.slot;
     last[i] = t - 1;
   }
-  LLM_CUDA_CHECK(cudaMemcpyAsync(meta_, host_meta_.data(), host_meta_.size() * sizeof(int32_t),
-                                 cudaMemcpyHostToDevice, stream_));
+  LLM_CUDA_CHECK(
+      cudaMemcpyAsync(meta_, host_meta_.data(), host_meta_.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 }
 
 void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {

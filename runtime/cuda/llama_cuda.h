@@ -22,8 +22,8 @@ namespace llm::cuda {
 class LlamaCuda : public LanguageModel {
  public:
   // Uploads the weights of `checkpoint` (which must outlive the model) to `device`.
-  LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, const DeviceStatus& device,
-            DType dtype, int max_batch, int max_context);
+  LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, const DeviceStatus& device, DType dtype,
+            int max_batch, int max_context);
   ~LlamaCuda() override;
 
   const ModelConfig& config() const override { return config_; }
@@ -59,7 +59,7 @@ class LlamaCuda : public LanguageModel {
   float* upload_f32(const float* data, size_t count);
   void* alloc(size_t bytes, AllocTag tag);
   void grow_buffers(int tokens, int chunks);
-  void stage(const std::vector<SequenceChunk>& chunks);  // metadata to the device
+  void stage(const std::vector<SequenceChunk>& chunks);                 // metadata to the device
   void enqueue(int tokens, int chunks, int max_q_len, int max_kv_len);  // the forward pass, on stream_
   void gemm(const DeviceMatrix& w, const void* x, int tokens, void* y, bool y_f32, float beta);
   void run(const std::vector<SequenceChunk>& chunks);
@@ -84,8 +84,8 @@ class LlamaCuda : public LanguageModel {
 
   // activations, sized for the largest batch seen
   int cap_tokens_ = 0, cap_chunks_ = 0;
-  float* x_ = nullptr;              // (tokens, dim) residual stream, fp32
-  void* xb_ = nullptr;              // (tokens, dim) normed input / attention output, dtype
+  float* x_ = nullptr;                               // (tokens, dim) residual stream, fp32
+  void* xb_ = nullptr;                               // (tokens, dim) normed input / attention output, dtype
   void *q_ = nullptr, *k_ = nullptr, *v_ = nullptr;  // dtype
   float *h1_ = nullptr, *h3_ = nullptr;              // (tokens, hidden) fp32
   void* hb_ = nullptr;                               // (tokens, hidden) dtype

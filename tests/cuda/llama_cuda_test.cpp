@@ -1,4 +1,6 @@
 // The GPU forward pass against the CPU fp32 one on stories260K, with mha_cuda serving attention.
+#include "llama_cuda.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -7,7 +9,6 @@
 #include "cuda_test_support.h"
 #include "engine.h"
 #include "error.h"
-#include "llama_cuda.h"
 #include "test_support.h"
 
 namespace llm {
