@@ -36,8 +36,27 @@ ProbeVerdict probe_plugin(const std::shared_ptr<Plugin>& plugin, const llm_devic
   return v;
 }
 
+InjectedFailure parse_injected_failure(const std::string& text) {
+  const auto at = text.rfind('@');
+  InjectedFailure f;
+  if (at != std::string::npos && at > 0) {
+    f.backend = text.substr(0, at);
+    try {
+      size_t used = 0;
+      f.call = std::stol(text.substr(at + 1), &used);
+      if (used != text.size() - at - 1) f.call = 0;
+    } catch (const std::exception&) {
+      f.call = 0;
+    }
+  }
+  if (f.backend.empty() || f.call < 1)
+    fail("injected failure '{}': expected NAME@CALL with CALL >= 1 (e.g. mha_cuda@40)", text);
+  return f;
+}
+
 BackendChain::BackendChain(const std::vector<PluginCandidate>& candidates, const std::vector<std::string>& order,
-                           const llm_device_info& device, const llm_attention_shape& shape)
+                           const llm_device_info& device, const llm_attention_shape& shape, const BridgeTarget* bridge,
+                           std::vector<InjectedFailure> failures)
     : device_(device), shape_(shape) {
   std::vector<std::shared_ptr<Plugin>> loaded;
   for (const auto& c : candidates)
@@ -65,13 +84,21 @@ BackendChain::BackendChain(const std::vector<PluginCandidate>& candidates, const
       rejected += "\n  " + name + ": no plugin of that name was loaded";
       continue;
     }
-    ProbeVerdict v = probe_plugin(plugin, device, shape);
+    // A backend of the other device kind serves through the bridge, probed against the bridge's device.
+    const bool bridged = bridge && plugin->device_kind() != device.kind && plugin->device_kind() == bridge->device.kind;
+    const llm_device_info& dev = bridged ? bridge->device : device;
+    const llm_attention_shape& shp = bridged ? bridge->shape : shape;
+    ProbeVerdict v = probe_plugin(plugin, dev, shp);
     if (!v.supported) {
       log().info("backend '{}': not in the chain: {}", name, v.reason);
       rejected += "\n  " + name + " (" + plugin->path() + "): " + v.reason;
       continue;
     }
-    links_.push_back(Link{std::move(v)});
+    Link link{std::move(v), dev, shp, bridged};
+    for (const auto& f : failures)
+      if (f.backend == name) link.fail_at = f.call;
+    if (link.fail_at) log().warn("backend '{}' will fail on call {} (failure injection)", name, link.fail_at);
+    links_.push_back(std::move(link));
   }
   for (const auto& c : candidates) {
     if (!c.plugin)
@@ -83,7 +110,11 @@ BackendChain::BackendChain(const std::vector<PluginCandidate>& candidates, const
     fail("no usable attention backend for this model on {} (head_dim {}, {} q heads, {} kv heads); candidates:{}",
          device.name, shape.head_dim, shape.num_q_heads, shape.num_kv_heads,
          rejected.empty() ? std::string("\n  (no plugins were found)") : rejected);
-  log().info("attention backend chain: {}", fmt::join(this->names(), " -> "));
+  std::vector<std::string> shown;
+  for (const auto& l : links_)
+    shown.push_back(l.verdict.plugin->name() +
+                    (l.bridged ? std::string(" (via ") + device_kind_name(l.device.kind) + ")" : ""));
+  log().info("attention backend chain: {}", fmt::join(shown, " -> "));
 }
 
 BackendChain::~BackendChain() {
@@ -101,17 +132,22 @@ std::vector<std::string> BackendChain::names() const {
   return out;
 }
 
-uint64_t BackendChain::common_capabilities() const {
-  uint64_t caps = ~0ull;
-  for (size_t i = active_; i < links_.size(); ++i) caps &= links_[i].verdict.capabilities;
-  return active_ < links_.size() ? caps : 0;
+bool BackendChain::has_injected_failures() const {
+  return std::any_of(links_.begin(), links_.end(), [](const Link& l) { return l.fail_at > 0; });
+}
+
+uint64_t BackendChain::active_capabilities() const {
+  if (active_ >= links_.size() || links_[active_].bridged) return 0;
+  return links_[active_].verdict.capabilities;
 }
 
 // Runs the call on one link; returns "" on success, else the failure message.
 std::string BackendChain::try_link(Link& link, const llm_attention_args& args, bool decode) {
   const llm_backend_iface& t = link.verdict.plugin->iface();
+  if (++link.calls == link.fail_at) return "injected failure on call " + std::to_string(link.calls);
+  if (link.bridged && !bridge_) return "computes on another device and the model offers no bridge";
   if (!link.ctx) {
-    llm_status s = t.context_create(&device_, &shape_, &link.ctx);
+    llm_status s = t.context_create(&link.device, &link.shape, &link.ctx);
     if (s != LLM_OK || !link.ctx) {
       link.ctx = nullptr;
       return "context_create failed (status " + std::to_string(s) + "): " + t.last_error(nullptr);
@@ -119,9 +155,11 @@ std::string BackendChain::try_link(Link& link, const llm_attention_args& args, b
   }
   if (decode && !(link.verdict.capabilities & LLM_CAP_DECODE)) return "does not serve decode";
   if (!decode && !(link.verdict.capabilities & LLM_CAP_PREFILL)) return "does not serve prefill";
-  llm_status s = decode ? t.decode(link.ctx, &args) : t.prefill(link.ctx, &args);
-  if (s == LLM_OK) return "";
-  return "status " + std::to_string(s) + ": " + t.last_error(link.ctx);
+  const llm_attention_args& a = link.bridged ? bridge_->to_host(args) : args;
+  llm_status s = decode ? t.decode(link.ctx, &a) : t.prefill(link.ctx, &a);
+  if (s != LLM_OK) return "status " + std::to_string(s) + ": " + t.last_error(link.ctx);
+  if (link.bridged) bridge_->from_host(args);
+  return "";
 }
 
 void BackendChain::call(const llm_attention_args& args, bool decode) {
@@ -134,9 +172,10 @@ void BackendChain::call(const llm_attention_args& args, bool decode) {
       return;
     }
     link.failed = true;
-    // The next backend that reads memory on the data's device takes this call and the rest.
+    // The next backend that can read the data (on its device, or through the bridge) takes this call and
+    // the rest.
     size_t next = active_ + 1;
-    while (next < links_.size() && links_[next].verdict.plugin->device_kind() != args.kv->device_kind) ++next;
+    while (next < links_.size() && links_[next].bridged && !bridge_) ++next;
     log().error("attention backend '{}' failed in {} (layer {}): {}; {}", link.verdict.plugin->name(),
                 decode ? "decode" : "prefill", args.layer, error,
                 next < links_.size() ? "switching to '" + links_[next].verdict.plugin->name() +

@@ -30,14 +30,43 @@ struct ProbeVerdict {
 ProbeVerdict probe_plugin(const std::shared_ptr<Plugin>& plugin, const llm_device_info& device,
                           const llm_attention_shape& shape);
 
+// Moves one attention call to a backend on the host and its output back: how a GPU model lets CPU backends
+// take over (a host mirror of the KV cache in fp32, the queries down, the output up).
+class AttentionBridge {
+ public:
+  virtual ~AttentionBridge() = default;
+  // The same call with every tensor in host memory, fp32 (valid until the next call).
+  virtual const llm_attention_args& to_host(const llm_attention_args& args) = 0;
+  // Copies the host call's output back into args.out.
+  virtual void from_host(const llm_attention_args& args) = 0;
+};
+
+// A device that backends of another kind than the model's may serve through an AttentionBridge: the host
+// device and the fp32 shape the bridged calls will have.
+struct BridgeTarget {
+  llm_device_info device;
+  llm_attention_shape shape;
+};
+
+// Failure injection (for drills and tests): the backend named `backend` fails its `call`-th call (1-based,
+// counting prefill and decode calls on every layer) as if it had returned an error.
+struct InjectedFailure {
+  std::string backend;
+  long call = 0;
+};
+// Parses "NAME@CALL" (e.g. "mha_cuda@40"); throws llm::Error naming the text otherwise.
+InjectedFailure parse_injected_failure(const std::string& text);
+
 class BackendChain {
  public:
   // Builds the chain. `order`: backend names in preference order; empty means the default order
   // followed by any other loaded plugin by descending priority. A named backend that was not found
-  // or that probes "no" is logged with the reason and left out. Throws llm::Error naming every
-  // candidate and why it was rejected when no backend is left.
+  // or that probes "no" is logged with the reason and left out. Backends of another device kind than
+  // `device` are probed against `bridge` when given (and then need set_bridge before they serve), else
+  // left out. Throws llm::Error naming every candidate and why it was rejected when no backend is left.
   BackendChain(const std::vector<PluginCandidate>& candidates, const std::vector<std::string>& order,
-               const llm_device_info& device, const llm_attention_shape& shape);
+               const llm_device_info& device, const llm_attention_shape& shape, const BridgeTarget* bridge = nullptr,
+               std::vector<InjectedFailure> failures = {});
   ~BackendChain();
   BackendChain(const BackendChain&) = delete;
   BackendChain& operator=(const BackendChain&) = delete;
@@ -51,14 +80,25 @@ class BackendChain {
   std::vector<std::string> names() const;
   // Backends that served at least one call, in the order they took over.
   const std::vector<std::string>& served_by() const { return served_by_; }
-  // Capabilities every remaining backend shares (e.g. graph safety).
-  uint64_t common_capabilities() const;
+  // Capabilities of the backend that serves calls now (e.g. graph safety; 0 when it is bridged, since a
+  // bridged call synchronizes with the host).
+  uint64_t active_capabilities() const;
+  // True when a failure is injected: callers must then make every call through the chain (a replayed CUDA
+  // graph would bypass the count).
+  bool has_injected_failures() const;
+  // How calls reach backends of the other device kind; must outlive the chain's calls.
+  void set_bridge(AttentionBridge* bridge) { bridge_ = bridge; }
 
  private:
   struct Link {
     ProbeVerdict verdict;
+    llm_device_info device;  // what it was probed against and computes on
+    llm_attention_shape shape;
+    bool bridged = false;  // serves the model's data through the bridge
     llm_backend_context* ctx = nullptr;
     bool failed = false;
+    long calls = 0;
+    long fail_at = 0;  // injected failure on this call (0: none)
   };
   void call(const llm_attention_args& args, bool decode);
   std::string try_link(Link& link, const llm_attention_args& args, bool decode);
@@ -68,6 +108,7 @@ class BackendChain {
   std::vector<Link> links_;
   size_t active_ = 0;
   std::vector<std::string> served_by_;
+  AttentionBridge* bridge_ = nullptr;
 };
 
 }  // namespace llm

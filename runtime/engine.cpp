@@ -75,6 +75,10 @@ Engine::Engine(const RunConfig& config, int max_batch)
 
   const int context = config_.max_context > 0 ? std::min(config_.max_context, mc.max_seq_len) : mc.max_seq_len;
   plugins_ = load_plugins(plugin_search_dirs(config_.plugin_dirs));
+  std::vector<InjectedFailure> failures;
+  for (const auto& f : config_.fail_backend) failures.push_back(parse_injected_failure(f));
+  const llm_device_info cpu = cpu_device_info(pool_->size(), pool_.get());
+  const llm_attention_shape cpu_shape = attention_shape(mc, context, max_batch);
 
   // Where the model runs: `auto` takes a usable GPU, else the CPU, saying why.
   if (config_.device != "cpu") {
@@ -85,7 +89,10 @@ Engine::Engine(const RunConfig& config, int max_batch)
       parse_dtype(config_.dtype, dtype);
       llm_attention_shape shape = attention_shape(mc, context, max_batch);
       shape.dtype = sdk_dtype(dtype);
-      auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, cuda::device_info(gpu), shape);
+      // CPU backends can serve the GPU model too, through its host bridge.
+      const BridgeTarget host{cpu, cpu_shape};
+      auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, cuda::device_info(gpu), shape, &host,
+                                                  failures);
       model_ = std::make_unique<cuda::LlamaCuda>(*checkpoint_, std::move(chain), gpu, dtype, max_batch, context);
       device_ = "cuda";
       return;
@@ -98,11 +105,9 @@ Engine::Engine(const RunConfig& config, int max_batch)
     log().info("device auto: this build has no CUDA support; running on the CPU");
 #endif
   }
-  const llm_device_info device = cpu_device_info(pool_->size(), pool_.get());
-  auto chain =
-      std::make_unique<BackendChain>(plugins_, config_.backend_order, device, attention_shape(mc, context, max_batch));
+  auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, cpu, cpu_shape, nullptr, failures);
   model_ = std::make_unique<LlamaCpu>(*checkpoint_, std::move(chain), *pool_, max_batch, context);
-  log().info("running on {} with {} thread(s), {} kernels", device.name, pool_->size(), cpu::isa_name());
+  log().info("running on {} with {} thread(s), {} kernels", cpu.name, pool_->size(), cpu::isa_name());
 }
 
 std::string Engine::memory_stats() const {

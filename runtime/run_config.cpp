@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "backend_chain.h"
 #include "error.h"
 
 namespace fs = std::filesystem;
@@ -147,6 +148,14 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   Section backends = top.child("backends");
   backends.read_list("order", c.backend_order);
   backends.read_list("plugin_dirs", c.plugin_dirs);
+  backends.read_list("fail", c.fail_backend);
+  for (const auto& f : c.fail_backend) {
+    try {
+      parse_injected_failure(f);
+    } catch (const Error& e) {
+      fail("{}: 'backends.fail': {}", source, e.what());
+    }
+  }
   for (auto& dir : c.plugin_dirs) dir = relative_to(dir, base_dir);
   backends.reject_unknown();
 

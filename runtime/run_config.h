@@ -24,6 +24,7 @@ struct RunConfig {
   int max_context = 0;                     // 0: the model's own limit
   std::vector<std::string> backend_order;  // empty: default order (see backend_chain.h)
   std::vector<std::string> plugin_dirs;
+  std::vector<std::string> fail_backend;  // failure injection, "NAME@CALL" (see backend_chain.h)
   std::string log_level = "info";
 };
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "backend_chain.h"
 #include "engine.h"
 #include "error.h"
 #include "sampler.h"
@@ -82,6 +83,30 @@ TEST(Generation, BadPluginsAreRejectedWithReasonsWhileTheRunSucceeds) {
   auto r = engine.generate("Once upon a time", greedy(20));
   EXPECT_EQ(r.tokens.size(), 20u);
   EXPECT_EQ(r.backends, std::vector<std::string>{"mha_cpu"});
+}
+
+TEST(Generation, InjectedFailureMovesTheRunToTheNextBackend) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  auto clean = Engine(config_for(model)).generate("Once upon a time", greedy(80, false));
+  // mha_cpu fails its 1st call (first prefill layer), its 3rd (mid-prefill) or its 60th (mid-decode);
+  // flaky_cpu (told never to fail) computes the same numbers and takes over.
+  ::setenv("LLM_FLAKY_FAIL_AT", "0", 1);
+  for (const char* drill : {"mha_cpu@1", "mha_cpu@3", "mha_cpu@60"}) {
+    RunConfig c = config_for(model, {"mha_cpu", "flaky_cpu"});
+    c.fail_backend = {drill};
+    Engine engine(c);
+    auto r = engine.generate("Once upon a time", greedy(80, false));
+    EXPECT_EQ(r.tokens, clean.tokens) << drill;
+    EXPECT_EQ(engine.model().attention_backend(), "flaky_cpu") << drill;
+  }
+  ::unsetenv("LLM_FLAKY_FAIL_AT");
+}
+
+TEST(Generation, InjectedFailureFormIsChecked) {
+  EXPECT_EQ(parse_injected_failure("mha_cuda@40").call, 40);
+  EXPECT_EQ(parse_injected_failure("mha_cuda@40").backend, "mha_cuda");
+  for (const char* bad : {"mha_cuda", "@3", "mha_cuda@0", "mha_cuda@x", "mha_cuda@4x"})
+    EXPECT_THROW(parse_injected_failure(bad), Error) << bad;
 }
 
 TEST(Generation, EveryBackendFailingIsAnErrorNotAHang) {

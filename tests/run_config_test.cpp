@@ -29,7 +29,7 @@ models_dir: /models
 model: {path: m.bin, tokenizer: t.bin, max_context: 128, load: memory}
 generation: {prompt: "Hi there", max_tokens: 7, temperature: 0.8, top_k: 40, top_p: 0.9, seed: 99, add_bos: false}
 runtime: {device: auto, dtype: fp16, threads: 3}
-backends: {order: [mha_cpu, other], plugin_dirs: [/p1, rel]}
+backends: {order: [mha_cpu, other], plugin_dirs: [/p1, rel], fail: [mha_cpu@7]}
 logging: {level: debug}
 )",
                                  "x.yaml", "/base");
@@ -50,6 +50,7 @@ logging: {level: debug}
   EXPECT_EQ(c.dtype, "fp16");
   EXPECT_EQ(c.backend_order, (std::vector<std::string>{"mha_cpu", "other"}));
   EXPECT_EQ(c.plugin_dirs, (std::vector<std::string>{"/p1", "/base/rel"}));
+  EXPECT_EQ(c.fail_backend, std::vector<std::string>{"mha_cpu@7"});
   EXPECT_EQ(c.log_level, "debug");
 }
 
@@ -86,6 +87,7 @@ TEST(RunConfig, OutOfRangeValuesAreErrors) {
   EXPECT_THAT(error_of("runtime: {device: tpu}"), HasSubstr("'runtime.device' must be one of cpu, cuda, auto"));
   EXPECT_THAT(error_of("runtime: {dtype: fp8}"), HasSubstr("'runtime.dtype' must be one of bf16, fp16, fp32"));
   EXPECT_THAT(error_of("model: {load: disk}"), HasSubstr("'model.load' must be 'mmap'"));
+  EXPECT_THAT(error_of("backends: {fail: [mha_cpu]}"), HasSubstr("'backends.fail': injected failure 'mha_cpu'"));
   EXPECT_THAT(error_of("logging: {level: loud}"), HasSubstr("'logging.level' must be one of"));
 }
 

@@ -30,6 +30,7 @@ struct Overrides {
   std::optional<uint64_t> seed;
   std::optional<std::vector<std::string>> backends;
   std::vector<std::string> plugin_dirs;
+  std::vector<std::string> fail_backend;
 };
 
 void add_common_options(CLI::App& app, std::string& config_path, Overrides& o) {
@@ -40,6 +41,8 @@ void add_common_options(CLI::App& app, std::string& config_path, Overrides& o) {
   app.add_option("--backends", o.backends, "attention backend order, e.g. mha_cpu or flash_cuda,mha_cpu")
       ->delimiter(',');
   app.add_option("--plugin-dir", o.plugin_dirs, "extra plugin directory (repeatable), searched first");
+  app.add_option("--fail-backend", o.fail_backend,
+                 "failure drill: NAME@CALL makes that backend fail its CALL-th call (repeatable)");
   app.add_option("--threads", o.threads, "CPU threads (0: all)")->check(CLI::Range(0, 1024));
   app.add_option("--device", o.device, "cpu, cuda, or auto (CUDA when a usable GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
@@ -65,6 +68,10 @@ llm::RunConfig build_config(const std::string& config_path, const Overrides& o) 
   if (o.seed) c.sampling.seed = *o.seed;
   if (o.backends) c.backend_order = *o.backends;
   c.plugin_dirs.insert(c.plugin_dirs.begin(), o.plugin_dirs.begin(), o.plugin_dirs.end());
+  for (const auto& f : o.fail_backend) {
+    llm::parse_injected_failure(f);  // a bad form is an error naming it
+    c.fail_backend.push_back(f);
+  }
   llm::set_log_level(c.log_level);
   return c;
 }

@@ -1,7 +1,11 @@
 #include "llama_cuda.h"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "cuda_check.h"
 #include "cuda_kernels.h"
@@ -34,6 +38,11 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   cublas_workspace_ = alloc(kCublasWorkspace, AllocTag::Workspace);
   LLM_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
   LLM_CUDA_CHECK(cudaMallocHost(&pinned_ids_, sizeof(int32_t) * max_batch_));
+  chain_->set_bridge(this);
+  if (chain_->has_injected_failures()) {
+    use_graphs_ = false;
+    log().info("failure injection is on: decode steps run without CUDA graphs, so every call is counted");
+  }
 
   // Weights, once, in the model dtype (norms stay fp32).
   const ModelWeights& w = checkpoint.weights();
@@ -76,9 +85,14 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
              dtype_name(dtype_), 2.0 * cache_bytes / (1 << 20), max_batch_, max_context_, alloc_->stats_line());
 }
 
-LlamaCuda::~LlamaCuda() {
+void LlamaCuda::drop_graphs() {
   for (auto& g : graphs_)
     if (g.exec) cudaGraphExecDestroy(g.exec);
+  graphs_.clear();
+}
+
+LlamaCuda::~LlamaCuda() {
+  drop_graphs();
   if (pinned_ids_) cudaFreeHost(pinned_ids_);
   if (cublas_) cublasDestroy(cublas_);
   if (stream_) cudaStreamSynchronize(stream_);
@@ -124,9 +138,7 @@ void LlamaCuda::grow_buffers(int tokens, int chunks) {
   for (void* p : {static_cast<void*>(x_), xb_, q_, k_, v_, static_cast<void*>(h1_), static_cast<void*>(h3_), hb_, last_,
                   static_cast<void*>(logits_), static_cast<void*>(meta_), static_cast<void*>(ids_)})
     alloc_->deallocate(p);
-  for (auto& g : graphs_)  // graphs hold the old addresses
-    if (g.exec) cudaGraphExecDestroy(g.exec);
-  graphs_.clear();
+  drop_graphs();  // graphs hold the old addresses
   cap_tokens_ = std::max(tokens, cap_tokens_);
   cap_chunks_ = std::max(chunks, cap_chunks_);
   const size_t t = cap_tokens_, c = cap_chunks_, e = dtype_size(dtype_);
@@ -188,6 +200,11 @@ void LlamaCuda::stage(const std::vector<SequenceChunk>& chunks) {
       slot[t] = ch.slot;
     }
     q_start[i + 1] = t;
+    if (!mirrored_.empty())  // positions rewritten from start_pos on: the host mirror is stale there
+      for (int l = 0; l < config_.n_layers; ++l) {
+        int& m = mirrored_[static_cast<size_t>(l) * max_batch_ + ch.slot];
+        m = std::min(m, ch.start_pos);
+      }
     kv_len[i] = ch.start_pos + static_cast<int>(ch.tokens.size());
     seq_slot[i] = ch.slot;
     last[i] = t - 1;
@@ -285,7 +302,9 @@ void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
     max_kv = std::max(max_kv, ch.start_pos + static_cast<int>(ch.tokens.size()));
   }
   const bool decode = max_q == 1;
-  const bool graphable = use_graphs_ && decode && (chain_->common_capabilities() & LLM_CAP_CUDA_GRAPH_SAFE);
+  // Graphs replay the kernels of the backend they were captured with: a new active backend needs new ones.
+  if (!graphs_.empty() && chain_->active_name() != graph_backend_) drop_graphs();
+  const bool graphable = use_graphs_ && decode && (chain_->active_capabilities() & LLM_CAP_CUDA_GRAPH_SAFE);
   if (!graphable) {
     enqueue(tokens, n, max_q, max_kv);
     return;
@@ -295,16 +314,28 @@ void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
   Graph& g = graphs_[n];
   if (!g.exec) {
     cudaGraph_t graph = nullptr;
+    const std::string backend = chain_->active_name();
     LLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    std::string problem;
     try {
       enqueue(tokens, n, 1, max_context_);
-    } catch (...) {
-      cudaStreamEndCapture(stream_, &graph);
+    } catch (const std::exception& e) {
+      problem = e.what();
+    }
+    const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+    if (!problem.empty() || ended != cudaSuccess || chain_->active_name() != backend) {
+      // A backend failed (or the chain moved on) while capturing: no graphs from here on, run this step
+      // eagerly (the chain has already logged the failure).
       if (graph) cudaGraphDestroy(graph);
       cudaGetLastError();
-      throw;
+      log().warn("decode step could not be captured in a CUDA graph ({}); running without graphs",
+                 problem.empty() ? "the backend changed during capture" : problem);
+      use_graphs_ = false;
+      drop_graphs();
+      enqueue(tokens, n, max_q, max_kv);
+      return;
     }
-    LLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    graph_backend_ = backend;
     LLM_CUDA_CHECK(cudaGraphInstantiate(&g.exec, graph, 0));
     LLM_CUDA_CHECK(cudaGraphDestroy(graph));
     g.tokens = tokens;
@@ -329,6 +360,98 @@ const float* LlamaCuda::forward(const std::vector<SequenceChunk>& chunks) {
                                  cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   return host_logits_.data();
+}
+
+void LlamaCuda::to_f32(const void* src, size_t n, float* dst) {
+  if (dtype_ == DType::F32) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else if (dtype_ == DType::BF16) {
+    const auto* b = static_cast<const uint16_t*>(src);
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(b[i]) << 16;
+      std::memcpy(&dst[i], &bits, sizeof(float));
+    }
+  } else {
+    const auto* h = static_cast<const __half*>(src);
+    for (size_t i = 0; i < n; ++i) dst[i] = __half2float(h[i]);
+  }
+}
+
+void LlamaCuda::from_f32(const float* src, size_t n, void* dst) {
+  if (dtype_ == DType::F32) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else if (dtype_ == DType::BF16) {
+    auto* b = static_cast<__nv_bfloat16*>(dst);
+    for (size_t i = 0; i < n; ++i) b[i] = __float2bfloat16_rn(src[i]);
+  } else {
+    auto* h = static_cast<__half*>(dst);
+    for (size_t i = 0; i < n; ++i) h[i] = __float2half_rn(src[i]);
+  }
+}
+
+const llm_attention_args& LlamaCuda::to_host(const llm_attention_args& args) {
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the new K/V rows and q are written
+  const ModelConfig& c = config_;
+  const size_t kv_dim = c.kv_dim(), e = dtype_size(dtype_);
+  if (host_k_.empty()) {
+    log().info("attention served on the host: mirroring the KV cache ({:.1f} MiB)",
+               2.0 * layer_stride_ * c.n_layers * sizeof(float) / (1 << 20));
+    host_k_.assign(static_cast<size_t>(layer_stride_) * c.n_layers, 0.0f);
+    host_v_.assign(host_k_.size(), 0.0f);
+    mirrored_.assign(static_cast<size_t>(c.n_layers) * max_batch_, 0);
+  }
+  const int l = args.layer;
+  const int32_t* q_start = host_meta_.data() + 3 * cap_tokens_;
+  const int32_t* kv_len = q_start + cap_chunks_ + 1;
+  const int32_t* seq_slot = kv_len + cap_chunks_;
+  // Positions this call reads that the mirror lacks: copied down once, converted to fp32.
+  for (int i = 0; i < args.num_seqs; ++i) {
+    int& have = mirrored_[static_cast<size_t>(l) * max_batch_ + seq_slot[i]];
+    if (kv_len[i] <= have) continue;
+    const size_t first = static_cast<size_t>(l) * layer_stride_ + static_cast<size_t>(seq_slot[i]) * seq_stride_ +
+                         static_cast<size_t>(have) * kv_dim;
+    const size_t count = static_cast<size_t>(kv_len[i] - have) * kv_dim;
+    host_stage_.resize(count * e);
+    for (auto [dev, host] : {std::pair{k_cache_, &host_k_}, {v_cache_, &host_v_}}) {
+      LLM_CUDA_CHECK(cudaMemcpyAsync(host_stage_.data(), static_cast<const char*>(dev) + first * e, count * e,
+                                     cudaMemcpyDeviceToHost, stream_));
+      LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      to_f32(host_stage_.data(), count, host->data() + first);
+    }
+    have = kv_len[i];
+  }
+  const size_t q_count = static_cast<size_t>(args.total_q_tokens) * c.dim;
+  host_stage_.resize(q_count * e);
+  LLM_CUDA_CHECK(cudaMemcpyAsync(host_stage_.data(), args.q, q_count * e, cudaMemcpyDeviceToHost, stream_));
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  host_q_.resize(q_count);
+  host_out_.resize(q_count);
+  to_f32(host_stage_.data(), q_count, host_q_.data());
+
+  host_view_ = *args.kv;
+  host_view_.dtype = LLM_DTYPE_F32;
+  host_view_.device_kind = LLM_DEVICE_CPU;
+  host_view_.k = host_k_.data() + static_cast<size_t>(l) * layer_stride_;
+  host_view_.v = host_v_.data() + static_cast<size_t>(l) * layer_stride_;
+  host_args_ = args;
+  host_args_.dtype = LLM_DTYPE_F32;
+  host_args_.q = host_q_.data();
+  host_args_.out = host_out_.data();
+  host_args_.q_start = q_start;
+  host_args_.kv_len = kv_len;
+  host_args_.seq_slot = seq_slot;
+  host_args_.kv = &host_view_;
+  host_args_.stream = nullptr;
+  return host_args_;
+}
+
+void LlamaCuda::from_host(const llm_attention_args& args) {
+  const size_t count = host_out_.size(), e = dtype_size(dtype_);
+  host_stage_.resize(count * e);
+  from_f32(host_out_.data(), count, host_stage_.data());
+  // On the model's stream, and waited for: a pageable copy may return before its DMA lands.
+  LLM_CUDA_CHECK(cudaMemcpyAsync(args.out, host_stage_.data(), count * e, cudaMemcpyHostToDevice, stream_));
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 }  // namespace llm::cuda

@@ -19,7 +19,7 @@
 
 namespace llm::cuda {
 
-class LlamaCuda : public LanguageModel {
+class LlamaCuda : public LanguageModel, public AttentionBridge {
  public:
   // Uploads the weights of `checkpoint` (which must outlive the model) to `device`.
   LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, const DeviceStatus& device, DType dtype,
@@ -40,6 +40,11 @@ class LlamaCuda : public LanguageModel {
   // chain is graph-safe; off: every step is launched kernel by kernel.
   void set_use_graphs(bool on) { use_graphs_ = on; }
   int graph_replays() const { return graph_replays_; }
+
+  // AttentionBridge: CPU backends serve a GPU model through a host mirror of the KV cache (fp32, filled
+  // incrementally: only positions not mirrored yet are copied), the queries copied down and the output up.
+  const llm_attention_args& to_host(const llm_attention_args& args) override;
+  void from_host(const llm_attention_args& args) override;
 
  private:
   struct DeviceMatrix {
@@ -99,7 +104,19 @@ class LlamaCuda : public LanguageModel {
 
   bool use_graphs_ = true;
   std::vector<Graph> graphs_;  // by chunk count, decode only
+  std::string graph_backend_;  // the backend the graphs were captured with
   int graph_replays_ = 0;
+  void drop_graphs();
+
+  // the bridge's host side
+  std::vector<float> host_k_, host_v_;  // [layer][slot][position][kv_dim]
+  std::vector<int> mirrored_;           // [layer][slot]: positions [0, n) are mirrored
+  std::vector<float> host_q_, host_out_;
+  std::vector<char> host_stage_;  // rows in the model dtype on their way
+  llm_kv_cache_view host_view_{};
+  llm_attention_args host_args_{};
+  void to_f32(const void* src, size_t n, float* dst);
+  void from_f32(const float* src, size_t n, void* dst);
 };
 
 }  // namespace llm::cuda
