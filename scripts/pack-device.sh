@@ -10,7 +10,7 @@ cmake --build --preset release
 rm -rf .device
 ../shared/tools/device-pack .device build >/dev/null
 mkdir -p .device/models
-for m in stories260K.bin stories260K_q80.bin tok512.bin tok512.model llama2-tokenizer.bin; do
+for m in stories260K.bin stories260K_q80.bin tok512.bin tok512.model llama2-tokenizer.bin llama2-tokenizer.model; do
   cp "$models/$m" .device/models/
 done
 pwd >.device/source_dir  # the tests' compiled-in paths point here; gpu-suite.sh recreates them

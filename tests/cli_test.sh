@@ -64,8 +64,14 @@ run --config "$src/configs/stories260K.yaml" --prompts "$tmp/prompts.txt" --max-
 check "--prompts: outputs apart and in order" eval 'rc 0 && [ "$(grep -c "^--- [0-9] ---$" "$tmp/out")" = 3 ] && grep -A1 "^--- 1 ---" "$tmp/out" | grep -q "^Once upon a time, there was a little girl" && grep -A1 "^--- 3 ---" "$tmp/out" | grep -q "^Tom had a toy car. He"'
 check "--prompts: stats count the sequences" err_has "stats: 3 sequence(s)"
 
-run --config "$src/configs/stories260K.yaml" --device cuda
-check "--device cuda without a usable GPU is a clear error" eval 'rc 1 && err_has "device '"'"'cuda'"'"' requested but"' 
+run --config "$src/configs/stories260K.yaml" --device cuda --max-tokens 40
+if rc 0; then  # a GPU machine: the same story, on the GPU
+  check "--device cuda runs on the GPU" eval 'out_has "Once upon a time, there was a little girl named Lily." && err_has "device cuda"'
+else
+  check "--device cuda without a usable GPU is a clear error" eval 'rc 1 && err_has "device '"'"'cuda'"'"' requested but"'
+fi
+run --config "$src/configs/stories260K.yaml" --device auto --max-tokens 20
+check "--device auto always runs, saying where" eval 'rc 0 && grep -qE "device (cuda|cpu)" "$tmp/err"' 
 
 run backends --config "$src/configs/stories260K.yaml" --plugin-dir "$build/test_plugins" --json
 check "backends --json: machine-readable verdicts" eval 'rc 0 && out_has "\"name\": \"mha_cpu\"" && out_has "\"supported\": true"'

@@ -97,11 +97,22 @@ LlamaCuda::~LlamaCuda() {
   if (cublas_) cublasDestroy(cublas_);
   if (stream_) cudaStreamSynchronize(stream_);
   chain_.reset();  // plugin contexts go before the memory they were given
+  for (void* p : owned_) alloc_->deallocate(p);
   alloc_.reset();
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-void* LlamaCuda::alloc(size_t bytes, AllocTag tag) { return alloc_->allocate(bytes, stream_, tag); }
+void* LlamaCuda::alloc(size_t bytes, AllocTag tag) {
+  void* p = alloc_->allocate(bytes, stream_, tag);
+  owned_.push_back(p);
+  return p;
+}
+
+void LlamaCuda::release(void* p) {
+  if (!p) return;
+  owned_.erase(std::find(owned_.begin(), owned_.end(), p));
+  alloc_->deallocate(p);
+}
 
 float* LlamaCuda::upload_f32(const float* data, size_t count) {
   auto* d = static_cast<float*>(alloc(count * sizeof(float), AllocTag::Weights));
@@ -128,7 +139,7 @@ LlamaCuda::DeviceMatrix LlamaCuda::upload(const Matrix& m) {
                      stream_);
     LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` is reused for the next slab
   }
-  alloc_->deallocate(staging);
+  release(staging);
   return d;
 }
 
@@ -137,7 +148,7 @@ void LlamaCuda::grow_buffers(int tokens, int chunks) {
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   for (void* p : {static_cast<void*>(x_), xb_, q_, k_, v_, static_cast<void*>(h1_), static_cast<void*>(h3_), hb_, last_,
                   static_cast<void*>(logits_), static_cast<void*>(meta_), static_cast<void*>(ids_)})
-    alloc_->deallocate(p);
+    release(p);
   drop_graphs();  // graphs hold the old addresses
   cap_tokens_ = std::max(tokens, cap_tokens_);
   cap_chunks_ = std::max(chunks, cap_chunks_);

@@ -63,6 +63,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   DeviceMatrix upload(const Matrix& m);
   float* upload_f32(const float* data, size_t count);
   void* alloc(size_t bytes, AllocTag tag);
+  void release(void* p);
   void grow_buffers(int tokens, int chunks);
   void stage(const std::vector<SequenceChunk>& chunks);                 // metadata to the device
   void enqueue(int tokens, int chunks, int max_q_len, int max_kv_len);  // the forward pass, on stream_
@@ -74,6 +75,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   DType dtype_;
   int max_batch_, max_context_;
   std::unique_ptr<CachingAllocator> alloc_;
+  std::vector<void*> owned_;  // every block this model allocated and keeps (returned in the destructor)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;
