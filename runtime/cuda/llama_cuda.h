@@ -100,7 +100,20 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   float* logits_ = nullptr;                          // (chunks, vocab)
   int32_t* meta_ = nullptr;  // device: tokens, pos, slot [tokens]; q_start [chunks+1], kv_len, seq_slot, last [chunks]
   int32_t* ids_ = nullptr;   // device argmax output [chunks]
-  std::vector<int32_t> host_meta_;
+  // A view of pinned host memory (freed by the model).
+  struct PinnedInts {
+    PinnedInts() = default;
+    PinnedInts(int32_t* p, size_t n) : p_(p), n_(n) {}
+    int32_t* data() { return p_; }
+    const int32_t* data() const { return p_; }
+    size_t size() const { return n_; }
+    bool empty() const { return n_ == 0; }
+
+   private:
+    int32_t* p_ = nullptr;
+    size_t n_ = 0;
+  };
+  PinnedInts host_meta_;
   std::vector<float> host_logits_;
   int32_t* pinned_ids_ = nullptr;
 
