@@ -1,6 +1,8 @@
 // What the generation loop needs from a model, whatever device it runs on.
 #pragma once
 
+#include <llm/attention_backend.h>
+
 #include <string>
 #include <vector>
 
@@ -14,6 +16,12 @@ struct SequenceChunk {
   int start_pos = 0;
   std::vector<int> tokens;
 };
+
+// One attention call over packed queries and outputs, [token][head][head_dim] (the layout both models use):
+// sizes, causal mask, 1/sqrt(head_dim) scale and strides filled; the caller sets the pointers (q, out,
+// q_start, kv_len, seq_slot, kv, stream) and the layer.
+llm_attention_args packed_attention_args(const ModelConfig& config, int tokens, int sequences, int max_q_len,
+                                         int max_kv_len, llm_dtype dtype);
 
 class LanguageModel {
  public:

@@ -92,21 +92,9 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
       w_.token_embedding.dequantize_row(token, x + static_cast<size_t>(t++) * dim);
     }
 
-  llm_attention_args args{};
-  args.struct_size = sizeof(args);
-  args.num_seqs = n_chunks;
-  args.total_q_tokens = tokens;
-  args.max_q_len = max_q_len;
-  args.max_kv_len = max_kv_len;
-  args.causal = 1;
-  args.softmax_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  args.dtype = LLM_DTYPE_F32;
+  llm_attention_args args = packed_attention_args(c, tokens, n_chunks, max_q_len, max_kv_len, LLM_DTYPE_F32);
   args.q = q_.data();
-  args.q_token_stride = dim;
-  args.q_head_stride = head_dim;
   args.out = xb_.data();
-  args.out_token_stride = dim;
-  args.out_head_stride = head_dim;
   args.q_start = q_start_.data();
   args.kv_len = kv_len_.data();
   args.seq_slot = seq_slot_.data();
