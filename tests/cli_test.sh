@@ -73,6 +73,16 @@ fi
 run --config "$src/configs/stories260K.yaml" --device auto --max-tokens 20
 check "--device auto always runs, saying where" eval 'rc 0 && grep -qE "device (cuda|cpu)" "$tmp/err"' 
 
+printf '\n\n' >"$tmp/empty_prompts.txt"
+run --config "$src/configs/stories260K.yaml" --prompts "$tmp/empty_prompts.txt"
+check "--prompts with no prompts names the file" eval 'rc 1 && err_has "empty_prompts.txt: no prompts"'
+
+run --config "$src/configs/stories260K.yaml" --fail-backend mha_cpu
+check "--fail-backend without @CALL is a clear error" eval 'rc 1 && err_has "expected NAME@CALL"'
+
+LLM_FLAKY_FAIL_AT=0 run --config "$src/configs/stories260K.yaml" --backends mha_cpu,flaky_cpu --plugin-dir "$build/test_plugins" --fail-backend mha_cpu@20 --max-tokens 40
+check "--fail-backend drill: the run completes on the next backend with the same text" eval 'rc 0 && out_has "Once upon a time, there was a little girl named Lily. She loved to play outside in the park." && err_has "injected failure on call 20" && err_has "attention: mha_cpu -> flaky_cpu"'
+
 run backends --config "$src/configs/stories260K.yaml" --plugin-dir "$build/test_plugins" --json
 check "backends --json: machine-readable verdicts" eval 'rc 0 && out_has "\"name\": \"mha_cpu\"" && out_has "\"supported\": true"'
 check "backends --json: rejected plugins with reasons" eval 'out_has "ABI major mismatch" && out_has "missing entry symbol"'
