@@ -20,9 +20,13 @@ double GenerationResult::prefill_tokens_per_second() const {
   return prefill_seconds > 0 ? prompt_tokens.size() / prefill_seconds : 0.0;
 }
 
+size_t GenerationResult::decode_steps() const {
+  const size_t sampled = tokens.size() + (stop == StopReason::EndOfText ? 1 : 0);
+  return sampled > 0 ? sampled - 1 : 0;  // the first token came from the prefill
+}
+
 double GenerationResult::decode_tokens_per_second() const {
-  const size_t steps = tokens.size() + (stop == StopReason::EndOfText ? 1 : 0);  // the stop token was decoded too
-  return decode_seconds > 0 && steps > 1 ? (steps - 1) / decode_seconds : 0.0;
+  return decode_seconds > 0 ? decode_steps() / decode_seconds : 0.0;
 }
 
 std::vector<GenerationResult> generate_batch(LanguageModel& model, const Tokenizer& tokenizer,

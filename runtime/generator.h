@@ -31,7 +31,9 @@ struct GenerationResult {
   std::vector<std::string> backends;  // attention backends that served, in order
 
   double prefill_tokens_per_second() const;
-  double decode_tokens_per_second() const;  // tokens after the first over decode_seconds
+  double decode_tokens_per_second() const;  // decode_steps() over decode_seconds
+  // Forward passes after the prefill (the stop token, when one ended the text, was decoded too).
+  size_t decode_steps() const;
 };
 
 // Generates a continuation of `prompt` in cache slot 0. `on_text` receives complete UTF-8 text as it

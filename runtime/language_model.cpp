@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "error.h"
 #include "sampler.h"
 
 namespace llm {
@@ -20,6 +21,33 @@ llm_attention_args packed_attention_args(const ModelConfig& config, int tokens, 
   a.q_token_stride = a.out_token_stride = config.dim;
   a.q_head_stride = a.out_head_stride = config.head_dim();
   return a;
+}
+
+std::vector<float> rope_table(const ModelConfig& config, int max_context) {
+  const int half = config.head_dim() / 2;
+  std::vector<float> table(static_cast<size_t>(max_context) * half * 2);
+  for (int pos = 0; pos < max_context; ++pos)
+    for (int i = 0; i < half; ++i) {
+      const double freq = std::pow(static_cast<double>(config.rope_theta), -2.0 * i / config.head_dim());
+      table[(static_cast<size_t>(pos) * half + i) * 2] = static_cast<float>(std::cos(pos * freq));
+      table[(static_cast<size_t>(pos) * half + i) * 2 + 1] = static_cast<float>(std::sin(pos * freq));
+    }
+  return table;
+}
+
+int check_chunks(const std::vector<SequenceChunk>& chunks, const ModelConfig& config, int slots, int max_context) {
+  int tokens = 0;
+  for (const auto& ch : chunks) {
+    const int n = static_cast<int>(ch.tokens.size());
+    if (n == 0 || ch.slot < 0 || ch.slot >= slots || ch.start_pos < 0 || ch.start_pos + n > max_context)
+      fail("forward: chunk (slot {}, start {}, {} tokens) does not fit {} slots of {} positions", ch.slot, ch.start_pos,
+           n, slots, max_context);
+    for (int token : ch.tokens)
+      if (token < 0 || token >= config.vocab_size)
+        fail("forward: token id {} is outside the vocabulary [0, {})", token, config.vocab_size);
+    tokens += n;
+  }
+  return tokens;
 }
 
 void LanguageModel::forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids) {

@@ -23,6 +23,14 @@ struct SequenceChunk {
 llm_attention_args packed_attention_args(const ModelConfig& config, int tokens, int sequences, int max_q_len,
                                          int max_kv_len, llm_dtype dtype);
 
+// cos/sin of pos * theta^(-2i/head_dim) for every position below max_context and pair i, as
+// [position][head_dim/2][cos, sin]: computed in double and rounded once, so every model rotates alike.
+std::vector<float> rope_table(const ModelConfig& config, int max_context);
+
+// Checks that every chunk fits `slots` cache slots of `max_context` positions and that its tokens are in
+// the vocabulary; throws llm::Error naming the chunk or the token otherwise. Returns the total token count.
+int check_chunks(const std::vector<SequenceChunk>& chunks, const ModelConfig& config, int slots, int max_context);
+
 class LanguageModel {
  public:
   virtual ~LanguageModel() = default;

@@ -13,17 +13,8 @@ LlamaCpu::LlamaCpu(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> c
       w_(checkpoint.weights()),
       chain_(std::move(chain)),
       pool_(pool),
-      cache_(config_, max_batch, max_context) {
-  // RoPE angles in double, rounded once to float: pos * theta^(-2i/head_dim).
-  const int half = config_.head_dim() / 2;
-  rope_table_.resize(static_cast<size_t>(max_context) * half * 2);
-  for (int pos = 0; pos < max_context; ++pos)
-    for (int i = 0; i < half; ++i) {
-      const double freq = std::pow(static_cast<double>(config_.rope_theta), -2.0 * i / config_.head_dim());
-      rope_table_[(static_cast<size_t>(pos) * half + i) * 2] = static_cast<float>(std::cos(pos * freq));
-      rope_table_[(static_cast<size_t>(pos) * half + i) * 2 + 1] = static_cast<float>(std::sin(pos * freq));
-    }
-}
+      cache_(config_, max_batch, max_context),
+      rope_table_(rope_table(config_, max_context)) {}
 
 void LlamaCpu::grow_buffers(int tokens, int chunks) {
   const auto t = static_cast<size_t>(tokens);
@@ -59,14 +50,10 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
   const int n_chunks = static_cast<int>(chunks.size());
 
   // Flatten the chunks into one batch of tokens, each with its slot and position.
-  int tokens = 0, max_q_len = 0, max_kv_len = 0;
+  const int tokens = check_chunks(chunks, c, cache_.slots(), cache_.max_context());
+  int max_q_len = 0, max_kv_len = 0;
   for (const auto& ch : chunks) {
     const int n = static_cast<int>(ch.tokens.size());
-    if (n == 0 || ch.slot < 0 || ch.slot >= cache_.slots() || ch.start_pos < 0 ||
-        ch.start_pos + n > cache_.max_context())
-      fail("forward: chunk (slot {}, start {}, {} tokens) does not fit {} slots of {} positions", ch.slot, ch.start_pos,
-           n, cache_.slots(), cache_.max_context());
-    tokens += n;
     max_q_len = std::max(max_q_len, n);
     max_kv_len = std::max(max_kv_len, ch.start_pos + n);
   }
@@ -86,11 +73,7 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
   float* x = x_.data();
   int t = 0;
   for (const auto& ch : chunks)
-    for (int token : ch.tokens) {
-      if (token < 0 || token >= c.vocab_size)
-        fail("forward: token id {} is outside the vocabulary [0, {})", token, c.vocab_size);
-      w_.token_embedding.dequantize_row(token, x + static_cast<size_t>(t++) * dim);
-    }
+    for (int token : ch.tokens) w_.token_embedding.dequantize_row(token, x + static_cast<size_t>(t++) * dim);
 
   llm_attention_args args = packed_attention_args(c, tokens, n_chunks, max_q_len, max_kv_len, LLM_DTYPE_F32);
   args.q = q_.data();

@@ -81,7 +81,7 @@ void print_stats(const llm::Engine& engine, const std::vector<llm::GenerationRes
   for (const auto& r : results) {
     prompt_tokens += r.prompt_tokens.size();
     generated += r.tokens.size();
-    decode_steps += r.tokens.size() + (r.stop == llm::StopReason::EndOfText ? 1 : 0) - 1;  // first token: prefill
+    decode_steps += r.decode_steps();
   }
   const auto& first = results.front();
   std::string backends;

@@ -63,15 +63,7 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   }
   rms_final_ = upload_f32(w.rms_final, config_.dim);
 
-  // RoPE angles in double, rounded once to float (as on the CPU).
-  const int half = config_.head_dim() / 2;
-  std::vector<float> rope(static_cast<size_t>(max_context_) * half * 2);
-  for (int pos = 0; pos < max_context_; ++pos)
-    for (int i = 0; i < half; ++i) {
-      const double freq = std::pow(static_cast<double>(config_.rope_theta), -2.0 * i / config_.head_dim());
-      rope[(static_cast<size_t>(pos) * half + i) * 2] = static_cast<float>(std::cos(pos * freq));
-      rope[(static_cast<size_t>(pos) * half + i) * 2 + 1] = static_cast<float>(std::sin(pos * freq));
-    }
+  const std::vector<float> rope = rope_table(config_, max_context_);  // the CPU's table, bit for bit
   rope_ = upload_f32(rope.data(), rope.size());
 
   // The KV cache, in the model dtype.
@@ -182,17 +174,7 @@ void LlamaCuda::gemm(const DeviceMatrix& w, const void* x, int tokens, void* y, 
 }
 
 void LlamaCuda::stage(const std::vector<SequenceChunk>& chunks) {
-  int tokens = 0;
-  for (const auto& ch : chunks) {
-    const int n = static_cast<int>(ch.tokens.size());
-    if (n == 0 || ch.slot < 0 || ch.slot >= max_batch_ || ch.start_pos < 0 || ch.start_pos + n > max_context_)
-      fail("forward: chunk (slot {}, start {}, {} tokens) does not fit {} slots of {} positions", ch.slot, ch.start_pos,
-           n, max_batch_, max_context_);
-    for (int tok : ch.tokens)
-      if (tok < 0 || tok >= config_.vocab_size)
-        fail("forward: token id {} is outside the vocabulary [0, {})", tok, config_.vocab_size);
-    tokens += n;
-  }
+  const int tokens = check_chunks(chunks, config_, max_batch_, max_context_);
   const int c = static_cast<int>(chunks.size());
   grow_buffers(tokens, c);
   // Layout (offsets in ints): tokens | pos | slot (each cap_tokens_) | q_start (cap_chunks_ + 1) | kv_len |
