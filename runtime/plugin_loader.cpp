@@ -1,5 +1,7 @@
 #include "plugin_loader.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <cstdlib>
@@ -66,7 +68,13 @@ std::string missing_members(const llm_backend_iface& t) {
 std::shared_ptr<Plugin> load_one(const fs::path& path, std::string& rejection) {
   boost::dll::shared_library lib;
   boost::dll::fs::error_code ec;
-  lib.load(path, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local, ec);
+  // RTLD_NODELETE: a plugin stays mapped for the life of the process, even after its last user is gone.
+  // CUDA plugins register their kernels with the process's one CUDA runtime when loaded; unloading and
+  // reloading several of them (each Engine loads the plugin directory) was seen to leave the runtime
+  // unable to find a reloaded plugin's kernels (cudaErrorInvalidValue from cudaFuncGetAttributes).
+  const auto mode = boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local |
+                    static_cast<boost::dll::load_mode::type>(RTLD_NODELETE);
+  lib.load(path, mode, ec);
   if (ec) {
     rejection = "not a loadable shared library (" + ec.message() + ")";
     return nullptr;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
-#   bash scripts/gpu-suite.sh [tests|bench|all]
+#   bash scripts/gpu-suite.sh [tests|bench|attention|profile|all]
+#   (bench: end to end; attention: the kernels; profile: per-kernel times of TinyLlama decode steps, ncu)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -40,5 +41,38 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     PYTHONUNBUFFERED=1 python3 benches/torch_decode_bench.py --json "$out/torch_bench.json" ${TORCH_ARGS:-} \
       2>"$out/torch_bench.err" | tee "$out/torch_bench.md" || status=1
   fi
+fi
+if [ "$what" = attention ] || [ "$what" = all ]; then
+  echo "== attention kernels (ours), then PyTorch SDPA on the same shapes"
+  build/bin/attention_bench ${ATTN_ARGS:-} 2>"$out/attention_bench.err" | tee "$out/attention_bench.md" || status=1
+  PYTHONUNBUFFERED=1 python3 benches/torch_attention_bench.py ${ATTN_ARGS:-} 2>"$out/torch_attention_bench.err" \
+    | tee "$out/torch_attention_bench.md" || status=1
+fi
+if [ "$what" = profile ]; then
+  echo "== per-kernel device time over decode steps (TinyLlama shape, batch 1, ncu, clocks left alone)"
+  build/bin/make_checkpoint --preset tinyllama --format q80 --out /tmp/tinyllama.bin >/dev/null || status=1
+  # Skip the load and the prefill; profile ~2 decode steps' kernels (22 layers, graph nodes one by one).
+  ncu --clock-control none --launch-skip ${PROFILE_SKIP:-1200} --launch-count ${PROFILE_COUNT:-400} \
+    --metrics gpu__time_duration.sum --csv \
+    build/bin/llm-runner --model /tmp/tinyllama.bin --tokenizer llama2-tokenizer.bin --device cuda --dtype bf16 \
+    --prompt "Once upon a time" --max-tokens 40 ${PROFILE_ARGS:-} >"$out/profile.csv" 2>"$out/profile.err" || status=1
+  python3 - "$out/profile.csv" <<'PY' | tee "$out/profile.md"
+import csv, sys
+from collections import defaultdict
+rows = list(csv.reader(line for line in open(sys.argv[1]) if line.startswith('"')))
+head = rows[0]
+ki, ui, vi = head.index("Kernel Name"), head.index("Metric Unit"), head.index("Metric Value")
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}
+acc = defaultdict(lambda: [0, 0.0])
+for r in rows[1:]:
+    us = float(r[vi].replace(",", "")) * scale.get(r[ui], 1.0)
+    acc[r[ki][:90]][0] += 1
+    acc[r[ki][:90]][1] += us
+total = sum(v[1] for v in acc.values())
+print(f"{sum(v[0] for v in acc.values())} kernels, {total:.1f} us of device time")
+print("| kernel | calls | avg us | share |\n|---|---:|---:|---:|")
+for name, (n, us) in sorted(acc.items(), key=lambda kv: -kv[1][1])[:20]:
+    print(f"| {name} | {n} | {us / n:.2f} | {100 * us / total:.1f}% |")
+PY
 fi
 exit $status

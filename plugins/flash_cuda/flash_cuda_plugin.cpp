@@ -1,0 +1,257 @@
+// flash_cuda.so: FlashAttention-2 style kernels on tensor cores (bf16 and fp16 in, fp32 accumulation)
+// for prefill, and split-KV flash-decoding for decode; GQA without copying K/V per head, contiguous and
+// paged KV caches, head dims that are multiples of 8 up to 256. Ahead of mha_cuda in the chain; whatever it does
+// not serve (fp32, other head dims, unaligned tensors) it refuses with a reason, and the chain moves on.
+// Calls only enqueue kernels on the caller's stream (no host synchronisation, no allocation, no reads of
+// device arrays), so decode steps can be captured in a CUDA graph.
+#include <cuda_runtime.h>
+#include <llm/attention_backend.h>
+
+#include <cmath>
+#include <exception>
+#include <new>
+#include <string>
+
+#include "cuda_plugin_support.h"
+#include "flash_params.h"
+
+namespace {
+
+thread_local std::string g_create_error;  // for failures before a context exists
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr uint64_t kCapabilities =
+    LLM_CAP_PREFILL | LLM_CAP_DECODE | LLM_CAP_PAGED_KV | LLM_CAP_CUDA_GRAPH_SAFE | LLM_CAP_DETERMINISTIC;
+
+}  // namespace
+
+struct llm_backend_context {
+  llm_attention_shape shape{};
+  int device = 0;
+  int sms = 1;
+  float* workspace = nullptr;  // split-KV partials, allocated once here, never inside a call
+  size_t workspace_floats = 0;
+  std::string error;
+};
+
+namespace {
+
+using llm_plugin::cuda_message;
+
+std::string probe_reason(const llm_device_info& device, const llm_attention_shape& shape) {
+  if (std::string r = llm_plugin::common_probe_reason("flash_cuda", device, shape, flash_cuda::min_built_arch());
+      !r.empty())
+    return r;
+  if (shape.dtype != LLM_DTYPE_BF16 && shape.dtype != LLM_DTYPE_F16)
+    return std::string("flash_cuda runs on tensor cores in bf16 and fp16; the session's dtype is ") +
+           llm_plugin::dtype_name(shape.dtype);
+  if (flash_cuda::kernel_dim(shape.head_dim) == 0)
+    return "head_dim " + std::to_string(shape.head_dim) +
+           " has no flash_cuda kernel (multiples of 8 up to 256 do; 64 and 128 at full width)";
+  return "";
+}
+
+llm_status probe(const llm_device_info* device, const llm_attention_shape* shape, llm_probe_result* result) {
+  if (!device || !shape || !result) return LLM_ERR_INVALID_ARGUMENT;
+  try {
+    llm_plugin::fill_probe_result(result, probe_reason(*device, *shape), kCapabilities);
+    return LLM_OK;
+  } catch (...) {  // nothing may unwind across the C boundary
+    return LLM_ERR_INTERNAL;
+  }
+}
+
+llm_status create_checked(const llm_device_info& device, const llm_attention_shape& shape, llm_backend_context** out) {
+  if (std::string reason = probe_reason(device, shape); !reason.empty()) {
+    g_create_error = "context_create: " + reason;
+    return LLM_ERR_UNSUPPORTED;
+  }
+  int sms = 0;
+  llm_status status = LLM_OK;
+  if (std::string problem = llm_plugin::open_device(device.index, &sms, &status); !problem.empty()) {
+    g_create_error = "context_create: " + problem;
+    return status;
+  }
+  llm_plugin::DeviceGuard guard(device.index);
+  if (guard.status() != cudaSuccess) {
+    g_create_error =
+        cuda_message("context_create: cannot use CUDA device " + std::to_string(device.index), guard.status());
+    return LLM_ERR_DEVICE;
+  }
+  const bool fp16 = shape.dtype == LLM_DTYPE_F16;
+  cudaError_t e = flash_cuda::configure_prefill(fp16, shape.head_dim);
+  if (e == cudaSuccess) e = flash_cuda::configure_decode(fp16, shape.head_dim);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    g_create_error =
+        cuda_message("context_create: the flash_cuda kernels for head_dim " + std::to_string(shape.head_dim) +
+                         " cannot run on CUDA device " + std::to_string(device.index),
+                     e);
+    return LLM_ERR_UNSUPPORTED;
+  }
+  auto* ctx = new (std::nothrow) llm_backend_context;
+  if (!ctx) {
+    g_create_error = "context_create: out of host memory";
+    return LLM_ERR_OUT_OF_MEMORY;
+  }
+  ctx->shape = shape;
+  ctx->device = device.index;
+  ctx->sms = sms;
+  ctx->workspace_floats = flash_cuda::decode_workspace_floats(shape.head_dim, shape.num_q_heads, shape.max_batch);
+  if ((e = cudaMalloc(reinterpret_cast<void**>(&ctx->workspace), ctx->workspace_floats * sizeof(float))) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    g_create_error =
+        cuda_message("context_create: cannot allocate the " +
+                         std::to_string(ctx->workspace_floats * sizeof(float) >> 10) + " KiB split-KV workspace",
+                     e);
+    delete ctx;
+    return LLM_ERR_OUT_OF_MEMORY;
+  }
+  *out = ctx;
+  return LLM_OK;
+}
+
+llm_status context_create(const llm_device_info* device, const llm_attention_shape* shape, llm_backend_context** out) {
+  if (!out) return LLM_ERR_INVALID_ARGUMENT;
+  *out = nullptr;
+  try {
+    if (!device || !shape) {
+      g_create_error = "context_create: NULL device or shape";
+      return LLM_ERR_INVALID_ARGUMENT;
+    }
+    return create_checked(*device, *shape, out);
+  } catch (const std::exception& e) {
+    g_create_error = std::string("context_create: ") + e.what();
+    return LLM_ERR_INTERNAL;
+  }
+}
+
+void context_destroy(llm_backend_context* ctx) {
+  if (!ctx) return;
+  if (ctx->workspace) {
+    llm_plugin::DeviceGuard guard(ctx->device);
+    cudaFree(ctx->workspace);
+  }
+  delete ctx;
+}
+
+// The kernels move 16-byte chunks (8 elements): rows must start on 16-byte boundaries.
+std::string alignment_problem(const llm_attention_args& a) {
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const llm_kv_cache_view& kv = *a.kv;
+  if (!aligned(a.q) || !aligned(a.out) || !aligned(kv.k) || !aligned(kv.v))
+    return "q, out, k and v must be 16-byte aligned";
+  const int64_t strides[] = {a.q_token_stride, a.q_head_stride, a.out_token_stride, a.out_head_stride,
+                             kv.token_stride,  kv.head_stride,  kv.seq_stride,      kv.block_stride};
+  for (int64_t s : strides)
+    if (s % 8 != 0) return "every stride must be a multiple of 8 elements (16 bytes)";
+  return "";
+}
+
+llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool decode) {
+  if (!ctx) return LLM_ERR_INVALID_ARGUMENT;
+  const char* call = decode ? "decode" : "prefill";
+  try {
+    if (!args) {
+      ctx->error = std::string(call) + ": NULL args";
+      return LLM_ERR_INVALID_ARGUMENT;
+    }
+    const std::string where = std::string(call) + " (layer " + std::to_string(args->layer) + "): ";
+    if (std::string problem = llm_plugin::validate_call(ctx->shape, *args, decode); !problem.empty()) {
+      ctx->error = where + problem;
+      return LLM_ERR_INVALID_ARGUMENT;
+    }
+    if (std::string problem = alignment_problem(*args); !problem.empty()) {
+      ctx->error = where + problem;
+      return LLM_ERR_UNSUPPORTED;
+    }
+    int current = -1;
+    if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device) {
+      cudaGetLastError();
+      ctx->error = where + "the current CUDA device is " + std::to_string(current) +
+                   " but the context was created for device " + std::to_string(ctx->device);
+      return LLM_ERR_DEVICE;
+    }
+    const llm_attention_shape& s = ctx->shape;
+    const llm_attention_args& a = *args;
+    flash_cuda::Params p{};
+    p.fp16 = s.dtype == LLM_DTYPE_F16;
+    p.head_dim = s.head_dim;
+    p.num_q_heads = s.num_q_heads;
+    p.num_kv_heads = s.num_kv_heads;
+    p.group = s.num_q_heads / s.num_kv_heads;
+    p.num_seqs = a.num_seqs;
+    p.max_q_len = a.max_q_len;
+    p.causal = a.causal != 0;
+    p.scale_log2 = a.softmax_scale * kLog2e;
+    p.q = a.q;
+    p.q_token_stride = a.q_token_stride;
+    p.q_head_stride = a.q_head_stride;
+    p.out = a.out;
+    p.out_token_stride = a.out_token_stride;
+    p.out_head_stride = a.out_head_stride;
+    p.q_start = a.q_start;
+    p.kv_len = a.kv_len;
+    p.seq_slot = a.seq_slot;
+    const llm_kv_cache_view& kv = *a.kv;
+    p.kv.k = kv.k;
+    p.kv.v = kv.v;
+    p.kv.seq_stride = kv.seq_stride;
+    p.kv.token_stride = kv.token_stride;
+    p.kv.head_stride = kv.head_stride;
+    p.kv.paged = kv.layout == LLM_KV_LAYOUT_PAGED;
+    if (p.kv.paged) {
+      p.kv.block_size = kv.block_size;
+      p.kv.max_blocks_per_seq = kv.max_blocks_per_seq;
+      p.kv.block_stride = kv.block_stride;
+      p.kv.block_table = kv.block_table;
+    }
+    p.workspace = ctx->workspace;
+    p.workspace_floats = ctx->workspace_floats;
+    cudaError_t e;
+    if (decode) {
+      p.num_splits = flash_cuda::decode_splits(p, a.max_kv_len, ctx->sms, ctx->workspace_floats);
+      e = flash_cuda::launch_decode(p, static_cast<cudaStream_t>(a.stream));
+    } else {
+      p.num_splits = 1;
+      e = flash_cuda::launch_prefill(p, static_cast<cudaStream_t>(a.stream));
+    }
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      ctx->error = cuda_message(where + "kernel launch", e);
+      return LLM_ERR_DEVICE;
+    }
+    return LLM_OK;
+  } catch (const std::exception& e) {  // nothing may unwind across the C boundary
+    ctx->error = std::string(call) + ": " + e.what();
+    return LLM_ERR_INTERNAL;
+  }
+}
+
+llm_status prefill(llm_backend_context* ctx, const llm_attention_args* args) { return run(ctx, args, false); }
+llm_status decode(llm_backend_context* ctx, const llm_attention_args* args) { return run(ctx, args, true); }
+
+const char* last_error(const llm_backend_context* ctx) { return ctx ? ctx->error.c_str() : g_create_error.c_str(); }
+
+const llm_backend_iface kIface = {
+    sizeof(llm_backend_iface),
+    LLM_ABI_VERSION_MAJOR,
+    LLM_ABI_VERSION_MINOR,
+    "flash_cuda",
+    "1.0.0",
+    LLM_DEVICE_CUDA,
+    /*priority=*/30,
+    probe,
+    context_create,
+    context_destroy,
+    prefill,
+    decode,
+    last_error,
+};
+
+}  // namespace
+
+extern "C" LLM_BACKEND_EXPORT const llm_backend_iface* llm_backend_entry(uint32_t abi_major) {
+  (void)abi_major;  // we speak only our own major; the runtime compares and names both
+  return &kIface;
+}

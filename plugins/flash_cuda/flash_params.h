@@ -1,0 +1,73 @@
+// The kernels' view of one attention call and the launch functions the plugin entry calls. Plain host
+// C++ (no device code), so the entry compiles with the host compiler.
+//
+// Rows. For one (sequence, kv head) the kernels work on "rows", the (query token j, group head g) pairs,
+// row = j * group + g, query head = kv_head * group + g: a tile of rows covers the whole GQA group of a
+// few tokens, so each K/V tile loaded serves every query head that reads it (no K/V copied per head).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace flash_cuda {
+
+// Kernels are compiled for these head dims; a head_dim that is a multiple of 8 runs on the smallest one
+// that holds it (the missing components are zero-filled in shared memory and never written out), so
+// 64 and 128 run at full width and e.g. 8, 80 or 200 still run. Returns 0 when none holds it.
+constexpr int kKernelDims[] = {16, 32, 64, 96, 128, 256};
+int kernel_dim(int head_dim);
+
+// KV cache addressing (llm_kv_offset, flattened for device code). Strides in elements.
+struct KvParams {
+  const void* k;
+  const void* v;
+  int64_t seq_stride, token_stride, head_stride;
+  int32_t paged;
+  int32_t block_size, max_blocks_per_seq;
+  int64_t block_stride;
+  const int32_t* block_table;
+};
+
+struct Params {
+  int32_t fp16;  // 0: bf16, 1: fp16
+  int32_t head_dim, num_q_heads, num_kv_heads, group;
+  int32_t num_seqs, max_q_len;
+  int32_t causal;
+  float scale_log2;  // softmax_scale * log2(e): scores go through exp2
+  const void* q;
+  int64_t q_token_stride, q_head_stride;
+  void* out;
+  int64_t out_token_stride, out_head_stride;
+  const int32_t* q_start;   // device
+  const int32_t* kv_len;    // device
+  const int32_t* seq_slot;  // device
+  KvParams kv;
+  // split-KV decode
+  int32_t num_splits;
+  float* workspace;  // partials: [splits][seqs][q heads] of (m, l) then [..][head_dim] of o
+  size_t workspace_floats;
+};
+
+// Prefill: any number of queries per sequence, causal or not, after any cached prefix.
+cudaError_t launch_prefill(const Params& p, cudaStream_t stream);
+
+// Decode plan: how many key splits a decode call uses so the grid fills `sms` multiprocessors, bounded
+// by the workspace. Host arithmetic only (max_kv_len is an upper bound; the device reads the real lengths).
+constexpr int kMaxSplits = 32;
+int decode_splits(const Params& p, int max_kv_len, int sms, size_t workspace_floats);
+size_t decode_workspace_floats(int head_dim, int num_q_heads, int max_batch);  // head_dim: the real one
+
+// Decode: one query per sequence; p.num_splits from decode_splits.
+cudaError_t launch_decode(const Params& p, cudaStream_t stream);
+
+// Prepares the kernels for (fp16, head_dim) on the current device (shared-memory limits); fails when the
+// library holds no code the device can run. Call at context creation, before any launch.
+cudaError_t configure_prefill(bool fp16, int head_dim);
+cudaError_t configure_decode(bool fp16, int head_dim);
+
+// The lowest compute capability (major * 10 + minor) this library was built for.
+int min_built_arch();
+
+}  // namespace flash_cuda

@@ -1,0 +1,428 @@
+// The harness of the CUDA attention-plugin tests: random inputs rounded to the dtype, a problem on the
+// device (contiguous or paged cache with a shuffled block table, shuffled cache slots, strided q/out), a
+// float64 reference, NaN-poisoned outputs and an error table. Shared by mha_cuda's and flash_cuda's tests.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda_test_support.h"
+#include "engine.h"
+#include "plugin_loader.h"
+
+namespace llm::attention_test {
+
+#define ATT_CUDA_CHECK(expr)                                                                        \
+  do {                                                                                              \
+    const cudaError_t att_status_ = (expr);                                                         \
+    if (att_status_ != cudaSuccess)                                                                 \
+      throw std::runtime_error(std::string(#expr) + " failed: " + cudaGetErrorString(att_status_)); \
+  } while (0)
+
+// ---- device memory and streams, RAII ----
+
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) { ATT_CUDA_CHECK(cudaMalloc(&ptr_, std::max<size_t>(bytes, 1))); }
+  ~DeviceBuffer() { cudaFree(ptr_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  // Uploads and poisoning go through the legacy default stream, which does not order work on the tests'
+  // non-blocking streams: wait for them to finish.
+  void upload(const void* src, size_t bytes) {
+    ATT_CUDA_CHECK(cudaMemcpy(ptr_, src, bytes, cudaMemcpyHostToDevice));
+    ATT_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  template <typename T>
+  void upload(const std::vector<T>& v) {
+    upload(v.data(), v.size() * sizeof(T));
+  }
+  std::vector<uint8_t> download() const {
+    std::vector<uint8_t> bytes(bytes_);
+    ATT_CUDA_CHECK(cudaMemcpy(bytes.data(), ptr_, bytes_, cudaMemcpyDeviceToHost));
+    return bytes;
+  }
+  void poison() {  // all-ones: NaN in fp32, fp16 and bf16
+    ATT_CUDA_CHECK(cudaMemset(ptr_, 0xff, bytes_));
+    ATT_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_;
+};
+
+class Stream {
+ public:
+  Stream() { ATT_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(s_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+  void sync() const {
+    ATT_CUDA_CHECK(cudaStreamSynchronize(s_));
+    ATT_CUDA_CHECK(cudaGetLastError());
+  }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+// ---- dtypes on the host ----
+
+inline size_t dtype_size(int dtype) { return dtype == LLM_DTYPE_F32 ? 4 : 2; }
+inline const char* dtype_name(int dtype) {
+  return dtype == LLM_DTYPE_F32 ? "fp32" : dtype == LLM_DTYPE_F16 ? "fp16" : "bf16";
+}
+
+inline void store(int dtype, float x, uint8_t* dst) {
+  if (dtype == LLM_DTYPE_F32) {
+    std::memcpy(dst, &x, 4);
+  } else if (dtype == LLM_DTYPE_F16) {
+    const __half h = __float2half_rn(x);
+    std::memcpy(dst, &h, 2);
+  } else {
+    const __nv_bfloat16 b = __float2bfloat16_rn(x);
+    std::memcpy(dst, &b, 2);
+  }
+}
+
+inline float load(int dtype, const uint8_t* src) {
+  if (dtype == LLM_DTYPE_F32) {
+    float x;
+    std::memcpy(&x, src, 4);
+    return x;
+  }
+  if (dtype == LLM_DTYPE_F16) {
+    __half h;
+    std::memcpy(&h, src, 2);
+    return __half2float(h);
+  }
+  __nv_bfloat16 b;
+  std::memcpy(&b, src, 2);
+  return __bfloat162float(b);
+}
+
+// Random N(0, 1) values rounded to `dtype`: `values` for the reference, `bytes` for the device.
+struct HostTensor {
+  std::vector<float> values;
+  std::vector<uint8_t> bytes;
+};
+
+inline HostTensor random_tensor(size_t n, int dtype, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  HostTensor t;
+  t.values.resize(n);
+  t.bytes.resize(n * dtype_size(dtype));
+  for (size_t i = 0; i < n; ++i) {
+    store(dtype, normal(rng), &t.bytes[i * dtype_size(dtype)]);
+    t.values[i] = load(dtype, &t.bytes[i * dtype_size(dtype)]);
+  }
+  return t;
+}
+
+// ---- the plugin ----
+
+// The built plugin called `name` (loaded once per process), or null.
+inline std::shared_ptr<Plugin> load_backend(const std::string& name) {
+  static const std::vector<PluginCandidate> candidates = load_plugins({LLM_PLUGIN_DIR});
+  for (const auto& c : candidates)
+    if (c.plugin && c.plugin->name() == name) return c.plugin;
+  return nullptr;
+}
+
+inline llm_device_info gpu_info() {
+  static const cuda::DeviceStatus status = cuda::probe_device(0);
+  return cuda::device_info(status);
+}
+
+// ---- one attention call against the float64 reference ----
+
+struct Case {
+  int head_dim, q_heads, kv_heads;
+  std::vector<int> q_lens, kv_lens;  // per sequence
+  bool causal = true;
+  bool paged = false;
+  int dtype = LLM_DTYPE_F32;
+  int block = 16;             // positions per block (paged)
+  int pad = 0;                // extra elements per query token in q and out (strided, padding stays poison)
+  bool loose_bounds = false;  // max_q_len / max_kv_len as a graph-captured call passes them (session maxima)
+  int extra_slots = 2;        // cache slots beyond the batch's (0 keeps long-context caches small)
+};
+
+inline std::string describe(const Case& tc, bool decode) {
+  std::string lens;
+  for (size_t i = 0; i < tc.q_lens.size(); ++i)
+    lens += (i ? "," : "") + std::to_string(tc.q_lens[i]) + "/" + std::to_string(tc.kv_lens[i]);
+  return std::string(decode ? "decode" : "prefill") + " " + dtype_name(tc.dtype) + " d=" + std::to_string(tc.head_dim) +
+         " heads=" + std::to_string(tc.q_heads) + "/" + std::to_string(tc.kv_heads) +
+         (tc.paged ? " paged" : " contig") + (tc.causal ? "" : " non-causal") + " q/kv=" + lens;
+}
+
+inline double tolerance(int dtype) { return dtype == LLM_DTYPE_F32 ? 1e-5 : 1e-2; }
+
+// Everything a call needs, on the device, and what the reference needs, on the host.
+class Problem {
+ public:
+  Problem(const Case& tc, std::mt19937& rng) : tc_(tc) {
+    seqs_ = static_cast<int>(tc.q_lens.size());
+    max_ctx_ = *std::max_element(tc.kv_lens.begin(), tc.kv_lens.end()) + 3;
+    kv_dim_ = tc.kv_heads * tc.head_dim;
+    q_dim_ = tc.q_heads * tc.head_dim + tc.pad;
+    slots_ = seqs_ + tc.extra_slots;  // more slots than sequences, so slot ids are not just the batch index
+    blocks_per_seq_ = (max_ctx_ + tc.block - 1) / tc.block;
+    const size_t cache_elems = static_cast<size_t>(slots_) * blocks_per_seq_ * tc.block * kv_dim_;
+    k_ = random_tensor(cache_elems, tc.dtype, rng);
+    v_ = random_tensor(cache_elems, tc.dtype, rng);
+    table_.resize(static_cast<size_t>(slots_) * blocks_per_seq_);
+    std::iota(table_.begin(), table_.end(), 0);
+    std::shuffle(table_.begin(), table_.end(), rng);
+    std::vector<int32_t> slot_order(slots_);
+    std::iota(slot_order.begin(), slot_order.end(), 0);
+    std::shuffle(slot_order.begin(), slot_order.end(), rng);
+    q_start_ = {0};
+    for (int i = 0; i < seqs_; ++i) {
+      q_start_.push_back(q_start_.back() + tc.q_lens[i]);
+      slot_.push_back(slot_order[i]);
+    }
+    kv_len_.assign(tc.kv_lens.begin(), tc.kv_lens.end());
+    total_ = q_start_.back();
+    q_ = random_tensor(static_cast<size_t>(total_) * q_dim_, tc.dtype, rng);
+
+    d_k_ = std::make_unique<DeviceBuffer>(k_.bytes.size());
+    d_v_ = std::make_unique<DeviceBuffer>(v_.bytes.size());
+    d_q_ = std::make_unique<DeviceBuffer>(q_.bytes.size());
+    d_out_ = std::make_unique<DeviceBuffer>(q_.bytes.size());
+    d_table_ = std::make_unique<DeviceBuffer>(table_.size() * 4);
+    d_q_start_ = std::make_unique<DeviceBuffer>(q_start_.size() * 4);
+    d_kv_len_ = std::make_unique<DeviceBuffer>(kv_len_.size() * 4);
+    d_slot_ = std::make_unique<DeviceBuffer>(slot_.size() * 4);
+    d_k_->upload(k_.bytes);
+    d_v_->upload(v_.bytes);
+    d_q_->upload(q_.bytes);
+    d_table_->upload(table_);
+    d_q_start_->upload(q_start_);
+    d_kv_len_->upload(kv_len_);
+    d_slot_->upload(slot_);
+
+    view_ = llm_kv_cache_view{};
+    view_.struct_size = sizeof(view_);
+    view_.layout = tc.paged ? LLM_KV_LAYOUT_PAGED : LLM_KV_LAYOUT_CONTIGUOUS;
+    view_.dtype = tc.dtype;
+    view_.device_kind = LLM_DEVICE_CUDA;
+    view_.k = d_k_->as<void>();
+    view_.v = d_v_->as<void>();
+    view_.seq_stride = static_cast<int64_t>(blocks_per_seq_) * tc.block * kv_dim_;
+    view_.token_stride = kv_dim_;
+    view_.head_stride = tc.head_dim;
+    if (tc.paged) {
+      view_.block_size = tc.block;
+      view_.max_blocks_per_seq = blocks_per_seq_;
+      view_.block_stride = static_cast<int64_t>(tc.block) * kv_dim_;
+      view_.block_table = d_table_->as<int32_t>();
+    }
+  }
+
+  llm_attention_shape shape() const {
+    llm_attention_shape s{};
+    s.struct_size = sizeof(s);
+    s.head_dim = tc_.head_dim;
+    s.num_q_heads = tc_.q_heads;
+    s.num_kv_heads = tc_.kv_heads;
+    s.dtype = tc_.dtype;
+    s.max_context = max_ctx_;
+    s.max_batch = seqs_ + 1;
+    s.kv_layout = view_.layout;
+    s.kv_block_size = tc_.paged ? tc_.block : 0;
+    return s;
+  }
+
+  llm_attention_args args(cudaStream_t stream) const {
+    llm_attention_args a{};
+    a.struct_size = sizeof(a);
+    a.num_seqs = seqs_;
+    a.total_q_tokens = total_;
+    a.max_q_len = *std::max_element(tc_.q_lens.begin(), tc_.q_lens.end());
+    a.max_kv_len = *std::max_element(kv_len_.begin(), kv_len_.end());
+    if (tc_.loose_bounds && a.max_q_len > 1) a.max_q_len += 5;
+    if (tc_.loose_bounds) a.max_kv_len = max_ctx_;
+    a.causal = tc_.causal;
+    a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(tc_.head_dim));
+    a.dtype = tc_.dtype;
+    a.q = d_q_->as<void>();
+    a.q_token_stride = q_dim_;
+    a.q_head_stride = tc_.head_dim;
+    a.out = d_out_->as<void>();
+    a.out_token_stride = q_dim_;
+    a.out_head_stride = tc_.head_dim;
+    a.q_start = d_q_start_->as<int32_t>();
+    a.kv_len = d_kv_len_->as<int32_t>();
+    a.seq_slot = d_slot_->as<int32_t>();
+    a.kv = &view_;
+    a.stream = stream;
+    return a;
+  }
+
+  DeviceBuffer& out() { return *d_out_; }
+
+  // New context lengths for the same queries (a later decode step); uploads them.
+  void set_kv_lens(const std::vector<int32_t>& lens) {
+    kv_len_ = lens;
+    d_kv_len_->upload(kv_len_);
+  }
+
+  // Relative L2 error of the downloaded output against float64; INFINITY when an element is not finite
+  // (poison left or NaN computed) or when the padding between tokens was written.
+  double error(const std::vector<uint8_t>& out, std::string* where) const {
+    const size_t es = dtype_size(tc_.dtype);
+    const int group = tc_.q_heads / tc_.kv_heads, d = tc_.head_dim;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    double err2 = 0, ref2 = 0;
+    std::vector<double> w;
+    for (int i = 0; i < seqs_; ++i) {
+      const int q_len = q_start_[i + 1] - q_start_[i];
+      for (int j = 0; j < q_len; ++j) {
+        const int token = q_start_[i] + j, pos = kv_len_[i] - q_len + j;
+        const int n = tc_.causal ? pos + 1 : kv_len_[i];
+        for (int h = 0; h < tc_.q_heads; ++h) {
+          const float* qv = &q_.values[static_cast<size_t>(token) * q_dim_ + h * d];
+          w.assign(n, 0.0);
+          double mx = -INFINITY, sum = 0;
+          for (int p = 0; p < n; ++p) {
+            const float* kp = &k_.values[offset(i, p, h / group)];
+            double dot = 0;
+            for (int c = 0; c < d; ++c) dot += static_cast<double>(qv[c]) * kp[c];
+            w[p] = dot * scale;
+            mx = std::max(mx, w[p]);
+          }
+          for (auto& x : w) sum += (x = std::exp(x - mx));
+          for (int c = 0; c < d; ++c) {
+            double ref = 0;
+            for (int p = 0; p < n; ++p) ref += w[p] * v_.values[offset(i, p, h / group) + c];
+            ref /= sum;
+            const double got = load(tc_.dtype, &out[(static_cast<size_t>(token) * q_dim_ + h * d + c) * es]);
+            if (!std::isfinite(got)) {
+              *where = "non-finite output at token " + std::to_string(token) + " head " + std::to_string(h) +
+                       " component " + std::to_string(c);
+              return INFINITY;
+            }
+            err2 += (got - ref) * (got - ref);
+            ref2 += ref * ref;
+          }
+        }
+      }
+    }
+    for (int t = 0; t < total_; ++t)
+      for (int c = tc_.q_heads * d; c < q_dim_; ++c)
+        if (!std::isnan(load(tc_.dtype, &out[(static_cast<size_t>(t) * q_dim_ + c) * es]))) {
+          *where = "padding after token " + std::to_string(t) + " was written";
+          return INFINITY;
+        }
+    return ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  }
+
+ private:
+  size_t offset(int seq, int pos, int kv_head) const {
+    llm_kv_cache_view host = view_;
+    host.block_table = table_.data();
+    return static_cast<size_t>(llm_kv_offset(&host, slot_[seq], pos, kv_head));
+  }
+
+  Case tc_;
+  int seqs_, max_ctx_, kv_dim_, q_dim_, slots_, blocks_per_seq_, total_;
+  HostTensor k_, v_, q_;
+  std::vector<int32_t> table_, q_start_, kv_len_, slot_;
+  std::unique_ptr<DeviceBuffer> d_k_, d_v_, d_q_, d_out_, d_table_, d_q_start_, d_kv_len_, d_slot_;
+  llm_kv_cache_view view_{};
+};
+
+// A context on the GPU for `shape`, destroyed with the guard.
+class Context {
+ public:
+  Context(const Plugin& plugin, const llm_attention_shape& shape) : t_(plugin.iface()) {
+    const llm_device_info device = gpu_info();
+    status_ = t_.context_create(&device, &shape, &ctx_);
+  }
+  ~Context() { t_.context_destroy(ctx_); }
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  llm_status status() const { return status_; }
+  llm_backend_context* get() const { return ctx_; }
+  const char* error() const { return t_.last_error(ctx_); }
+  llm_status call(const llm_attention_args& a, bool decode) const {
+    return decode ? t_.decode(ctx_, &a) : t_.prefill(ctx_, &a);
+  }
+
+ private:
+  const llm_backend_iface& t_;
+  llm_backend_context* ctx_ = nullptr;
+  llm_status status_;
+};
+
+// Measured errors, printed as a table (rows in first-seen order) at the end of each test.
+class ErrorTable {
+ public:
+  void add(const std::string& row, double err) {
+    auto it = std::find_if(rows_.begin(), rows_.end(), [&](const Row& r) { return r.name == row; });
+    if (it == rows_.end()) it = rows_.insert(rows_.end(), Row{row, 0.0, 0});
+    it->max_err = std::max(it->max_err, err);
+    ++it->runs;
+  }
+  void print(const char* title) const {
+    std::printf("\n%s: relative L2 error ||out - ref|| / ||ref|| (max over runs)\n", title);
+    std::printf("  %-72s %6s %12s\n", "case", "runs", "max rel err");
+    for (const Row& r : rows_) std::printf("  %-72s %6d %12.3e\n", r.name.c_str(), r.runs, r.max_err);
+    std::fflush(stdout);
+  }
+
+ private:
+  struct Row {
+    std::string name;
+    double max_err;
+    int runs;
+  };
+  std::vector<Row> rows_;
+};
+
+// Runs one case, checks it against the reference and returns the error.
+inline double run_case(const Plugin& plugin, const Case& tc, std::mt19937& rng, bool decode) {
+  Problem problem(tc, rng);
+  Context ctx(plugin, problem.shape());
+  EXPECT_EQ(ctx.status(), LLM_OK) << plugin.iface().last_error(nullptr);
+  if (ctx.status() != LLM_OK) return INFINITY;
+  Stream stream;
+  problem.out().poison();
+  const llm_status s = ctx.call(problem.args(stream.get()), decode);
+  EXPECT_EQ(s, LLM_OK) << ctx.error();
+  if (s != LLM_OK) return INFINITY;
+  stream.sync();
+  std::string where;
+  const double err = problem.error(problem.out().download(), &where);
+  EXPECT_LT(err, tolerance(tc.dtype)) << describe(tc, decode) << " " << where;
+  return err;
+}
+
+inline unsigned fresh_seed() {
+  const unsigned seed = std::random_device{}();
+  std::printf("random seed %u\n", seed);
+  return seed;
+}
+
+}  // namespace llm::attention_test

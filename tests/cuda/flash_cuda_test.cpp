@@ -1,0 +1,229 @@
+// flash_cuda.so, loaded as a plugin, against the float64 reference on fresh random inputs (bf16 and
+// fp16, relative error < 1e-2): head dims (full-width kernels and zero-padded ones), GQA ratios 1-32,
+// odd lengths that are not multiples of the tiles, cached prefixes, batches of different lengths in
+// shuffled cache slots, contiguous and paged caches, causal and not, contexts to 16K, decode with split
+// keys in a CUDA graph. Outputs are poisoned with NaN first; NaN never passes. The probe's refusals
+// (fp32, head dims, devices) and the call's (alignment) are checked with their reasons.
+#include "attention_test_support.h"
+
+namespace llm {
+namespace {
+
+using namespace attention_test;
+
+std::shared_ptr<Plugin> load_flash() { return load_backend("flash_cuda"); }
+
+constexpr int kDtypes[] = {LLM_DTYPE_BF16, LLM_DTYPE_F16};
+
+TEST(FlashCuda, MatchesFloat64ReferenceOverShapeGrid) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(fresh_seed());
+  ErrorTable table;
+  for (int dtype : kDtypes)
+    for (int head_dim : {8, 32, 64, 80, 96, 128, 256})
+      for (int ratio : {1, 2, 4, 8})
+        for (bool paged : {false, true}) {
+          const int kv_heads = 2, q_heads = kv_heads * ratio;
+          // prefill: a fresh prompt, a chunk after a long cached prefix, a one-token chunk and a sequence
+          // with no queries, batched; lengths off the 64-key and 128-row tiles
+          Case prefill{head_dim, q_heads, kv_heads, {37, 5, 1, 0}, {37, 700, 19, 3}};
+          prefill.paged = paged, prefill.dtype = dtype, prefill.block = ratio == 2 ? 8 : 16;
+          table.add(std::string(dtype_name(dtype)) + " prefill d=" + std::to_string(head_dim),
+                    run_case(*plugin, prefill, rng, false));
+          Case decode{head_dim, q_heads, kv_heads, {1, 1, 1, 1}, {1, 17, 300, 1029}};
+          decode.paged = paged, decode.dtype = dtype;
+          table.add(std::string(dtype_name(dtype)) + " decode  d=" + std::to_string(head_dim),
+                    run_case(*plugin, decode, rng, true));
+        }
+  table.print("flash_cuda shape grid (GQA 1/2/4/8, contiguous and paged, causal)");
+}
+
+TEST(FlashCuda, NonCausalStridedWideGroupsAndLooseBounds) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(fresh_seed());
+  ErrorTable table;
+  for (int dtype : kDtypes)
+    for (bool paged : {false, true}) {
+      const std::string tag = std::string(dtype_name(dtype)) + (paged ? " paged " : " contig ");
+      Case nc{64, 8, 8, {130, 7}, {130, 200}};
+      nc.causal = false, nc.paged = paged, nc.dtype = dtype;
+      table.add(tag + "prefill non-causal d=64 8/8", run_case(*plugin, nc, rng, false));
+      Case nc2{128, 12, 4, {5, 300}, {600, 300}};
+      nc2.causal = false, nc2.paged = paged, nc2.dtype = dtype;
+      table.add(tag + "prefill non-causal d=128 12/4", run_case(*plugin, nc2, rng, false));
+      Case strided{96, 6, 2, {9, 1, 4}, {20, 2, 4}};
+      strided.pad = 24, strided.paged = paged, strided.dtype = dtype;
+      table.add(tag + "prefill strided q/out d=96 6/2", run_case(*plugin, strided, rng, false));
+      Case mqa{128, 32, 1, {3, 70}, {90, 70}};  // a group of 32 heads: several row tiles per kv head
+      mqa.paged = paged, mqa.dtype = dtype;
+      table.add(tag + "prefill MQA d=128 32/1", run_case(*plugin, mqa, rng, false));
+      Case mqa_decode{128, 32, 1, {1, 1}, {90, 3000}};
+      mqa_decode.paged = paged, mqa_decode.dtype = dtype;
+      table.add(tag + "decode MQA d=128 32/1", run_case(*plugin, mqa_decode, rng, true));
+      Case loose{128, 16, 2, {1, 1, 1}, {5, 900, 64}};
+      loose.loose_bounds = true, loose.paged = paged, loose.dtype = dtype;
+      table.add(tag + "decode loose max_q/max_kv d=128 16/2", run_case(*plugin, loose, rng, true));
+      Case loose_prefill{64, 3, 1, {3, 20}, {3, 300}};
+      loose_prefill.loose_bounds = true, loose_prefill.paged = paged, loose_prefill.dtype = dtype;
+      table.add(tag + "prefill loose max_q/max_kv d=64 3/1", run_case(*plugin, loose_prefill, rng, false));
+    }
+  table.print("non-causal, strided, wide groups, loose bounds");
+}
+
+TEST(FlashCuda, LongContexts) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(fresh_seed());
+  ErrorTable table;
+  for (int dtype : kDtypes) {
+    const std::string tag = dtype_name(dtype);
+    Case d4k{128, 32, 8, {1}, {4099}};
+    d4k.dtype = dtype, d4k.extra_slots = 0;
+    table.add(tag + " decode 4K d=128 32/8", run_case(*plugin, d4k, rng, true));
+    Case d16k{128, 8, 1, {1, 1}, {16384, 9001}};
+    d16k.dtype = dtype, d16k.paged = true, d16k.extra_slots = 0;
+    table.add(tag + " decode 16K+9K paged d=128 8/1", run_case(*plugin, d16k, rng, true));
+    Case d16k_256{256, 8, 2, {1}, {16500}};
+    d16k_256.dtype = dtype, d16k_256.extra_slots = 0;
+    table.add(tag + " decode 16.5K d=256 8/2", run_case(*plugin, d16k_256, rng, true));
+    Case chunk{64, 8, 2, {67}, {16000}};  // a prefill chunk after a 16K prefix
+    chunk.dtype = dtype, chunk.paged = true, chunk.extra_slots = 1;
+    table.add(tag + " prefill 67 after 16K paged d=64 8/2", run_case(*plugin, chunk, rng, false));
+    Case prompt{128, 2, 2, {2053}, {2053}};  // a long fresh prompt
+    prompt.dtype = dtype, prompt.extra_slots = 1;
+    table.add(tag + " prefill 2053 d=128 2/2", run_case(*plugin, prompt, rng, false));
+    Case prompt_nc{64, 2, 1, {1500}, {1500}};
+    prompt_nc.dtype = dtype, prompt_nc.extra_slots = 1, prompt_nc.causal = false;
+    table.add(tag + " prefill 1500 non-causal d=64 2/1", run_case(*plugin, prompt_nc, rng, false));
+  }
+  table.print("long contexts");
+}
+
+TEST(FlashCuda, DecodeIsCapturableInACudaGraphAndDeterministic) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(fresh_seed());
+  for (int dtype : kDtypes) {
+    Case tc{128, 16, 4, {1, 1, 1}, {700, 33, 2000}};
+    tc.dtype = dtype, tc.paged = true, tc.loose_bounds = true;
+    Problem problem(tc, rng);
+    Context ctx(*plugin, problem.shape());
+    ASSERT_EQ(ctx.status(), LLM_OK) << plugin->iface().last_error(nullptr);
+    Stream stream;
+    const llm_attention_args a = problem.args(stream.get());
+
+    problem.out().poison();
+    ASSERT_EQ(ctx.call(a, true), LLM_OK) << ctx.error();
+    stream.sync();
+    const std::vector<uint8_t> direct = problem.out().download();
+    problem.out().poison();
+    ASSERT_EQ(ctx.call(a, true), LLM_OK) << ctx.error();
+    stream.sync();
+    EXPECT_EQ(problem.out().download(), direct) << "two direct calls differ";
+    std::string where;
+    EXPECT_LT(problem.error(direct, &where), tolerance(dtype)) << where;
+
+    cudaGraph_t graph = nullptr;
+    ASSERT_EQ(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal), cudaSuccess);
+    const llm_status captured = ctx.call(a, true);
+    const cudaError_t end = cudaStreamEndCapture(stream.get(), &graph);
+    ASSERT_EQ(captured, LLM_OK) << ctx.error();
+    ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
+    cudaGraphExec_t exec = nullptr;
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    problem.out().poison();
+    ASSERT_EQ(cudaGraphLaunch(exec, stream.get()), cudaSuccess);
+    stream.sync();
+    EXPECT_EQ(problem.out().download(), direct) << "the graph's output differs from the direct call's";
+
+    // The next decode step (longer contexts) through the same graph equals a direct call on the same data.
+    problem.set_kv_lens({701, 34, 2001});
+    problem.out().poison();
+    ASSERT_EQ(cudaGraphLaunch(exec, stream.get()), cudaSuccess);
+    stream.sync();
+    const std::vector<uint8_t> replayed = problem.out().download();
+    EXPECT_LT(problem.error(replayed, &where), tolerance(dtype)) << where;
+    problem.out().poison();
+    ASSERT_EQ(ctx.call(a, true), LLM_OK) << ctx.error();
+    stream.sync();
+    EXPECT_EQ(problem.out().download(), replayed) << "replay with new lengths differs from a direct call";
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+}
+
+TEST(FlashCuda, ProbeRefusesWithReasons) {  // no GPU needed: the probe reads only the device info
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  const auto& t = plugin->iface();
+  EXPECT_EQ(t.device_kind, LLM_DEVICE_CUDA);
+  EXPECT_GT(t.priority, load_backend("mha_cuda")->iface().priority) << "flash_cuda leads mha_cuda by default";
+  llm_attention_shape shape{sizeof(llm_attention_shape), 128, 32, 8, LLM_DTYPE_BF16, 4096, 8, 0, 0};
+  llm_device_info gpu{};
+  gpu.struct_size = sizeof(gpu);
+  gpu.kind = LLM_DEVICE_CUDA;
+  gpu.compute_major = 9;
+  gpu.num_threads = 1;
+  gpu.name = "fake H100";
+  auto verdict = [&](const llm_device_info& d, const llm_attention_shape& s) {
+    llm_probe_result r{};
+    r.struct_size = sizeof(r);
+    EXPECT_EQ(t.probe(&d, &s, &r), LLM_OK);
+    return r;
+  };
+  llm_probe_result r = verdict(gpu, shape);
+  EXPECT_TRUE(r.supported) << r.reason;
+  EXPECT_EQ(r.capabilities,
+            LLM_CAP_PREFILL | LLM_CAP_DECODE | LLM_CAP_PAGED_KV | LLM_CAP_CUDA_GRAPH_SAFE | LLM_CAP_DETERMINISTIC);
+  llm_device_info ampere = gpu;
+  ampere.compute_major = 8, ampere.name = "fake A100";
+  r = verdict(ampere, shape);
+  EXPECT_TRUE(r.supported) << "the portable sm_80 path: " << r.reason;
+
+  const auto refused = [&](const llm_device_info& d, const llm_attention_shape& s, const char* needle) {
+    const llm_probe_result v = verdict(d, s);
+    EXPECT_FALSE(v.supported) << needle;
+    EXPECT_NE(std::string(v.reason).find(needle), std::string::npos) << v.reason;
+  };
+  llm_attention_shape s = shape;
+  s.dtype = LLM_DTYPE_F32;
+  refused(gpu, s, "fp32");
+  s = shape;
+  s.head_dim = 100;
+  refused(gpu, s, "head_dim 100");
+  s.head_dim = 512;
+  refused(gpu, s, "head_dim 512");
+  refused(cpu_device_info(1), shape, "CPU");
+  llm_device_info turing = gpu;
+  turing.compute_major = 7, turing.compute_minor = 5, turing.name = "fake T4";
+  refused(turing, shape, "7.5");
+}
+
+TEST(FlashCuda, UnalignedTensorsAreRefusedNotMiscomputed) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(1);
+  Case tc{64, 4, 2, {3, 1}, {5, 9}};
+  tc.dtype = LLM_DTYPE_BF16;
+  tc.pad = 4;  // q/out token stride 260: not a multiple of 8 elements
+  Problem problem(tc, rng);
+  Context ctx(*plugin, problem.shape());
+  ASSERT_EQ(ctx.status(), LLM_OK) << plugin->iface().last_error(nullptr);
+  Stream stream;
+  EXPECT_EQ(ctx.call(problem.args(stream.get()), false), LLM_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(ctx.error()).find("multiple of 8"), std::string::npos) << ctx.error();
+  llm_attention_args a = problem.args(stream.get());
+  a.q = nullptr;
+  EXPECT_EQ(ctx.call(a, false), LLM_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(ctx.error()).find("NULL"), std::string::npos) << ctx.error();
+}
+
+}  // namespace
+}  // namespace llm
