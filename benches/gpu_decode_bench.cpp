@@ -65,6 +65,7 @@ int main(int argc, char** argv) {
   CLI::App app{"GPU prefill and decode tok/s on random-weight Llama shapes, beside the bandwidth floor"};
   std::vector<std::string> shapes = {"stories110M", "tinyllama", "llama2-7b"}, backends = {"mha_cuda"};
   std::vector<int> batches = {1, 8};
+  std::vector<std::string> products = {"auto"};
   int prompt_len = 512, new_tokens = 256;
   std::string work_dir = (fs::temp_directory_path() / "llm-gpu-bench").string(), tokenizer, dtype = "bf16";
   app.add_option("--shapes", shapes, "model presets")->delimiter(',');
@@ -72,6 +73,11 @@ int main(int argc, char** argv) {
   app.add_option("--prompt-len", prompt_len, "prompt tokens per sequence")->capture_default_str();
   app.add_option("--new-tokens", new_tokens, "decode steps")->capture_default_str();
   app.add_option("--backends", backends, "attention backend chain")->delimiter(',');
+  app.add_option("--products", products,
+                 "matrix products: auto (fused GEMV kernels for steps of few tokens, cuBLAS otherwise), cublas; "
+                 "several: each is timed")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"auto", "cublas"}));
   app.add_option("--dtype", dtype, "bf16, fp16 or fp32")->capture_default_str();
   app.add_option("--work-dir", work_dir, "where random checkpoints are written")->capture_default_str();
   app.add_option("--tokenizer", tokenizer, "a 32000-token tokenizer (default: llama2-tokenizer.bin in the models dir)");
@@ -88,8 +94,8 @@ int main(int argc, char** argv) {
   const double bw = copy_bandwidth();
   std::printf("device %s; copy bandwidth %.0f GB/s (read + write)\n", gpu.name.c_str(), bw);
   std::printf(
-      "| shape | batch | attention | weights (bf16) | prefill tok/s | decode tok/s (per seq) | decode tok/s "
-      "(aggregate) | floor tok/s | of floor |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+      "| shape | batch | attention | products | weights (bf16) | prefill tok/s | decode tok/s (per seq) | decode "
+      "tok/s (aggregate) | floor tok/s | of floor |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
   std::fflush(stdout);
 
   for (const auto& shape : shapes) {
@@ -121,35 +127,38 @@ int main(int argc, char** argv) {
     const double floor = bw * 1e9 / bf16_weight_bytes(config);
     std::mt19937 rng(7);
     std::uniform_int_distribution<int> token(3, config.vocab_size - 1);
-    for (int batch : batches) {
-      std::vector<llm::SequenceChunk> prompts;
-      for (int s = 0; s < batch; ++s) {
-        llm::SequenceChunk c{s, 0, {}};
-        for (int i = 0; i < prompt_len; ++i) c.tokens.push_back(token(rng));
-        prompts.push_back(c);
-      }
-      std::vector<int> ids(batch);
-      double best_prefill = 0, best_decode = 0;
-      for (int rep = 0; rep < 3; ++rep) {  // rep 0 warms up (graph capture, cuBLAS heuristics)
-        auto t0 = Clock::now();
-        model.forward_argmax(prompts, ids.data());
-        const double prefill = std::chrono::duration<double>(Clock::now() - t0).count();
-        t0 = Clock::now();
-        for (int step = 0; step < new_tokens; ++step) {
-          std::vector<llm::SequenceChunk> chunks;
-          for (int s = 0; s < batch; ++s) chunks.push_back(llm::SequenceChunk{s, prompt_len + step, {ids[s]}});
-          model.forward_argmax(chunks, ids.data());
+    auto* gpu_model = dynamic_cast<llm::cuda::LlamaCuda*>(&model);
+    for (int batch : batches)
+      for (const std::string& product : products) {
+        if (gpu_model) gpu_model->set_gemv_max_tokens(product == "cublas" ? 0 : llm::cuda::kGemvMaxTokens);
+        std::vector<llm::SequenceChunk> prompts;
+        for (int s = 0; s < batch; ++s) {
+          llm::SequenceChunk c{s, 0, {}};
+          for (int i = 0; i < prompt_len; ++i) c.tokens.push_back(token(rng));
+          prompts.push_back(c);
         }
-        const double decode = std::chrono::duration<double>(Clock::now() - t0).count();
-        if (rep == 0) continue;
-        best_prefill = std::max(best_prefill, batch * prompt_len / prefill);
-        best_decode = std::max(best_decode, new_tokens / decode);
+        std::vector<int> ids(batch);
+        double best_prefill = 0, best_decode = 0;
+        for (int rep = 0; rep < 3; ++rep) {  // rep 0 warms up (graph capture, cuBLAS heuristics)
+          auto t0 = Clock::now();
+          model.forward_argmax(prompts, ids.data());
+          const double prefill = std::chrono::duration<double>(Clock::now() - t0).count();
+          t0 = Clock::now();
+          for (int step = 0; step < new_tokens; ++step) {
+            std::vector<llm::SequenceChunk> chunks;
+            for (int s = 0; s < batch; ++s) chunks.push_back(llm::SequenceChunk{s, prompt_len + step, {ids[s]}});
+            model.forward_argmax(chunks, ids.data());
+          }
+          const double decode = std::chrono::duration<double>(Clock::now() - t0).count();
+          if (rep == 0) continue;
+          best_prefill = std::max(best_prefill, batch * prompt_len / prefill);
+          best_decode = std::max(best_decode, new_tokens / decode);
+        }
+        std::printf("| %s | %d | %s | %s | %.2f GB | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", shape.c_str(), batch,
+                    model.attention_backend().c_str(), product.c_str(), bf16_weight_bytes(config) / 1e9, best_prefill,
+                    best_decode, best_decode * batch, floor, 100.0 * best_decode / floor);
+        std::fflush(stdout);
       }
-      std::printf("| %s | %d | %s | %.2f GB | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", shape.c_str(), batch,
-                  model.attention_backend().c_str(), bf16_weight_bytes(config) / 1e9, best_prefill, best_decode,
-                  best_decode * batch, floor, 100.0 * best_decode / floor);
-      std::fflush(stdout);
-    }
   }
   return 0;
 }

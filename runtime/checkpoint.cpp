@@ -29,10 +29,12 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <thread>
 #include <utility>
 
 #include "error.h"
 #include "log.h"
+#include "thread_pool.h"
 
 namespace llm {
 
@@ -558,6 +560,7 @@ void write_checkpoint(const std::string& path, const ModelConfig& config, Checkp
   }
 
   // Body, one array at a time.
+  ThreadPool pool(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   std::vector<float> values;
   std::vector<int8_t> q;
   std::vector<float> scales;
@@ -590,7 +593,13 @@ void write_checkpoint(const std::string& path, const ModelConfig& config, Checkp
     }
     q.resize(n);
     scales.resize(n / gs);
-    quantize_q80(values.data(), n, gs, q.data(), scales.data());
+    // Groups are independent: quantized in parallel ranges of whole groups (a 7B model is 6.7e9 values).
+    const int64_t groups = static_cast<int64_t>(n / gs);
+    pool.parallel_for(groups, std::max<int64_t>(1, (int64_t{1} << 20) / static_cast<int64_t>(gs)),
+                      [&](int64_t begin, int64_t end) {
+                        quantize_q80(values.data() + begin * gs, static_cast<std::size_t>(end - begin) * gs, gs,
+                                     q.data() + begin * gs, scales.data() + begin);
+                      });
     out.write(q.data(), n);
     out.write(scales.data(), scales.size() * sizeof(float));
   });

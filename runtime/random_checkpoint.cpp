@@ -1,9 +1,13 @@
 #include "random_checkpoint.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
+#include <thread>
 
 #include "error.h"
+#include "thread_pool.h"
 
 namespace llm {
 namespace {
@@ -47,6 +51,16 @@ float uniform(uint64_t& state) {
   return static_cast<float>(static_cast<double>(splitmix64(state) >> 40) / 8388608.0 - 1.0);
 }
 
+// data[i] = offset + scale * (the i-th uniform of the generator seeded with `state`). splitmix64 steps its
+// state by a constant, so value i can be drawn without the ones before it: the threads each take a range
+// and the result is the same as one sequential pass.
+void fill_uniform(ThreadPool& pool, uint64_t state, float offset, float scale, float* data, std::size_t count) {
+  pool.parallel_for(static_cast<int64_t>(count), int64_t{1} << 20, [&](int64_t begin, int64_t end) {
+    uint64_t s = state + static_cast<uint64_t>(begin) * 0x9e3779b97f4a7c15ULL;
+    for (int64_t i = begin; i < end; ++i) data[i] = offset + scale * uniform(s);
+  });
+}
+
 }  // namespace
 
 ModelConfig model_preset(const std::string& name) {
@@ -66,18 +80,15 @@ std::vector<std::string> model_preset_names() {
 }
 
 TensorFiller random_weights(const ModelConfig& config, uint64_t seed) {
-  return [config, seed](const std::string& name, float* data, std::size_t count) {
-    uint64_t state = seed ^ fnv1a(name);
-    if (name.find("rms_") != std::string::npos) {
-      for (std::size_t i = 0; i < count; ++i) data[i] = 1.0f + 0.05f * uniform(state);
-      return;
-    }
+  auto pool = std::make_shared<ThreadPool>(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  return [config, seed, pool](const std::string& name, float* data, std::size_t count) {
+    const uint64_t state = seed ^ fnv1a(name);
+    if (name.find("rms_") != std::string::npos) return fill_uniform(*pool, state, 1.0f, 0.05f, data, count);
     // Uniform[-a, a] has std a / sqrt(3).
     int cols = config.dim;
     if (name.size() >= 3 && name.compare(name.size() - 3, 3, ".w2") == 0) cols = config.hidden_dim;
     const double std_dev = name == "token_embedding" ? 0.02 : 1.0 / std::sqrt(static_cast<double>(cols));
-    const float a = static_cast<float>(std_dev * std::sqrt(3.0));
-    for (std::size_t i = 0; i < count; ++i) data[i] = a * uniform(state);
+    fill_uniform(*pool, state, 0.0f, static_cast<float>(std_dev * std::sqrt(3.0)), data, count);
   };
 }
 

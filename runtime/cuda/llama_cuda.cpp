@@ -10,6 +10,7 @@
 #include "cuda_check.h"
 #include "cuda_kernels.h"
 #include "error.h"
+#include "gemv.h"
 #include "log.h"
 
 namespace llm::cuda {
@@ -77,6 +78,11 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   log().info("GPU model on {}: {} weights, KV cache {:.1f} MiB ({} slots x {} positions); {}", device.name,
              dtype_name(dtype_), 2.0 * cache_bytes / (1 << 20), max_batch_, max_context_, alloc_->stats_line());
+}
+
+void LlamaCuda::set_gemv_max_tokens(int n) {
+  gemv_max_tokens_ = std::clamp(n, 0, kGemvMaxTokens);
+  drop_graphs();  // captured with the other path
 }
 
 void LlamaCuda::drop_graphs() {
@@ -246,6 +252,30 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
   args.kv = &view;
   args.stream = stream_;
 
+  // Decode steps (a few tokens) stream the weights through the fused matrix-vector kernels; longer
+  // batches (prefill) go through cuBLAS on the tensor cores.
+  const bool gemv_path = tokens <= gemv_max_tokens_ && chunks <= gemv_max_tokens_;
+  GemvArgs qkv;
+  if (gemv_path) {
+    qkv.rows[0] = c.dim, qkv.rows[1] = c.kv_dim(), qkv.rows[2] = c.kv_dim();
+    qkv.cols = c.dim;
+    qkv.x = xb_;
+    qkv.tokens = tokens;
+    qkv.out = q_;
+    qkv.head_dim = c.head_dim();
+    qkv.cos_sin = rope_;
+    qkv.pos = pos;
+    qkv.slot = slot;
+    qkv.seq_stride = seq_stride_;
+  }
+  // y (+)= W x through whichever path this step takes; y fp32.
+  auto product_f32 = [&](const DeviceMatrix& w, const void* x, int n, float* y, bool add) {
+    if (!gemv_path) return gemm(w, x, n, y, true, add ? 1.0f : 0.0f);
+    GemvArgs a;
+    a.w[0] = w.data, a.rows[0] = w.rows, a.cols = w.cols, a.x = x, a.tokens = n, a.out = y;
+    gemv(add ? GemvEpilogue::AddF32 : GemvEpilogue::StoreF32, a, dtype_, stream_);
+  };
+
   for (int l = 0; l < c.n_layers; ++l) {
     const DeviceLayer& L = layers_[l];
     void* k_cache = static_cast<char*>(k_cache_) + static_cast<size_t>(l) * layer_stride_ * e;
@@ -253,11 +283,17 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
 
     // attention rmsnorm, q/k/v products, RoPE with k and v written into the cache
     rmsnorm(x_, nullptr, tokens, L.rms_att, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
-    gemm(L.wq, xb_, tokens, q_, false, 0.0f);
-    gemm(L.wk, xb_, tokens, k_, false, 0.0f);
-    gemm(L.wv, xb_, tokens, v_, false, 0.0f);
-    rope_and_cache(q_, k_, v_, pos, slot, tokens, c.n_heads, c.n_kv_heads, c.head_dim(), rope_, k_cache, v_cache,
-                   seq_stride_, dtype_, stream_);
+    if (gemv_path) {
+      qkv.w[0] = L.wq.data, qkv.w[1] = L.wk.data, qkv.w[2] = L.wv.data;
+      qkv.k_cache = k_cache, qkv.v_cache = v_cache;
+      gemv(GemvEpilogue::QkvRope, qkv, dtype_, stream_);
+    } else {
+      gemm(L.wq, xb_, tokens, q_, false, 0.0f);
+      gemm(L.wk, xb_, tokens, k_, false, 0.0f);
+      gemm(L.wv, xb_, tokens, v_, false, 0.0f);
+      rope_and_cache(q_, k_, v_, pos, slot, tokens, c.n_heads, c.n_kv_heads, c.head_dim(), rope_, k_cache, v_cache,
+                     seq_stride_, dtype_, stream_);
+    }
 
     // attention through the chain, into xb; then the output product added into the residual
     view.k = k_cache;
@@ -267,19 +303,26 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
       chain_->decode(args);
     else
       chain_->prefill(args);
-    gemm(L.wo, xb_, tokens, x_, true, 1.0f);
+    product_f32(L.wo, xb_, tokens, x_, true);
 
     // ffn rmsnorm, SwiGLU, down product added into the residual
     rmsnorm(x_, nullptr, tokens, L.rms_ffn, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
-    gemm(L.w1, xb_, tokens, h1_, true, 0.0f);
-    gemm(L.w3, xb_, tokens, h3_, true, 0.0f);
-    swiglu(h1_, h3_, static_cast<int64_t>(tokens) * c.hidden_dim, hb_, dtype_, stream_);
-    gemm(L.w2, hb_, tokens, x_, true, 1.0f);
+    if (gemv_path) {
+      GemvArgs a;
+      a.w[0] = L.w1.data, a.w[1] = L.w3.data, a.rows[0] = L.w1.rows, a.cols = L.w1.cols;
+      a.x = xb_, a.tokens = tokens, a.out = hb_;
+      gemv(GemvEpilogue::Swiglu, a, dtype_, stream_);
+    } else {
+      gemm(L.w1, xb_, tokens, h1_, true, 0.0f);
+      gemm(L.w3, xb_, tokens, h3_, true, 0.0f);
+      swiglu(h1_, h3_, static_cast<int64_t>(tokens) * c.hidden_dim, hb_, dtype_, stream_);
+    }
+    product_f32(L.w2, hb_, tokens, x_, true);
   }
 
   // final rmsnorm of each chunk's last token, classifier, argmax
   rmsnorm(x_, last, chunks, rms_final_, c.dim, c.rms_norm_eps, last_, dtype_, stream_);
-  gemm(classifier_, last_, chunks, logits_, true, 0.0f);
+  product_f32(classifier_, last_, chunks, logits_, false);
   argmax_rows(logits_, chunks, c.vocab_size, ids_, stream_);
 }
 

@@ -15,6 +15,7 @@
 #include "cuda_allocator.h"
 #include "cuda_device.h"
 #include "dtype.h"
+#include "gemv.h"
 #include "language_model.h"
 
 namespace llm::cuda {
@@ -40,6 +41,9 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   // chain is graph-safe; off: every step is launched kernel by kernel.
   void set_use_graphs(bool on) { use_graphs_ = on; }
   int graph_replays() const { return graph_replays_; }
+  // Steps of at most this many tokens take the fused matrix-vector kernels (gemv.h), longer ones cuBLAS;
+  // 0: cuBLAS always. At most kGemvMaxTokens.
+  void set_gemv_max_tokens(int n);
 
   // AttentionBridge: CPU backends serve a GPU model through a host mirror of the KV cache (fp32, filled
   // incrementally: only positions not mirrored yet are copied), the queries copied down and the output up.
@@ -118,6 +122,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   int32_t* pinned_ids_ = nullptr;
 
   bool use_graphs_ = true;
+  int gemv_max_tokens_ = kGemvMaxTokens;
   std::vector<Graph> graphs_;  // by chunk count, decode only
   std::string graph_backend_;  // the backend the graphs were captured with
   int graph_replays_ = 0;

@@ -1,0 +1,238 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda_check.h"
+#include "gemv.h"
+
+namespace llm::cuda {
+namespace {
+
+constexpr int kWarps = 8;   // warps per block; each warp owns one pair of weight rows
+constexpr int kUnroll = 4;  // 16-byte chunks per row in flight per lane
+
+// 16 bytes of weights, streamed: read once per step, so kept out of L1 (x, re-read by every warp, stays).
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// acc += dot(w, x) over the elements of two 32-bit words of type T.
+template <typename T>
+__device__ __forceinline__ float dot_word(uint32_t w, uint32_t x, float acc);
+template <>
+__device__ __forceinline__ float dot_word<__nv_bfloat16>(uint32_t w, uint32_t x, float acc) {
+  acc = fmaf(__uint_as_float(w << 16), __uint_as_float(x << 16), acc);
+  return fmaf(__uint_as_float(w & 0xffff0000u), __uint_as_float(x & 0xffff0000u), acc);
+}
+template <>
+__device__ __forceinline__ float dot_word<__half>(uint32_t w, uint32_t x, float acc) {
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&w));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&x));
+  return fmaf(a.y, b.y, fmaf(a.x, b.x, acc));
+}
+template <>
+__device__ __forceinline__ float dot_word<float>(uint32_t w, uint32_t x, float acc) {
+  return fmaf(__uint_as_float(w), __uint_as_float(x), acc);
+}
+
+template <typename T>
+__device__ __forceinline__ float dot16(const uint4& w, const uint4& x, float acc) {
+  acc = dot_word<T>(w.x, x.x, acc);
+  acc = dot_word<T>(w.y, x.y, acc);
+  acc = dot_word<T>(w.z, x.z, acc);
+  return dot_word<T>(w.w, x.w, acc);
+}
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float v) {
+  return static_cast<T>(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float v) {
+  return __float2half_rn(v);
+}
+
+// acc[i][t] = row_i . x[t] for the warp's two rows (a, b), reduced over the warp: every lane ends with
+// the totals. Lanes take 16-byte chunks round-robin, kUnroll of them per row loaded before any is used.
+template <typename T, int NT>
+__device__ __forceinline__ void warp_dot2(const T* a, const T* b, const T* x, int cols, float (&acc)[2][NT]) {
+  constexpr int kPer = 16 / sizeof(T);  // elements per chunk
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = 0.0f;
+  // 16-byte chunks need rows that start on 16 bytes: otherwise (an odd shape) every element is a tail.
+  const int chunks = cols % kPer == 0 ? cols / kPer : 0;
+  int c = lane;
+  for (; c + (kUnroll - 1) * 32 < chunks; c += kUnroll * 32) {
+    uint4 wa[kUnroll], wb[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      wa[u] = load_stream(a + static_cast<int64_t>(c + u * 32) * kPer);
+      wb[u] = load_stream(b + static_cast<int64_t>(c + u * 32) * kPer);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * cols) + c + u * 32);
+        acc[0][t] = dot16<T>(wa[u], xv, acc[0][t]);
+        acc[1][t] = dot16<T>(wb[u], xv, acc[1][t]);
+      }
+  }
+  for (; c < chunks; c += 32) {
+    const uint4 wa = load_stream(a + static_cast<int64_t>(c) * kPer);
+    const uint4 wb = load_stream(b + static_cast<int64_t>(c) * kPer);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * cols) + c);
+      acc[0][t] = dot16<T>(wa, xv, acc[0][t]);
+      acc[1][t] = dot16<T>(wb, xv, acc[1][t]);
+    }
+  }
+  for (int i = chunks * kPer + lane; i < cols; i += 32)  // a tail shorter than a chunk
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float xv = to_f32(x[static_cast<int64_t>(t) * cols + i]);
+      acc[0][t] = fmaf(to_f32(a[i]), xv, acc[0][t]);
+      acc[1][t] = fmaf(to_f32(b[i]), xv, acc[1][t]);
+    }
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      acc[0][t] += __shfl_xor_sync(0xffffffffu, acc[0][t], o);
+      acc[1][t] += __shfl_xor_sync(0xffffffffu, acc[1][t], o);
+    }
+}
+
+template <typename T, int NT, GemvEpilogue E>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
+  const int warp = blockIdx.x * kWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int cols = p.cols;
+  const T* x = static_cast<const T*>(p.x);
+  float acc[2][NT];
+  if constexpr (E == GemvEpilogue::Swiglu) {
+    const int r = warp;
+    if (r >= p.rows[0]) return;
+    const int64_t off = static_cast<int64_t>(r) * cols;
+    warp_dot2<T, NT>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, cols, acc);
+    if (lane < NT) {  // lane t writes token t (the totals are in every lane; pick with a constant index)
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        if (t == lane) {
+          const float g = acc[0][t];
+          static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.rows[0] + r] =
+              from_f32<T>(g / (1.0f + __expf(-g)) * acc[1][t]);
+        }
+    }
+  } else if constexpr (E == GemvEpilogue::QkvRope) {
+    // Row pair (2w, 2w + 1) of the q | k | v row space; every section has an even number of rows.
+    int r = 2 * warp, m = 0;
+    if (r >= p.rows[0]) {
+      r -= p.rows[0], m = 1;
+      if (r >= p.rows[1]) r -= p.rows[1], m = 2;
+    }
+    if (m == 2 && r >= p.rows[2]) return;
+    // (selected, not indexed: a run-time index into the parameter array would copy it to local memory)
+    const void* wm = m == 0 ? p.w[0] : m == 1 ? p.w[1] : p.w[2];
+    const T* w = static_cast<const T*>(wm) + static_cast<int64_t>(r) * cols;
+    warp_dot2<T, NT>(w, w + cols, x, cols, acc);
+    if (lane < NT) {
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        if (t == lane) {
+          float a = acc[0][t], b = acc[1][t];
+          if (m < 2) {  // RoPE on the pair (llama2.c's adjacent layout)
+            const float* cs = p.cos_sin + static_cast<int64_t>(p.pos[t]) * p.head_dim + (r % p.head_dim);
+            const float c = cs[0], s = cs[1];
+            const float ra = a * c - b * s, rb = a * s + b * c;
+            a = ra, b = rb;
+          }
+          T* dst;
+          if (m == 0) {
+            dst = static_cast<T*>(p.out) + static_cast<int64_t>(t) * p.rows[0] + r;
+          } else {
+            const int64_t row =
+                static_cast<int64_t>(p.slot[t]) * p.seq_stride + static_cast<int64_t>(p.pos[t]) * p.rows[1];
+            dst = static_cast<T*>(m == 1 ? p.k_cache : p.v_cache) + row + r;
+          }
+          dst[0] = from_f32<T>(a);
+          dst[1] = from_f32<T>(b);
+        }
+    }
+  } else {
+    const int rows = p.rows[0], r = 2 * warp;
+    if (r >= rows) return;
+    const bool second = r + 1 < rows;  // an odd last row: the warp computes it twice, writes it once
+    const T* w = static_cast<const T*>(p.w[0]) + static_cast<int64_t>(r) * cols;
+    warp_dot2<T, NT>(w, second ? w + cols : w, x, cols, acc);
+    if (lane < NT) {
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        if (t == lane) {
+          float* y = static_cast<float*>(p.out) + static_cast<int64_t>(t) * rows + r;
+          if constexpr (E == GemvEpilogue::AddF32) {
+            y[0] += acc[0][t];
+            if (second) y[1] += acc[1][t];
+          } else {
+            y[0] = acc[0][t];
+            if (second) y[1] = acc[1][t];
+          }
+        }
+    }
+  }
+}
+
+template <typename T, int NT>
+void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
+  int warps = 0;
+  switch (e) {
+    case GemvEpilogue::QkvRope: warps = (p.rows[0] + p.rows[1] + p.rows[2]) / 2; break;
+    case GemvEpilogue::Swiglu: warps = p.rows[0]; break;
+    default: warps = (p.rows[0] + 1) / 2; break;
+  }
+  const dim3 grid((warps + kWarps - 1) / kWarps), block(kWarps * 32);
+  switch (e) {
+    case GemvEpilogue::QkvRope: gemv_kernel<T, NT, GemvEpilogue::QkvRope><<<grid, block, 0, stream>>>(p); break;
+    case GemvEpilogue::Swiglu: gemv_kernel<T, NT, GemvEpilogue::Swiglu><<<grid, block, 0, stream>>>(p); break;
+    case GemvEpilogue::AddF32: gemv_kernel<T, NT, GemvEpilogue::AddF32><<<grid, block, 0, stream>>>(p); break;
+    case GemvEpilogue::StoreF32: gemv_kernel<T, NT, GemvEpilogue::StoreF32><<<grid, block, 0, stream>>>(p); break;
+  }
+}
+
+template <typename T>
+void launch_typed(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
+  switch (p.tokens) {
+    case 1: launch_tokens<T, 1>(e, p, stream); break;
+    case 2: launch_tokens<T, 2>(e, p, stream); break;
+    case 3: launch_tokens<T, 3>(e, p, stream); break;
+    case 4: launch_tokens<T, 4>(e, p, stream); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream) {
+  if (args.tokens < 1 || args.tokens > kGemvMaxTokens) {
+    throw_cuda_error(cudaErrorInvalidValue, "gemv: tokens outside [1, kGemvMaxTokens]", __FILE__, __LINE__);
+  }
+  switch (type) {
+    case DType::F32: launch_typed<float>(epilogue, args, stream); break;
+    case DType::F16: launch_typed<__half>(epilogue, args, stream); break;
+    case DType::BF16: launch_typed<__nv_bfloat16>(epilogue, args, stream); break;
+  }
+  LLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace llm::cuda
