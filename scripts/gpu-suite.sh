@@ -62,7 +62,7 @@ from collections import defaultdict
 rows = list(csv.reader(line for line in open(sys.argv[1]) if line.startswith('"')))
 head = rows[0]
 ki, ui, vi = head.index("Kernel Name"), head.index("Metric Unit"), head.index("Metric Value")
-scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}
+scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
 acc = defaultdict(lambda: [0, 0.0])
 for r in rows[1:]:
     us = float(r[vi].replace(",", "")) * scale.get(r[ui], 1.0)
