@@ -45,7 +45,7 @@ fi
 if [ "$what" = attention ] || [ "$what" = all ]; then
   echo "== attention kernels (ours), then PyTorch SDPA on the same shapes"
   build/bin/attention_bench ${ATTN_ARGS:-} 2>"$out/attention_bench.err" | tee "$out/attention_bench.md" || status=1
-  PYTHONUNBUFFERED=1 python3 benches/torch_attention_bench.py ${ATTN_ARGS:-} 2>"$out/torch_attention_bench.err" \
+  PYTHONUNBUFFERED=1 python3 benches/torch_attention_bench.py ${TORCH_ATTN_ARGS:-} 2>"$out/torch_attention_bench.err" \
     | tee "$out/torch_attention_bench.md" || status=1
 fi
 if [ "$what" = profile ]; then
