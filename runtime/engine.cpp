@@ -74,7 +74,7 @@ Engine::Engine(const RunConfig& config, int max_batch)
          model_path, mc.vocab_size);
 
   const int context = config_.max_context > 0 ? std::min(config_.max_context, mc.max_seq_len) : mc.max_seq_len;
-  plugins_ = load_plugins(plugin_search_dirs(config_.plugin_dirs));
+  plugins_ = load_plugins(plugin_search_dirs(config_.plugin_dirs), config_.require_digest);
   std::vector<InjectedFailure> failures;
   for (const auto& f : config_.fail_backend) failures.push_back(parse_injected_failure(f));
   const llm_device_info cpu = cpu_device_info(pool_->size(), pool_.get());

@@ -106,9 +106,27 @@ std::shared_ptr<Plugin> load_one(const fs::path& path, std::string& rejection) {
   return std::make_shared<Plugin>(std::move(lib), iface, path.string());
 }
 
+// The name `allowlist` gives the file's digest, or "" with `rejection` set.
+std::string allowlisted_name(const std::string& path, const DigestAllowlist& allowlist, std::string& rejection) {
+  std::string digest;
+  try {
+    digest = sha256_file(path);
+  } catch (const std::exception& e) {
+    rejection = e.what();
+    return "";
+  }
+  std::string names;
+  for (const auto& [name, want] : allowlist) {
+    if (want == digest) return name;
+    names += (names.empty() ? "" : ", ") + name;
+  }
+  rejection = "its SHA-256 " + digest + " is not in plugins.require_digest (which lists: " + names + ")";
+  return "";
+}
+
 }  // namespace
 
-std::vector<PluginCandidate> load_plugins(const std::vector<std::string>& dirs) {
+std::vector<PluginCandidate> load_plugins(const std::vector<std::string>& dirs, const DigestAllowlist& allowlist) {
   std::vector<PluginCandidate> out;
   for (const auto& dir : dirs) {
     std::error_code ec;
@@ -123,7 +141,16 @@ std::vector<PluginCandidate> load_plugins(const std::vector<std::string>& dirs) 
     log().debug("plugin dir {}: {} candidate file(s)", dir, files.size());
     for (const auto& file : files) {
       PluginCandidate c{file.string(), nullptr, ""};
-      c.plugin = load_one(file, c.rejection);
+      // Before the file is opened: loading runs its code.
+      c.rejection = untrusted_file_reason(c.path);
+      std::string listed_name;
+      if (c.rejection.empty() && !allowlist.empty()) listed_name = allowlisted_name(c.path, allowlist, c.rejection);
+      if (c.rejection.empty()) c.plugin = load_one(file, c.rejection);
+      if (c.plugin && !allowlist.empty() && c.plugin->name() != listed_name) {
+        c.rejection = "its SHA-256 is the one plugins.require_digest lists for '" + listed_name +
+                      "', but the plugin calls itself '" + c.plugin->name() + "'";
+        c.plugin.reset();
+      }
       if (c.plugin) {
         auto same = std::find_if(out.begin(), out.end(), [&](const PluginCandidate& o) {
           return o.plugin && o.plugin->name() == c.plugin->name();

@@ -1,6 +1,7 @@
 // Finds attention-backend plugins on disk and loads them through Boost.DLL. Every file considered is
 // recorded (and logged) as loaded or rejected with its reason: not a shared library, missing entry
-// symbol, ABI major mismatch, incomplete function table, duplicate name.
+// symbol, ABI major mismatch, incomplete function table, duplicate name, and, before it is opened at all, a
+// file or directory others could have written, or a digest the allowlist does not hold (plugin_trust.h).
 #pragma once
 
 #include <llm/attention_backend.h>
@@ -9,6 +10,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "plugin_trust.h"
 
 namespace llm {
 
@@ -43,8 +46,10 @@ struct PluginCandidate {
 std::vector<std::string> plugin_search_dirs(const std::vector<std::string>& configured);
 
 // Loads every `*.so` file in `dirs` (non-recursive, sorted by name within a directory). Missing
-// directories are logged and skipped. The first plugin of a name wins; later ones are rejected.
-std::vector<PluginCandidate> load_plugins(const std::vector<std::string>& dirs);
+// directories are logged and skipped. The first plugin of a name wins; later ones are rejected. A file is
+// opened only when it and its directory are trusted and, with a non-empty `allowlist`, its SHA-256 is the
+// one listed for the name the plugin then reports.
+std::vector<PluginCandidate> load_plugins(const std::vector<std::string>& dirs, const DigestAllowlist& allowlist = {});
 
 // Device kind name for messages ("cpu", "cuda").
 const char* device_kind_name(int kind);

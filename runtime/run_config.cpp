@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -48,6 +49,25 @@ class Section {
     for (const auto& item : value) {
       if (!item.IsScalar()) fail("{}: '{}' must be a list of strings{}", source_, name(key), where(item));
       out.push_back(item.as<std::string>());
+    }
+  }
+  void read_digests(const char* key, DigestAllowlist& out) {
+    known_.insert(key);
+    if (!node_ || !node_[key]) return;
+    const YAML::Node value = node_[key];
+    if (!value.IsMap())
+      fail("{}: '{}' must be a mapping of plugin names to SHA-256 digests, got {}{}", source_, name(key), show(value),
+           where(value));
+    out.clear();
+    for (const auto& kv : value) {
+      const std::string plugin = kv.first.as<std::string>();
+      const std::string digest = kv.second.IsScalar() ? kv.second.Scalar() : "";
+      if (!is_sha256_hex(digest))
+        fail("{}: '{}.{}' must be a SHA-256 digest (64 hex digits, as sha256sum prints), got {}{}", source_, name(key),
+             plugin, show(kv.second), where(kv.second));
+      std::string lower = digest;
+      for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      out[plugin] = lower;
     }
   }
   Section child(const char* key) {
@@ -158,6 +178,11 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   }
   for (auto& dir : c.plugin_dirs) dir = relative_to(dir, base_dir);
   backends.reject_unknown();
+
+  // plugins.require_digest: a mapping of plugin names to the SHA-256 (hex) their file must have.
+  Section plugins = top.child("plugins");
+  plugins.read_digests("require_digest", c.require_digest);
+  plugins.reject_unknown();
 
   Section logging = top.child("logging");
   logging.read("level", c.log_level, "one of trace, debug, info, warn, error, off");

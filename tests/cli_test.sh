@@ -87,6 +87,10 @@ run backends --config "$src/configs/stories260K.yaml" --plugin-dir "$build/test_
 check "backends --json: machine-readable verdicts" eval 'rc 0 && out_has "\"name\": \"mha_cpu\"" && out_has "\"supported\": true"'
 check "backends --json: rejected plugins with reasons" eval 'out_has "ABI major mismatch" && out_has "missing entry symbol"'
 
+mkdir -p "$tmp/open_dir" && cp "$build/plugins/mha_cpu.so" "$tmp/open_dir/" && chmod 0777 "$tmp/open_dir"
+run backends --config "$src/configs/stories260K.yaml" --plugin-dir "$tmp/open_dir"
+check "backends: a plugin in a world-writable directory is refused with the rule" eval 'rc 0 && out_has "open_dir is writable by other users (mode 0777)"'
+
 run backends
 check "backends without a model still lists plugins" eval 'rc 0 && out_has "mha_cpu" && out_has "not run"'
 

@@ -4,7 +4,10 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "backend_chain.h"
@@ -126,6 +129,102 @@ TEST(BackendChain, ProbeRefusalCarriesThePluginsReason) {
   ProbeVerdict v = probe_plugin(c->plugin, gpu, attention_shape(small_model(), 64, 1));
   EXPECT_FALSE(v.supported);
   EXPECT_THAT(v.reason, HasSubstr("CPU"));
+}
+
+}  // namespace
+}  // namespace llm
+
+namespace llm {
+namespace {
+
+namespace fs = std::filesystem;
+
+// mha_cpu.so copied into a fresh directory of ours (0755, file 0755), for the trust rules to act on.
+struct PluginCopy {
+  test::TempDir dir;
+  std::string so = dir.file("mha_cpu.so");
+  PluginCopy() {
+    fs::copy_file(LLM_PLUGIN_DIR "/mha_cpu.so", so);
+    fs::permissions(dir.path(), fs::perms(0755));
+    fs::permissions(so, fs::perms(0755));
+  }
+  PluginCandidate load(const DigestAllowlist& allow = {}) const {
+    auto all = load_plugins({dir.path().string()}, allow);
+    EXPECT_EQ(all.size(), 1u);
+    return all.empty() ? PluginCandidate{} : all[0];
+  }
+};
+
+TEST(PluginTrust, APluginInAPrivateDirectoryLoads) {
+  PluginCopy p;
+  const PluginCandidate c = p.load();
+  ASSERT_NE(c.plugin, nullptr) << c.rejection;
+  EXPECT_EQ(c.plugin->name(), "mha_cpu");
+}
+
+TEST(PluginTrust, FilesAndDirectoriesOthersCanWriteAreRefusedBeforeLoading) {
+  {
+    PluginCopy p;
+    fs::permissions(p.so, fs::perms(0777));
+    const PluginCandidate c = p.load();
+    EXPECT_EQ(c.plugin, nullptr);
+    EXPECT_THAT(c.rejection, HasSubstr("plugin file " + p.so + " is writable by other users (mode 0777)"));
+  }
+  {
+    PluginCopy p;
+    fs::permissions(p.dir.path(), fs::perms(0777));
+    const PluginCandidate c = p.load();
+    EXPECT_EQ(c.plugin, nullptr);
+    EXPECT_THAT(c.rejection, HasSubstr("plugin directory"));
+    EXPECT_THAT(c.rejection, HasSubstr("is writable by other users (mode 0777)"));
+  }
+}
+
+// Ownership needs chown, which only root may do to arbitrary ids (CI and the GPU machine run as root).
+TEST(PluginTrust, FilesOwnedOrGroupWritableByOthersAreRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give a file to another user or group";
+  {
+    PluginCopy p;
+    ASSERT_EQ(::chown(p.so.c_str(), 12345, static_cast<gid_t>(-1)), 0);
+    const PluginCandidate c = p.load();
+    EXPECT_EQ(c.plugin, nullptr);
+    EXPECT_THAT(c.rejection, HasSubstr("is owned by uid 12345, neither the user running llm-runner"));
+  }
+  {
+    PluginCopy p;
+    fs::permissions(p.so, fs::perms(0775));
+    ASSERT_EQ(::chown(p.so.c_str(), static_cast<uid_t>(-1), 12345), 0);
+    PluginCandidate c = p.load();
+    EXPECT_EQ(c.plugin, nullptr);
+    EXPECT_THAT(c.rejection, HasSubstr("is writable by group 12345, not the user's own (mode 0775)"));
+    ASSERT_EQ(::chown(p.so.c_str(), static_cast<uid_t>(-1), ::getegid()), 0);  // the user's own group may write
+    c = p.load();
+    EXPECT_NE(c.plugin, nullptr) << c.rejection;
+  }
+}
+
+TEST(PluginTrust, Sha256OfAKnownText) {
+  test::TempDir dir;
+  std::ofstream(dir.file("abc")) << "abc";
+  EXPECT_EQ(sha256_file(dir.file("abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_THROW(sha256_file(dir.file("missing")), Error);
+}
+
+TEST(PluginTrust, DigestAllowlistLoadsOnlyListedFilesUnderTheirListedName) {
+  PluginCopy p;
+  const std::string digest = sha256_file(p.so);
+  PluginCandidate c = p.load({{"mha_cpu", digest}});
+  EXPECT_NE(c.plugin, nullptr) << c.rejection;
+
+  c = p.load({{"mha_cpu", std::string(64, '0')}, {"flash_cuda", std::string(64, '1')}});
+  EXPECT_EQ(c.plugin, nullptr);
+  EXPECT_THAT(c.rejection, HasSubstr("its SHA-256 " + digest +
+                                     " is not in plugins.require_digest (which lists: "
+                                     "flash_cuda, mha_cpu)"));
+
+  c = p.load({{"trusted_backend", digest}});  // the right bytes, but they claim another name
+  EXPECT_EQ(c.plugin, nullptr);
+  EXPECT_THAT(c.rejection, HasSubstr("lists for 'trusted_backend', but the plugin calls itself 'mha_cpu'"));
 }
 
 }  // namespace

@@ -121,3 +121,29 @@ TEST(RunConfig, ShippedConfigsParseAndNameModelsThatExist) {
 
 }  // namespace
 }  // namespace llm
+
+namespace llm {
+namespace {
+
+TEST(RunConfig, PluginDigestAllowlistIsReadAndChecked) {
+  const std::string digest(64, 'A');
+  RunConfig c = parse_run_config("plugins:\n  require_digest:\n    mha_cpu: " + digest + "\n", "test.yaml");
+  ASSERT_EQ(c.require_digest.size(), 1u);
+  EXPECT_EQ(c.require_digest.at("mha_cpu"), std::string(64, 'a'));  // compared in lower case
+  auto error_of = [](const std::string& yaml) {
+    try {
+      parse_run_config(yaml, "test.yaml");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_THAT(error_of("plugins: {require_digest: {mha_cpu: 1234}}"),
+              testing::HasSubstr("'plugins.require_digest.mha_cpu' must be a SHA-256 digest (64 hex digits"));
+  EXPECT_THAT(error_of("plugins: {require_digest: [abc]}"),
+              testing::HasSubstr("'plugins.require_digest' must be a mapping of plugin names to SHA-256 digests"));
+  EXPECT_THAT(error_of("plugins: {allow: x}"), testing::HasSubstr("unknown key 'plugins.allow'"));
+}
+
+}  // namespace
+}  // namespace llm

@@ -135,7 +135,7 @@ int run_generate(const llm::RunConfig& config, const std::optional<std::string>&
 
 int run_backends(const llm::RunConfig& config, bool as_json) {
   const auto dirs = llm::plugin_search_dirs(config.plugin_dirs);
-  const auto candidates = llm::load_plugins(dirs);
+  const auto candidates = llm::load_plugins(dirs, config.require_digest);
   const int threads = llm::resolve_threads(config.threads);
   llm_device_info device = llm::cpu_device_info(threads);
   llm_dtype dtype = LLM_DTYPE_F32;
