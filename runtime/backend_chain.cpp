@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "error.h"
+#include "isolated_probe.h"
 #include "log.h"
 
 namespace llm {
@@ -18,6 +19,11 @@ ProbeVerdict probe_plugin(const std::shared_ptr<Plugin>& plugin, const llm_devic
                           const llm_attention_shape& shape) {
   ProbeVerdict v;
   v.plugin = plugin;
+  if (std::string failure = isolated_probe_failure(plugin->iface(), device, shape, probe_time_limit_ms());
+      !failure.empty()) {
+    v.reason = failure;
+    return v;
+  }
   llm_probe_result result{};
   result.struct_size = sizeof(result);
   llm_status status = plugin->iface().probe(&device, &shape, &result);

@@ -26,7 +26,8 @@ struct ProbeVerdict {
   std::string reason;  // why not, when not supported
 };
 
-// Probes `plugin`; a probe that returns an error counts as "not supported" with its message.
+// Probes `plugin`, first in an isolated child process (isolated_probe.h: a crash or hang there is a "no"
+// naming it), then here; a probe that returns an error counts as "not supported" with its message.
 ProbeVerdict probe_plugin(const std::shared_ptr<Plugin>& plugin, const llm_device_info& device,
                           const llm_attention_shape& shape);
 

@@ -91,6 +91,9 @@ mkdir -p "$tmp/open_dir" && cp "$build/plugins/mha_cpu.so" "$tmp/open_dir/" && c
 run backends --config "$src/configs/stories260K.yaml" --plugin-dir "$tmp/open_dir"
 check "backends: a plugin in a world-writable directory is refused with the rule" eval 'rc 0 && out_has "open_dir is writable by other users (mode 0777)"'
 
+LLM_TEST_BAD_PROBE=crash run backends --config "$src/configs/stories260K.yaml" --plugin-dir "$build/test_plugins"
+check "backends: a plugin that crashes at probe is named with the signal, the runner lives on" eval 'rc 0 && out_has "probe crashed (signal 11" && out_has "mha_cpu"'
+
 run backends
 check "backends without a model still lists plugins" eval 'rc 0 && out_has "mha_cpu" && out_has "not run"'
 

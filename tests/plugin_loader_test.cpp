@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
@@ -225,6 +226,42 @@ TEST(PluginTrust, DigestAllowlistLoadsOnlyListedFilesUnderTheirListedName) {
   c = p.load({{"trusted_backend", digest}});  // the right bytes, but they claim another name
   EXPECT_EQ(c.plugin, nullptr);
   EXPECT_THAT(c.rejection, HasSubstr("lists for 'trusted_backend', but the plugin calls itself 'mha_cpu'"));
+}
+
+}  // namespace
+}  // namespace llm
+
+namespace llm {
+namespace {
+
+// A probe that crashes or hangs is run first in a child process: the verdict names the signal or the
+// time limit, and this process (the test) lives on.
+TEST(BackendChain, ProbeThatCrashesOrHangsIsRejectedAndTheRunnerLivesOn) {
+  auto all = load_plugins({LLM_TEST_PLUGIN_DIR});
+  const PluginCandidate* c = find_candidate(all, "/bad_probe.so");
+  ASSERT_TRUE(c && c->plugin) << (c ? c->rejection : "bad_probe.so not found");
+  const llm_device_info cpu = cpu_device_info(1);
+  const llm_attention_shape shape = attention_shape(small_model(), 64, 1);
+
+  ProbeVerdict v = probe_plugin(c->plugin, cpu, shape);  // well behaved: its own reason
+  EXPECT_FALSE(v.supported);
+  EXPECT_THAT(v.reason, HasSubstr("bad_probe declines"));
+
+  ::setenv("LLM_TEST_BAD_PROBE", "crash", 1);
+  v = probe_plugin(c->plugin, cpu, shape);
+  EXPECT_FALSE(v.supported);
+  EXPECT_THAT(v.reason, HasSubstr("probe crashed (signal 11, Segmentation fault) in an isolated child process"));
+
+  ::setenv("LLM_TEST_BAD_PROBE", "hang", 1);
+  ::setenv("LLM_PROBE_TIMEOUT_MS", "300", 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  v = probe_plugin(c->plugin, cpu, shape);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ::unsetenv("LLM_TEST_BAD_PROBE");
+  ::unsetenv("LLM_PROBE_TIMEOUT_MS");
+  EXPECT_FALSE(v.supported);
+  EXPECT_THAT(v.reason, HasSubstr("probe did not return within 300 ms in an isolated child process (killed"));
+  EXPECT_LT(s, 5.0);
 }
 
 }  // namespace

@@ -213,7 +213,9 @@ typedef struct llm_backend_iface {
 
   /* Says whether the backend serves `shape` on `device`. Must not crash or allocate device memory;
    * fills `result` (reason when not supported, capabilities when supported). Returns LLM_OK when it
-   * reached a verdict, either way. */
+   * reached a verdict, either way. The runtime runs it first in a forked child process with a time
+   * limit (a crash or hang there rejects the plugin), then in its own: decide from `device` and
+   * `shape` alone, without initialising a device runtime (CUDA cannot be used in a forked child). */
   llm_status (*probe)(const llm_device_info *device, const llm_attention_shape *shape, llm_probe_result *result);
 
   /* Creates per-session state for a probed (device, shape). On failure *out stays NULL and
