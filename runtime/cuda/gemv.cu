@@ -2,6 +2,7 @@
 #include <cuda_fp16.h>
 
 #include "cuda_check.h"
+#include "dtype_convert.cuh"
 #include "gemv.h"
 
 namespace llm::cuda {
@@ -44,22 +45,6 @@ __device__ __forceinline__ float dot16(const uint4& w, const uint4& x, float acc
   acc = dot_word<T>(w.y, x.y, acc);
   acc = dot_word<T>(w.z, x.z, acc);
   return dot_word<T>(w.w, x.w, acc);
-}
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_f32(float v) {
-  return static_cast<T>(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) {
-  return __float2half_rn(v);
 }
 
 // acc[i][t] = row_i . x[t] for the warp's two rows (a, b), reduced over the warp: every lane ends with
