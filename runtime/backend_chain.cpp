@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "error.h"
 #include "isolated_probe.h"
@@ -62,7 +63,7 @@ InjectedFailure parse_injected_failure(const std::string& text) {
 
 BackendChain::BackendChain(const std::vector<PluginCandidate>& candidates, const std::vector<std::string>& order,
                            const llm_device_info& device, const llm_attention_shape& shape, const BridgeTarget* bridge,
-                           std::vector<InjectedFailure> failures)
+                           std::vector<InjectedFailure> failures, const std::vector<std::string>& checked)
     : device_(device), shape_(shape) {
   std::vector<std::shared_ptr<Plugin>> loaded;
   for (const auto& c : candidates)
@@ -104,6 +105,12 @@ BackendChain::BackendChain(const std::vector<PluginCandidate>& candidates, const
     for (const auto& f : failures)
       if (f.backend == name) link.fail_at = f.call;
     if (link.fail_at) log().warn("backend '{}' will fail on call {} (failure injection)", name, link.fail_at);
+    link.check = std::find(checked.begin(), checked.end(), name) != checked.end();
+    if (link.check && link.device.kind != LLM_DEVICE_CPU)
+      log().warn("backend '{}': its results stay in {} memory, so backends.check_output cannot check them", name,
+                 device_kind_name(link.device.kind));
+    else if (link.check)
+      log().info("backend '{}': results checked (poisoned before each call, required finite after)", name);
     links_.push_back(std::move(link));
   }
   for (const auto& c : candidates) {
@@ -147,6 +154,18 @@ uint64_t BackendChain::active_capabilities() const {
   return links_[active_].verdict.capabilities;
 }
 
+namespace {
+
+// f(row, token, head, head_dim) over every output row of a host fp32 call.
+template <typename F>
+void for_each_output_row(const llm_attention_args& a, const llm_attention_shape& shape, F&& f) {
+  for (int t = 0; t < a.total_q_tokens; ++t)
+    for (int h = 0; h < shape.num_q_heads; ++h)
+      f(static_cast<float*>(a.out) + t * a.out_token_stride + h * a.out_head_stride, t, h, shape.head_dim);
+}
+
+}  // namespace
+
 // Runs the call on one link; returns "" on success, else the failure message.
 std::string BackendChain::try_link(Link& link, const llm_attention_args& args, bool decode) {
   const llm_backend_iface& t = link.verdict.plugin->iface();
@@ -162,8 +181,20 @@ std::string BackendChain::try_link(Link& link, const llm_attention_args& args, b
   if (decode && !(link.verdict.capabilities & LLM_CAP_DECODE)) return "does not serve decode";
   if (!decode && !(link.verdict.capabilities & LLM_CAP_PREFILL)) return "does not serve prefill";
   const llm_attention_args& a = link.bridged ? bridge_->to_host(args) : args;
+  const bool check = link.check && link.device.kind == LLM_DEVICE_CPU && a.dtype == LLM_DTYPE_F32;
+  if (check) for_each_output_row(a, link.shape, [](float* row, int, int, int n) { std::fill(row, row + n, NAN); });
   llm_status s = decode ? t.decode(link.ctx, &a) : t.prefill(link.ctx, &a);
   if (s != LLM_OK) return "status " + std::to_string(s) + ": " + t.last_error(link.ctx);
+  if (check) {
+    std::string bad;
+    for_each_output_row(a, link.shape, [&](float* row, int token, int head, int n) {
+      for (int i = 0; i < n && bad.empty(); ++i)
+        if (!std::isfinite(row[i]))
+          bad = fmt::format("returned success, but output element (token {}, head {}, component {}) is {} ({})", token,
+                            head, i, row[i], std::isnan(row[i]) ? "NaN or never written" : "infinite");
+    });
+    if (!bad.empty()) return bad;
+  }
   if (link.bridged) bridge_->from_host(args);
   return "";
 }

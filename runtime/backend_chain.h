@@ -65,9 +65,12 @@ class BackendChain {
   // or that probes "no" is logged with the reason and left out. Backends of another device kind than
   // `device` are probed against `bridge` when given (and then need set_bridge before they serve), else
   // left out. Throws llm::Error naming every candidate and why it was rejected when no backend is left.
+  // `checked`: backends whose results are checked (output poisoned with NaN before each call, every
+  // element required finite after it: a NaN or an unwritten element fails the call like an error
+  // status); results in host memory only, so a GPU backend is checked when it serves through the bridge.
   BackendChain(const std::vector<PluginCandidate>& candidates, const std::vector<std::string>& order,
                const llm_device_info& device, const llm_attention_shape& shape, const BridgeTarget* bridge = nullptr,
-               std::vector<InjectedFailure> failures = {});
+               std::vector<InjectedFailure> failures = {}, const std::vector<std::string>& checked = {});
   ~BackendChain();
   BackendChain(const BackendChain&) = delete;
   BackendChain& operator=(const BackendChain&) = delete;
@@ -99,7 +102,8 @@ class BackendChain {
     llm_backend_context* ctx = nullptr;
     bool failed = false;
     long calls = 0;
-    long fail_at = 0;  // injected failure on this call (0: none)
+    long fail_at = 0;    // injected failure on this call (0: none)
+    bool check = false;  // poison the output before a call, require it finite after
   };
   void call(const llm_attention_args& args, bool decode);
   std::string try_link(Link& link, const llm_attention_args& args, bool decode);

@@ -92,7 +92,7 @@ Engine::Engine(const RunConfig& config, int max_batch)
       // CPU backends can serve the GPU model too, through its host bridge.
       const BridgeTarget host{cpu, cpu_shape};
       auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, cuda::device_info(gpu), shape, &host,
-                                                  failures);
+                                                  failures, config_.check_output);
       model_ = std::make_unique<cuda::LlamaCuda>(*checkpoint_, std::move(chain), gpu, dtype, max_batch, context);
       device_ = "cuda";
       return;
@@ -105,7 +105,8 @@ Engine::Engine(const RunConfig& config, int max_batch)
     log().info("device auto: this build has no CUDA support; running on the CPU");
 #endif
   }
-  auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, cpu, cpu_shape, nullptr, failures);
+  auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, cpu, cpu_shape, nullptr, failures,
+                                              config_.check_output);
   model_ = std::make_unique<LlamaCpu>(*checkpoint_, std::move(chain), *pool_, max_batch, context);
   log().info("running on {} with {} thread(s), {} kernels", cpu.name, pool_->size(), cpu::isa_name());
 }

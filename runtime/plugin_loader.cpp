@@ -34,7 +34,10 @@ std::vector<std::string> plugin_search_dirs(const std::vector<std::string>& conf
   }
   std::error_code ec;
   fs::path exe_dir = boost::dll::program_location(ec).parent_path();
-  if (!ec) dirs.push_back((exe_dir.parent_path() / "plugins").string());
+  if (!ec) {
+    dirs.push_back((exe_dir.parent_path() / "plugins").string());  // the build tree: build/bin, build/plugins
+    dirs.push_back((exe_dir.parent_path() / "lib" / "llm-runner" / "plugins").string());  // installed: PREFIX/bin
+  }
   std::vector<std::string> unique;
   for (auto& d : dirs) {
     std::string key = fs::weakly_canonical(d, ec).string();
@@ -96,6 +99,18 @@ std::shared_ptr<Plugin> load_one(const fs::path& path, std::string& rejection) {
   if (iface->abi_major != LLM_ABI_VERSION_MAJOR) {
     rejection = "ABI major mismatch: plugin built for ABI " + std::to_string(iface->abi_major) + "." +
                 std::to_string(iface->abi_minor) + ", runtime speaks ABI " + std::to_string(LLM_ABI_VERSION_MAJOR) +
+                "." + std::to_string(LLM_ABI_VERSION_MINOR);
+    return nullptr;
+  }
+  // Minor versions: members past the plugin's struct_size are absent; a newer plugin says which runtime
+  // minor it needs at least (min_runtime_minor, since 1.1).
+  const uint32_t needs = iface->struct_size >= offsetof(llm_backend_iface, min_runtime_minor) + sizeof(uint32_t)
+                             ? iface->min_runtime_minor
+                             : 0;
+  if (needs > LLM_ABI_VERSION_MINOR) {
+    rejection = "plugin built for ABI " + std::to_string(iface->abi_major) + "." + std::to_string(iface->abi_minor) +
+                " needs a runtime of ABI " + std::to_string(LLM_ABI_VERSION_MAJOR) + "." + std::to_string(needs) +
+                " or newer (its min_runtime_minor); this runtime speaks ABI " + std::to_string(LLM_ABI_VERSION_MAJOR) +
                 "." + std::to_string(LLM_ABI_VERSION_MINOR);
     return nullptr;
   }

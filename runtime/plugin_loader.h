@@ -40,8 +40,9 @@ struct PluginCandidate {
 };
 
 // Where plugins are searched, in order: `configured` (the config's backends.plugin_dirs), the
-// LLM_PLUGIN_PATH environment variable (':'-separated), and `plugins/` next to the executable's
-// directory (build/bin/llm-runner -> build/plugins). The current directory is never searched
+// LLM_PLUGIN_PATH environment variable (':'-separated), then `plugins/` next to the executable's
+// directory (build/bin/llm-runner -> build/plugins) and the installed plugin directory
+// (PREFIX/bin/llm-runner -> PREFIX/lib/llm-runner/plugins). The current directory is never searched
 // implicitly. Duplicates are removed.
 std::vector<std::string> plugin_search_dirs(const std::vector<std::string>& configured);
 

@@ -169,6 +169,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   backends.read_list("order", c.backend_order);
   backends.read_list("plugin_dirs", c.plugin_dirs);
   backends.read_list("fail", c.fail_backend);
+  backends.read_list("check_output", c.check_output);
   for (const auto& f : c.fail_backend) {
     try {
       parse_injected_failure(f);

@@ -26,6 +26,7 @@ struct RunConfig {
   std::vector<std::string> backend_order;  // empty: default order (see backend_chain.h)
   std::vector<std::string> plugin_dirs;
   std::vector<std::string> fail_backend;  // failure injection, "NAME@CALL" (see backend_chain.h)
+  std::vector<std::string> check_output;  // backends whose results are checked (see BackendChain)
   DigestAllowlist require_digest;         // plugin name -> SHA-256 (lower-case hex); empty: no allowlist
   std::string log_level = "info";
 };

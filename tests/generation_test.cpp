@@ -240,3 +240,71 @@ TEST(Generation, Int8StaysCloseToFp32) {
 
 }  // namespace
 }  // namespace llm
+
+namespace llm {
+namespace {
+
+// Backends we did not write: the SDK's example (plain C, SDK header only) and the same file built against
+// the frozen ABI 1.0 header tell mha_cpu's story token for token.
+TEST(Generation, SdkExampleBackendsOfEveryMinorTellTheSameStory) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  auto ref = Engine(config_for(model)).generate("Once upon a time", greedy(120, false));
+  for (const char* backend : {"example_cpu", "example_abi10", "example_future_ok"}) {
+    Engine engine(config_for(model, {backend}));
+    auto r = engine.generate("Once upon a time", greedy(120, false));
+    EXPECT_EQ(r.tokens, ref.tokens) << backend;
+    EXPECT_EQ(r.backends, std::vector<std::string>{backend});
+  }
+}
+
+// Every backend but the last fails (flaky_cpu on its first call, example_cpu mid-decode): the last one
+// finishes the run with the same text.
+TEST(Generation, EveryBackendButTheLastFailingStillGivesTheSameText) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  auto ref = Engine(config_for(model)).generate("Once upon a time", greedy(100, false));
+  ::setenv("LLM_FLAKY_FAIL_AT", "1", 1);
+  RunConfig c = config_for(model, {"flaky_cpu", "example_cpu", "mha_cpu"});
+  c.fail_backend = {"example_cpu@60"};  // 5 layers: call 60 is in the decode
+  Engine engine(c);
+  auto r = engine.generate("Once upon a time", greedy(100, false));
+  ::unsetenv("LLM_FLAKY_FAIL_AT");
+  EXPECT_EQ(r.tokens, ref.tokens);
+  EXPECT_EQ(r.backends, (std::vector<std::string>{"example_cpu", "mha_cpu"}));
+  EXPECT_EQ(engine.model().attention_backend(), "mha_cpu");
+}
+
+}  // namespace
+}  // namespace llm
+
+namespace llm {
+namespace {
+
+// A backend that reports success with a NaN in its output, or without writing it at all: with the output
+// check on, the call counts as failed and the next backend gives the same text; without it the bad result
+// would go through (which is why the check exists).
+TEST(Generation, CheckedBackendReturningNanOrNothingFailsOverWithTheSameText) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  auto ref = Engine(config_for(model)).generate("Once upon a time", greedy(80, false));
+  ::setenv("LLM_FLAKY_FAIL_AT", "0", 1);
+  ::setenv("LLM_FLAKY_BAD_AT", "40", 1);  // mid-decode (5 layers a token)
+  for (const char* bad : {"nan", "skip"}) {
+    ::setenv("LLM_FLAKY_BAD", bad, 1);
+    RunConfig c = config_for(model, {"flaky_cpu", "mha_cpu"});
+    c.check_output = {"flaky_cpu"};
+    Engine engine(c);
+    auto r = engine.generate("Once upon a time", greedy(80, false));
+    EXPECT_EQ(r.tokens, ref.tokens) << bad;
+    EXPECT_EQ(r.backends, (std::vector<std::string>{"flaky_cpu", "mha_cpu"})) << bad;
+    EXPECT_EQ(engine.model().attention_backend(), "mha_cpu") << bad;
+  }
+  ::setenv("LLM_FLAKY_BAD", "nan", 1);
+  Engine unchecked(config_for(model, {"flaky_cpu", "mha_cpu"}));
+  auto r = unchecked.generate("Once upon a time", greedy(80, false));
+  EXPECT_EQ(unchecked.model().attention_backend(), "flaky_cpu") << "unchecked, the NaN is not noticed";
+  ::unsetenv("LLM_FLAKY_BAD");
+  ::unsetenv("LLM_FLAKY_BAD_AT");
+  ::unsetenv("LLM_FLAKY_FAIL_AT");
+}
+
+}  // namespace
+}  // namespace llm

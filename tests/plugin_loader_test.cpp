@@ -102,7 +102,10 @@ TEST(BackendChain, FollowsConfiguredOrderAndSkipsMissingBackendsWithAReason) {
 TEST(BackendChain, DefaultOrderPutsOurBackendsFirstThenOthersByPriority) {
   auto all = load_plugins({LLM_PLUGIN_DIR, LLM_TEST_PLUGIN_DIR});
   BackendChain chain(all, {}, cpu_device_info(1), attention_shape(small_model(), 64, 1));
-  EXPECT_EQ(chain.names(), (std::vector<std::string>{"mha_cpu", "flaky_cpu"}));
+  // flaky_cpu (priority 10) before the SDK examples (priority 1, then by name); example_future_needs was
+  // rejected at load (it needs a newer runtime).
+  EXPECT_EQ(chain.names(),
+            (std::vector<std::string>{"mha_cpu", "flaky_cpu", "example_abi10", "example_cpu", "example_future_ok"}));
 }
 
 TEST(BackendChain, NoUsableBackendListsEveryCandidateAndWhy) {
@@ -262,6 +265,35 @@ TEST(BackendChain, ProbeThatCrashesOrHangsIsRejectedAndTheRunnerLivesOn) {
   EXPECT_FALSE(v.supported);
   EXPECT_THAT(v.reason, HasSubstr("probe did not return within 300 ms in an isolated child process (killed"));
   EXPECT_LT(s, 5.0);
+}
+
+}  // namespace
+}  // namespace llm
+
+namespace llm {
+namespace {
+
+// Minor versions (attention_backend.h): the SDK example built against the frozen ABI 1.0 header loads
+// and probes; built against a made-up ABI 1.2 it loads when it needs at most this runtime's minor, and is
+// rejected naming both versions when it needs more.
+TEST(PluginLoader, OlderMinorPluginsLoadNewerOnesWhenTheRuntimeHoldsWhatTheyNeed) {
+  auto all = load_plugins({LLM_TEST_PLUGIN_DIR});
+  const PluginCandidate* old_minor = find_candidate(all, "/example_abi10.so");
+  ASSERT_TRUE(old_minor && old_minor->plugin) << (old_minor ? old_minor->rejection : "missing");
+  EXPECT_EQ(old_minor->plugin->iface().abi_minor, 0u);
+  EXPECT_EQ(old_minor->plugin->iface().struct_size, offsetof(llm_backend_iface, min_runtime_minor));
+  EXPECT_TRUE(probe_plugin(old_minor->plugin, cpu_device_info(1), attention_shape(small_model(), 64, 1)).supported);
+
+  const PluginCandidate* newer = find_candidate(all, "/example_future_ok.so");
+  ASSERT_TRUE(newer && newer->plugin) << (newer ? newer->rejection : "missing");
+  EXPECT_EQ(newer->plugin->iface().abi_minor, 2u);
+  EXPECT_GT(newer->plugin->iface().struct_size, sizeof(llm_backend_iface));
+
+  const PluginCandidate* needs = find_candidate(all, "/example_future_needs.so");
+  ASSERT_NE(needs, nullptr);
+  EXPECT_EQ(needs->plugin, nullptr);
+  EXPECT_THAT(needs->rejection, HasSubstr("plugin built for ABI 1.2 needs a runtime of ABI 1.2 or newer (its "
+                                          "min_runtime_minor); this runtime speaks ABI 1.1"));
 }
 
 }  // namespace

@@ -143,6 +143,10 @@ TEST(RunConfig, PluginDigestAllowlistIsReadAndChecked) {
   EXPECT_THAT(error_of("plugins: {require_digest: [abc]}"),
               testing::HasSubstr("'plugins.require_digest' must be a mapping of plugin names to SHA-256 digests"));
   EXPECT_THAT(error_of("plugins: {allow: x}"), testing::HasSubstr("unknown key 'plugins.allow'"));
+  EXPECT_EQ(parse_run_config("backends: {check_output: [mha_cpu, flaky_cpu]}", "t.yaml").check_output,
+            (std::vector<std::string>{"mha_cpu", "flaky_cpu"}));
+  EXPECT_THAT(error_of("backends: {check_output: yes}"),
+              testing::HasSubstr("'backends.check_output' must be a list of strings"));
 }
 
 }  // namespace

@@ -23,10 +23,12 @@ TEST(SdkAbi, Version1LayoutIsPinned) {
   EXPECT_EQ(offsetof(llm_attention_args, q), 40u);
   EXPECT_EQ(offsetof(llm_attention_args, kv), 112u);
   EXPECT_EQ(offsetof(llm_attention_args, stream), 120u);
-  EXPECT_EQ(sizeof(llm_backend_iface), 88u);
   EXPECT_EQ(offsetof(llm_backend_iface, name), 16u);
   EXPECT_EQ(offsetof(llm_backend_iface, probe), 40u);
   EXPECT_EQ(offsetof(llm_backend_iface, last_error), 80u);
+  // 1.1 appended one member after everything 1.0 had
+  EXPECT_EQ(offsetof(llm_backend_iface, min_runtime_minor), 88u);
+  EXPECT_EQ(sizeof(llm_backend_iface), 96u);
 }
 
 TEST(SdkAbi, KvOffsetAddressesBothLayouts) {

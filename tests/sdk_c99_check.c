@@ -20,6 +20,7 @@ const llm_backend_iface c99_table = {sizeof(llm_backend_iface),
                                      NULL,
                                      NULL,
                                      NULL,
-                                     NULL};
+                                     NULL,
+                                     0};
 
 int64_t c99_offset(const llm_kv_cache_view *view) { return llm_kv_offset(view, 1, 2, 3); }

@@ -31,6 +31,7 @@ struct Overrides {
   std::optional<std::vector<std::string>> backends;
   std::vector<std::string> plugin_dirs;
   std::vector<std::string> fail_backend;
+  std::vector<std::string> check_output;
 };
 
 void add_common_options(CLI::App& app, std::string& config_path, Overrides& o) {
@@ -43,6 +44,9 @@ void add_common_options(CLI::App& app, std::string& config_path, Overrides& o) {
   app.add_option("--plugin-dir", o.plugin_dirs, "extra plugin directory (repeatable), searched first");
   app.add_option("--fail-backend", o.fail_backend,
                  "failure drill: NAME@CALL makes that backend fail its CALL-th call (repeatable)");
+  app.add_option("--check-output", o.check_output,
+                 "check NAME's results (a NaN or an unwritten element fails the call; host-memory results only)")
+      ->delimiter(',');
   app.add_option("--threads", o.threads, "CPU threads (0: all)")->check(CLI::Range(0, 1024));
   app.add_option("--device", o.device, "cpu, cuda, or auto (CUDA when a usable GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
@@ -72,6 +76,7 @@ llm::RunConfig build_config(const std::string& config_path, const Overrides& o) 
     llm::parse_injected_failure(f);  // a bad form is an error naming it
     c.fail_backend.push_back(f);
   }
+  c.check_output.insert(c.check_output.end(), o.check_output.begin(), o.check_output.end());
   llm::set_log_level(c.log_level);
   return c;
 }

@@ -332,6 +332,7 @@ const llm_backend_iface kIface = {
     prefill,
     decode,
     last_error,
+    /*min_runtime_minor=*/0,
 };
 
 }  // namespace

@@ -37,7 +37,8 @@ const llm_backend_iface kIface = {sizeof(llm_backend_iface),
                                   destroy,
                                   run,
                                   run,
-                                  last_error};
+                                  last_error,
+                                  0};
 
 }  // namespace
 

@@ -1,8 +1,11 @@
 // flaky_cpu.so: a test backend that computes exactly what mha_cpu computes (same code, same numbers)
 // until its Nth attention call, which fails. N comes from LLM_FLAKY_FAIL_AT (default 3; 0: never).
-// Used to prove that the chain falls back mid-generation with identical output.
+// Used to prove that the chain falls back mid-generation with identical output. With LLM_FLAKY_BAD_AT=M
+// its Mth call instead returns success with a bad result: a NaN in the output (LLM_FLAKY_BAD=nan, the
+// default) or nothing written at all (LLM_FLAKY_BAD=skip), for the runtime's output check.
 #include <llm/attention_backend.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -14,6 +17,8 @@ struct llm_backend_context {
   const llm_host_services* host;  // the runtime's threads, or NULL
   long calls;
   long fail_at;
+  long bad_at;
+  bool skip;  // the bad call writes nothing (else: one NaN)
   std::string error;
 };
 
@@ -29,7 +34,15 @@ llm_status probe(const llm_device_info* device, const llm_attention_shape* shape
 
 llm_status context_create(const llm_device_info* device, const llm_attention_shape* shape, llm_backend_context** out) {
   const char* env = std::getenv("LLM_FLAKY_FAIL_AT");
-  *out = new llm_backend_context{*shape, device->host, 0, env ? std::atol(env) : 3, {}};
+  const char* bad_at = std::getenv("LLM_FLAKY_BAD_AT");
+  const char* bad = std::getenv("LLM_FLAKY_BAD");
+  *out = new llm_backend_context{*shape,
+                                 device->host,
+                                 0,
+                                 env ? std::atol(env) : 3,
+                                 bad_at ? std::atol(bad_at) : 0,
+                                 bad && std::string(bad) == "skip",
+                                 {}};
   return LLM_OK;
 }
 
@@ -44,7 +57,10 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
     ctx->error = problem;
     return LLM_ERR_INVALID_ARGUMENT;
   }
+  if (ctx->calls == ctx->bad_at && ctx->skip) return LLM_OK;  // "success", nothing written
   mha_cpu::attend(ctx->shape, *args, ctx->host);
+  if (ctx->calls == ctx->bad_at)
+    static_cast<float*>(args->out)[args->out_token_stride * (args->total_q_tokens - 1)] = NAN;
   return LLM_OK;
 }
 
@@ -64,7 +80,8 @@ const llm_backend_iface kIface = {sizeof(llm_backend_iface),
                                   context_destroy,
                                   prefill,
                                   decode,
-                                  last_error};
+                                  last_error,
+                                  0};
 
 }  // namespace
 

@@ -14,7 +14,8 @@ const llm_backend_iface kIface = {sizeof(llm_backend_iface),
                                   nullptr,
                                   nullptr,
                                   nullptr,
-                                  nullptr};
+                                  nullptr,
+                                  0};
 }
 
 extern "C" LLM_BACKEND_EXPORT const llm_backend_iface* llm_backend_entry(uint32_t) { return &kIface; }

@@ -11,6 +11,14 @@
  * writer compiled it), so a reader never touches a member the writer did not know: members are only ever
  * appended, never inserted, removed or reordered.
  *
+ * Minor versions meet as follows. A plugin built against an older minor loads in a newer runtime: the
+ * runtime reads only the members within the plugin's struct_size and treats the rest as absent. A plugin
+ * built against a newer minor loads in an older runtime when the runtime holds everything the plugin
+ * needs, which the plugin states in llm_backend_iface.min_runtime_minor (since 1.1); otherwise the runtime
+ * rejects it naming both versions.
+ *
+ * History: 1.0 first release. 1.1 appended llm_backend_iface.min_runtime_minor.
+ *
  * Ownership. The runtime owns every pointer it passes in (device info, shapes, tensors, the KV cache);
  * a plugin must not keep them past the call that received them. A plugin owns its context and the
  * strings it returns (name, version, error messages), which stay valid until the context is destroyed
@@ -27,7 +35,7 @@ extern "C" {
 #endif
 
 #define LLM_ABI_VERSION_MAJOR 1
-#define LLM_ABI_VERSION_MINOR 0
+#define LLM_ABI_VERSION_MINOR 1
 
 /* The one symbol every plugin exports (see llm_backend_entry_fn). */
 #define LLM_BACKEND_ENTRY_SYMBOL "llm_backend_entry"
@@ -235,6 +243,10 @@ typedef struct llm_backend_iface {
   /* The message of the last failed call on `ctx` in this thread, or of the last failed
    * context_create when `ctx` is NULL. Never NULL; "" when there was no failure. */
   const char *(*last_error)(const llm_backend_context *ctx);
+
+  /* since ABI 1.1: the oldest runtime ABI minor (of this major) whose structs and calls hold everything
+   * this plugin uses; an older runtime rejects the plugin. 0: any 1.x runtime. */
+  uint32_t min_runtime_minor;
 } llm_backend_iface;
 
 /*
