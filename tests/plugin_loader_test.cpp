@@ -102,7 +102,7 @@ TEST(BackendChain, FollowsConfiguredOrderAndSkipsMissingBackendsWithAReason) {
 TEST(BackendChain, DefaultOrderPutsOurBackendsFirstThenOthersByPriority) {
   auto all = load_plugins({LLM_PLUGIN_DIR, LLM_TEST_PLUGIN_DIR});
   BackendChain chain(all, {}, cpu_device_info(1), attention_shape(small_model(), 64, 1));
-  // flaky_cpu (priority 10) before the SDK examples (priority 1, then by name); example_future_needs was
+  // flaky_cpu (priority 100) before the SDK examples (priority 1, then by name); example_future_needs was
   // rejected at load (it needs a newer runtime).
   EXPECT_EQ(chain.names(),
             (std::vector<std::string>{"mha_cpu", "flaky_cpu", "example_abi10", "example_cpu", "example_future_ok"}));
