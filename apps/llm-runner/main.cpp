@@ -188,7 +188,15 @@ int run_backends(const llm::RunConfig& config, bool as_json) {
         llm_attention_shape shape = llm::attention_shape(mc, mc.max_seq_len, 1);
         shape.dtype = dtype;
         auto v = llm::probe_plugin(c.plugin, device, shape);
-        j["probe"] = {{"supported", v.supported}, {"reason", v.reason}, {"capabilities", v.capabilities}};
+        nlohmann::json flags = nlohmann::json::array();
+        for (auto [bit, flag] : {std::pair{LLM_CAP_PREFILL, "prefill"},
+                                 {LLM_CAP_DECODE, "decode"},
+                                 {LLM_CAP_CUDA_GRAPH_SAFE, "cuda_graph_safe"},
+                                 {LLM_CAP_PAGED_KV, "paged_kv"},
+                                 {LLM_CAP_DETERMINISTIC, "deterministic"}})
+          if (v.capabilities & bit) flags.push_back(flag);
+        j["probe"] = {
+            {"supported", v.supported}, {"reason", v.reason}, {"capabilities", v.capabilities}, {"flags", flags}};
       } else {
         j["probe"] = {{"supported", nullptr}, {"reason", "not run: " + no_probe}};
       }
