@@ -33,6 +33,7 @@
 #include <utility>
 
 #include "error.h"
+#include "gguf.h"
 #include "log.h"
 #include "thread_pool.h"
 
@@ -333,11 +334,16 @@ class Writer {
 
 }  // namespace
 
+void validate_model_config(const std::string& where, const ModelConfig& config) {
+  validate_dims(where, dims_of(config), CheckpointFormat::LegacyF32, "");
+}
+
 const char* checkpoint_format_name(CheckpointFormat format) {
   switch (format) {
     case CheckpointFormat::LegacyF32: return "legacy fp32";
     case CheckpointFormat::V1F32: return "v1 fp32";
     case CheckpointFormat::V2Q8: return "v2 Q8_0";
+    case CheckpointFormat::Gguf: return "GGUF";
   }
   return "unknown";
 }
@@ -360,6 +366,11 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, LoadMode m
   CheckpointFormat format;
   std::string note;
   const uint32_t magic = load_u32(data);
+  if (magic == gguf::kMagic) {
+    ckpt->format_ = CheckpointFormat::Gguf;
+    ckpt->load_gguf();
+    return ckpt;
+  }
   if (magic == kMagic) {
     if (size < kVersionedHeaderBytes) {
       fail("{}: truncated header: file is {} bytes but a version 1/2 header is {} bytes", path, size,
@@ -391,8 +402,8 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, LoadMode m
   } else {
     format = CheckpointFormat::LegacyF32;
     note = fmt::format(
-        " (read as a legacy llama2.c header: the first 4 bytes 0x{:08x} are not the version 1/2 magic "
-        "0x{:08x} 'ak42')",
+        " (read as a legacy llama2.c header: the first 4 bytes 0x{:08x} are neither the version 1/2 magic "
+        "0x{:08x} 'ak42' nor GGUF's 'GGUF')",
         magic, kMagic);
     if (size < kLegacyHeaderBytes) {
       fail("{}: file is {} bytes, too small for a legacy header of {} bytes{}", path, size, kLegacyHeaderBytes, note);
@@ -519,6 +530,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, LoadMode m
 
 void write_checkpoint(const std::string& path, const ModelConfig& config, CheckpointFormat format,
                       const TensorFiller& fill, int group_size) {
+  if (format == CheckpointFormat::Gguf) fail("{}: write_checkpoint writes llama2.c formats; GGUF: gguf_writer.h", path);
   Dims d = dims_of(config);
   d.group = group_size;
   validate_dims(path, d, format, "");

@@ -1,4 +1,5 @@
-// llama2.c checkpoints: legacy (version 0) fp32, version 1 fp32 and version 2 int8 (Q8_0).
+// Checkpoints: llama2.c's legacy (version 0) fp32, version 1 fp32 and version 2 int8 (Q8_0), and GGUF
+// files of the `llama` architecture (checkpoint_gguf.cpp), told apart by content.
 // Opening validates before it touches any weight: magic, version, dimensions that fit together, and
 // the file size against what the header implies. Every failure is an llm::Error naming the file and
 // the mismatch.
@@ -15,7 +16,7 @@
 
 namespace llm {
 
-enum class CheckpointFormat { LegacyF32, V1F32, V2Q8 };
+enum class CheckpointFormat { LegacyF32, V1F32, V2Q8, Gguf };
 
 const char* checkpoint_format_name(CheckpointFormat format);
 
@@ -31,13 +32,19 @@ class Checkpoint {
 
  private:
   Checkpoint() = default;
+  void load_gguf();  // fills config_ and weights_ from the GGUF in file_ (checkpoint_gguf.cpp)
   std::string path_;
   CheckpointFormat format_ = CheckpointFormat::LegacyF32;
   ModelConfig config_;
   ModelWeights weights_;
   MappedFile file_;
-  std::vector<std::vector<float>> owned_;  // tensors converted at load (see checkpoint.cpp)
+  std::vector<std::vector<float>> owned_;     // tensors converted at load (see checkpoint.cpp)
+  std::vector<std::vector<int8_t>> owned_q_;  // GGUF Q8_0 values, regrouped at load
 };
+
+// Checks a model shape for what the forward pass needs (positive, bounded dimensions that divide); throws
+// llm::Error prefixed with `where`.
+void validate_model_config(const std::string& where, const ModelConfig& config);
 
 // Fills `count` fp32 values of the tensor called `name` (e.g. "layers.3.wq", "token_embedding",
 // "rms_final", "classifier").

@@ -61,13 +61,18 @@ Engine::Engine(const RunConfig& config, int max_batch)
   validate_run_config(config_);
   const std::string models_dir = resolve_models_dir(config_.models_dir);
   const std::string model_path = resolve_model_path(config_.model, models_dir);
-  const std::string tokenizer_path = resolve_model_path(config_.tokenizer, models_dir);
+  // A GGUF model carries its tokenizer; a llama2.c checkpoint needs one beside it.
+  const std::string tokenizer_path =
+      config_.tokenizer.empty() ? model_path : resolve_model_path(config_.tokenizer, models_dir);
 
   checkpoint_ = Checkpoint::open(model_path, config_.load == "memory" ? LoadMode::Memory : LoadMode::Mmap);
   const ModelConfig& mc = checkpoint_->config();
   log().info("model {}: {} (dim {}, {} layers, {} heads, {} kv heads, hidden {}, vocab {}, context {})", model_path,
              checkpoint_format_name(checkpoint_->format()), mc.dim, mc.n_layers, mc.n_heads, mc.n_kv_heads,
              mc.hidden_dim, mc.vocab_size, mc.max_seq_len);
+  if (config_.tokenizer.empty() && checkpoint_->format() != CheckpointFormat::Gguf)
+    fail("config: 'model.tokenizer' (or --tokenizer) is required: {} is a {} checkpoint, which carries no tokenizer",
+         model_path, checkpoint_format_name(checkpoint_->format()));
   tokenizer_ = load_tokenizer(tokenizer_path);
   if (tokenizer_->vocab_size() != mc.vocab_size)
     fail("tokenizer {} has {} tokens but model {} has a vocabulary of {}", tokenizer_path, tokenizer_->vocab_size(),

@@ -208,7 +208,6 @@ RunConfig load_run_config(const std::string& path) {
 
 void validate_run_config(const RunConfig& c) {
   if (c.model.empty()) fail("config: 'model.path' (or --model) is required");
-  if (c.tokenizer.empty()) fail("config: 'model.tokenizer' (or --tokenizer) is required");
 }
 
 }  // namespace llm

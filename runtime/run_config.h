@@ -38,7 +38,8 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
 // Reads and parses a config file (relative paths inside it are relative to the file's directory).
 RunConfig load_run_config(const std::string& path);
 
-// Checks cross-field rules (model and tokenizer given, ...); throws llm::Error naming the key.
+// Checks cross-field rules (a model given, ...); throws llm::Error naming the key. The tokenizer may be
+// left out for a model file that carries one (GGUF); the engine says so when it does not.
 void validate_run_config(const RunConfig& config);
 
 }  // namespace llm

@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "mapped_file.h"
 #include "tokenizer_internal.h"
 
 namespace llm {
@@ -32,6 +33,16 @@ std::string read_file(const std::string& path) {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
+  {  // A GGUF model file carries its tokenizer; mapped, not read (it may hold gigabytes of weights).
+    std::ifstream in(path, std::ios::binary);
+    char magic[4] = {};
+    if (in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0) {
+      const MappedFile file(path);
+      auto tok = detail::gguf_tokenizer(file.data(), file.size(), path);
+      log().debug("{}: tokenizer from GGUF metadata, {} pieces", path, tok->vocab_size());
+      return tok;
+    }
+  }
   const std::string data = read_file(path);
   std::string llama2c_error, spm_error;
   try {

@@ -1,13 +1,33 @@
 // Internal to the runtime: the two tokenizer implementations behind load_tokenizer().
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "tokenizer.h"
 
 namespace llm::detail {
+
+// A SentencePiece-style vocabulary as llama2.c stores it: pieces (spaces as ' ', bytes as "<0xAB>") and
+// merge scores; ids 0, 1, 2 are unk, BOS and EOS.
+struct Vocabulary {
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+};
+
+// The llama2.c tokenizer (score-ordered merges) over a vocabulary of at least 3 pieces.
+std::unique_ptr<Tokenizer> make_llama2c_tokenizer(std::vector<std::string> pieces, std::vector<float> scores);
+
+// The vocabulary of a llama2.c tokenizer.bin (`data`: the whole file); same errors as below.
+Vocabulary parse_llama2c_vocabulary(const std::string& data, const std::string& path);
+
+// The tokenizer a GGUF file carries (tokenizer.ggml.*): the SentencePiece-style `llama` vocabulary.
+// Throws llm::Error naming the file and the key for anything else or anything missing.
+std::unique_ptr<Tokenizer> gguf_tokenizer(const uint8_t* data, std::size_t size, const std::string& path);
 
 // Parses `data` (the whole file) as a llama2.c tokenizer.bin. Throws llm::Error naming `path` and
 // the byte offset when the content is truncated or impossible.

@@ -208,7 +208,16 @@ class Llama2cTokenizer final : public Tokenizer {
 
 }  // namespace
 
+std::unique_ptr<Tokenizer> make_llama2c_tokenizer(std::vector<std::string> pieces, std::vector<float> scores) {
+  return std::make_unique<Llama2cTokenizer>(std::move(pieces), std::move(scores));
+}
+
 std::unique_ptr<Tokenizer> parse_llama2c_tokenizer(const std::string& data, const std::string& path) {
+  Vocabulary v = parse_llama2c_vocabulary(data, path);
+  return make_llama2c_tokenizer(std::move(v.pieces), std::move(v.scores));
+}
+
+Vocabulary parse_llama2c_vocabulary(const std::string& data, const std::string& path) {
   if (data.size() < 4) {
     fail("{}: llama2.c tokenizer: file is {} bytes, too short for the 4-byte max_token_length header", path,
          data.size());
@@ -253,7 +262,7 @@ std::unique_ptr<Tokenizer> parse_llama2c_tokenizer(const std::string& data, cons
   if (pieces.size() <= static_cast<size_t>(kEosId)) {
     fail("{}: llama2.c tokenizer: {} pieces, need at least 3 (unk, BOS, EOS)", path, pieces.size());
   }
-  return std::make_unique<Llama2cTokenizer>(std::move(pieces), std::move(scores));
+  return {std::move(pieces), std::move(scores)};
 }
 
 }  // namespace llm::detail

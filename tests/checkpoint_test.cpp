@@ -220,6 +220,7 @@ TEST_P(CheckpointRoundTrip, ValuesSurvive) {
     case CheckpointFormat::LegacyF32: expected = 28 + 4 * (matrices + norms + S * dim / config.n_heads); break;
     case CheckpointFormat::V1F32: expected = 256 + 4 * (matrices + norms); break;
     case CheckpointFormat::V2Q8: expected = 256 + 4 * norms + matrices + 4 * matrices / tc.group_size; break;
+    case CheckpointFormat::Gguf: FAIL() << "not a llama2.c format"; break;
   }
   EXPECT_EQ(std::filesystem::file_size(path), expected);
 }
@@ -514,7 +515,7 @@ TEST_F(CheckpointBadInput, TruncatedVersionedHeader) {
 TEST_F(CheckpointBadInput, WrongMagic) {
   auto bytes = valid(CheckpointFormat::V1F32);
   put_i32(bytes, 0, static_cast<int32_t>(0xdeadbeef));
-  expect_error(bad(bytes), {"0xdeadbeef", "not the version 1/2 magic 0x616b3432"});
+  expect_error(bad(bytes), {"0xdeadbeef", "neither the version 1/2 magic 0x616b3432", "nor GGUF's 'GGUF'"});
 }
 
 TEST_F(CheckpointBadInput, UnsupportedVersion) {

@@ -95,6 +95,12 @@ check "backends: a plugin in a world-writable directory is refused with the rule
 LLM_TEST_BAD_PROBE=crash run backends --config "$src/configs/stories260K.yaml" --plugin-dir "$build/test_plugins"
 check "backends: a plugin that crashes at probe is named with the signal, the runner lives on" eval 'rc 0 && out_has "probe crashed (signal 11" && out_has "mha_cpu"'
 
+"$build/bin/convert_to_gguf" --model "$models/stories260K.bin" --tokenizer "$models/tok512.bin" --type q8_0 --out "$tmp/s.gguf" >/dev/null
+run --model "$tmp/s.gguf" --max-tokens 30
+check "a GGUF model runs with the tokenizer it carries" eval 'rc 0 && out_has "Once upon a time, there was a little girl named Lily."'
+run --model "$models/stories260K.bin" --max-tokens 5
+check "a llama2.c model without a tokenizer names what is missing" eval 'rc 1 && err_has "'"'"'model.tokenizer'"'"' (or --tokenizer) is required" && err_has "carries no tokenizer"'
+
 run backends
 check "backends without a model still lists plugins" eval 'rc 0 && out_has "mha_cpu" && out_has "not run"'
 
