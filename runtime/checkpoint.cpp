@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <thread>
 #include <utility>
@@ -344,6 +345,7 @@ const char* checkpoint_format_name(CheckpointFormat format) {
     case CheckpointFormat::V1F32: return "v1 fp32";
     case CheckpointFormat::V2Q8: return "v2 Q8_0";
     case CheckpointFormat::Gguf: return "GGUF";
+    case CheckpointFormat::HfSafetensors: return "Hugging Face safetensors";
   }
   return "unknown";
 }
@@ -351,6 +353,11 @@ const char* checkpoint_format_name(CheckpointFormat format) {
 std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, LoadMode mode) {
   std::unique_ptr<Checkpoint> ckpt(new Checkpoint());
   ckpt->path_ = path;
+  if (std::error_code ec; std::filesystem::is_directory(path, ec)) {
+    ckpt->format_ = CheckpointFormat::HfSafetensors;
+    ckpt->load_hf();
+    return ckpt;
+  }
   ckpt->file_ = MappedFile(path, mode);
   const uint8_t* data = ckpt->file_.data();
   const std::size_t size = ckpt->file_.size();
@@ -530,7 +537,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, LoadMode m
 
 void write_checkpoint(const std::string& path, const ModelConfig& config, CheckpointFormat format,
                       const TensorFiller& fill, int group_size) {
-  if (format == CheckpointFormat::Gguf) fail("{}: write_checkpoint writes llama2.c formats; GGUF: gguf_writer.h", path);
+  if (format == CheckpointFormat::Gguf || format == CheckpointFormat::HfSafetensors) fail("{}: write_checkpoint writes llama2.c formats; GGUF: gguf_writer.h", path);
   Dims d = dims_of(config);
   d.group = group_size;
   validate_dims(path, d, format, "");

@@ -1,5 +1,6 @@
 // Checkpoints: llama2.c's legacy (version 0) fp32, version 1 fp32 and version 2 int8 (Q8_0), and GGUF
-// files of the `llama` architecture (checkpoint_gguf.cpp), told apart by content.
+// files of the `llama` architecture (checkpoint_gguf.cpp), told apart by content; a directory is a
+// Hugging Face Llama model (config.json and safetensors, checkpoint_hf.cpp).
 // Opening validates before it touches any weight: magic, version, dimensions that fit together, and
 // the file size against what the header implies. Every failure is an llm::Error naming the file and
 // the mismatch.
@@ -16,7 +17,7 @@
 
 namespace llm {
 
-enum class CheckpointFormat { LegacyF32, V1F32, V2Q8, Gguf };
+enum class CheckpointFormat { LegacyF32, V1F32, V2Q8, Gguf, HfSafetensors };
 
 const char* checkpoint_format_name(CheckpointFormat format);
 
@@ -33,6 +34,7 @@ class Checkpoint {
  private:
   Checkpoint() = default;
   void load_gguf();  // fills config_ and weights_ from the GGUF in file_ (checkpoint_gguf.cpp)
+  void load_hf();    // ... from the Hugging Face directory path_ (checkpoint_hf.cpp)
   std::string path_;
   CheckpointFormat format_ = CheckpointFormat::LegacyF32;
   ModelConfig config_;
@@ -40,6 +42,7 @@ class Checkpoint {
   MappedFile file_;
   std::vector<std::vector<float>> owned_;     // tensors converted at load (see checkpoint.cpp)
   std::vector<std::vector<int8_t>> owned_q_;  // GGUF Q8_0 values, regrouped at load
+  std::vector<MappedFile> shards_;            // a Hugging Face model's safetensors files
 };
 
 // Checks a model shape for what the forward pass needs (positive, bounded dimensions that divide); throws

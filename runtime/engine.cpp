@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -17,6 +18,33 @@
 #endif
 
 namespace llm {
+
+namespace {
+
+// The tokenizer a model brings when the config names none: a GGUF's own vocabulary, or a Hugging Face
+// directory's tokenizer.model; a llama2.c checkpoint brings none.
+std::string model_tokenizer(const Checkpoint& ck) {
+  const std::string& path = ck.path();
+  switch (ck.format()) {
+    case CheckpointFormat::Gguf: return path;
+    case CheckpointFormat::HfSafetensors: {
+      const std::filesystem::path dir(path);
+      if (std::filesystem::exists(dir / "tokenizer.model")) return (dir / "tokenizer.model").string();
+      if (std::filesystem::exists(dir / "tokenizer.json"))
+        fail("{}: only tokenizer.json (byte-level BPE) is there, which this runtime does not read yet; give a "
+             "SentencePiece tokenizer.model with model.tokenizer",
+             path);
+      fail("{}: no tokenizer.model in the model directory; give one with model.tokenizer (or --tokenizer)", path);
+    }
+    default:
+      fail("config: 'model.tokenizer' (or --tokenizer) is required: {} is a {} checkpoint, which carries no "
+           "tokenizer",
+           path, checkpoint_format_name(ck.format()));
+  }
+}
+
+}  // namespace
+
 
 llm_device_info cpu_device_info(int threads, const ThreadPool* pool) {
   static const std::string name = [] {
@@ -61,18 +89,14 @@ Engine::Engine(const RunConfig& config, int max_batch)
   validate_run_config(config_);
   const std::string models_dir = resolve_models_dir(config_.models_dir);
   const std::string model_path = resolve_model_path(config_.model, models_dir);
-  // A GGUF model carries its tokenizer; a llama2.c checkpoint needs one beside it.
-  const std::string tokenizer_path =
-      config_.tokenizer.empty() ? model_path : resolve_model_path(config_.tokenizer, models_dir);
+  std::string tokenizer_path = resolve_model_path(config_.tokenizer, models_dir);
 
   checkpoint_ = Checkpoint::open(model_path, config_.load == "memory" ? LoadMode::Memory : LoadMode::Mmap);
   const ModelConfig& mc = checkpoint_->config();
   log().info("model {}: {} (dim {}, {} layers, {} heads, {} kv heads, hidden {}, vocab {}, context {})", model_path,
              checkpoint_format_name(checkpoint_->format()), mc.dim, mc.n_layers, mc.n_heads, mc.n_kv_heads,
              mc.hidden_dim, mc.vocab_size, mc.max_seq_len);
-  if (config_.tokenizer.empty() && checkpoint_->format() != CheckpointFormat::Gguf)
-    fail("config: 'model.tokenizer' (or --tokenizer) is required: {} is a {} checkpoint, which carries no tokenizer",
-         model_path, checkpoint_format_name(checkpoint_->format()));
+  if (config_.tokenizer.empty()) tokenizer_path = model_tokenizer(*checkpoint_);
   tokenizer_ = load_tokenizer(tokenizer_path);
   if (tokenizer_->vocab_size() != mc.vocab_size)
     fail("tokenizer {} has {} tokens but model {} has a vocabulary of {}", tokenizer_path, tokenizer_->vocab_size(),

@@ -23,12 +23,28 @@ llm_attention_args packed_attention_args(const ModelConfig& config, int tokens, 
   return a;
 }
 
+double rope_frequency(const ModelConfig& config, int i) {
+  const double freq = std::pow(static_cast<double>(config.rope_theta), -2.0 * i / config.head_dim());
+  const ModelConfig::RopeScaling& s = config.rope_scaling;
+  if (s.factor <= 0.0f) return freq;
+  // Llama 3.1's rule (HF _compute_llama3_parameters): wavelengths longer than the original context over
+  // low_freq_factor are stretched by `factor`, shorter than over high_freq_factor kept, blended between.
+  const double wavelen = 2.0 * M_PI / freq;
+  const double low_wavelen = s.original_max_position / static_cast<double>(s.low_freq_factor);
+  const double high_wavelen = s.original_max_position / static_cast<double>(s.high_freq_factor);
+  if (wavelen < high_wavelen) return freq;
+  if (wavelen > low_wavelen) return freq / s.factor;
+  const double smooth = (s.original_max_position / wavelen - s.low_freq_factor) /
+                        (static_cast<double>(s.high_freq_factor) - s.low_freq_factor);
+  return (1.0 - smooth) * freq / s.factor + smooth * freq;
+}
+
 std::vector<float> rope_table(const ModelConfig& config, int max_context) {
   const int half = config.head_dim() / 2;
   std::vector<float> table(static_cast<size_t>(max_context) * half * 2);
   for (int pos = 0; pos < max_context; ++pos)
     for (int i = 0; i < half; ++i) {
-      const double freq = std::pow(static_cast<double>(config.rope_theta), -2.0 * i / config.head_dim());
+      const double freq = rope_frequency(config, i);
       table[(static_cast<size_t>(pos) * half + i) * 2] = static_cast<float>(std::cos(pos * freq));
       table[(static_cast<size_t>(pos) * half + i) * 2 + 1] = static_cast<float>(std::sin(pos * freq));
     }

@@ -23,7 +23,10 @@ struct SequenceChunk {
 llm_attention_args packed_attention_args(const ModelConfig& config, int tokens, int sequences, int max_q_len,
                                          int max_kv_len, llm_dtype dtype);
 
-// cos/sin of pos * theta^(-2i/head_dim) for every position below max_context and pair i, as
+// The rotation frequency of pair i: theta^(-2i/head_dim), adjusted by the config's RoPE scaling.
+double rope_frequency(const ModelConfig& config, int i);
+
+// cos/sin of pos * rope_frequency(i) for every position below max_context and pair i, as
 // [position][head_dim/2][cos, sin]: computed in double and rounded once, so every model rotates alike.
 std::vector<float> rope_table(const ModelConfig& config, int max_context);
 

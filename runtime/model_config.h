@@ -16,6 +16,13 @@ struct ModelConfig {
   bool shared_classifier = true;  // classifier weights are the token embedding
   float rms_norm_eps = 1e-5f;
   float rope_theta = 10000.0f;
+  // Llama 3.1-style RoPE scaling (HF rope_scaling type "llama3"): low frequencies divided by `factor`,
+  // high ones kept, a smooth blend between (see rope_table). factor 0: none.
+  struct RopeScaling {
+    float factor = 0.0f;
+    float low_freq_factor = 1.0f, high_freq_factor = 4.0f;
+    int original_max_position = 8192;
+  } rope_scaling;
 
   int head_dim() const { return dim / n_heads; }
   int kv_dim() const { return n_kv_heads * head_dim(); }

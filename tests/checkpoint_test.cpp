@@ -220,7 +220,8 @@ TEST_P(CheckpointRoundTrip, ValuesSurvive) {
     case CheckpointFormat::LegacyF32: expected = 28 + 4 * (matrices + norms + S * dim / config.n_heads); break;
     case CheckpointFormat::V1F32: expected = 256 + 4 * (matrices + norms); break;
     case CheckpointFormat::V2Q8: expected = 256 + 4 * norms + matrices + 4 * matrices / tc.group_size; break;
-    case CheckpointFormat::Gguf: FAIL() << "not a llama2.c format"; break;
+    case CheckpointFormat::Gguf:
+    case CheckpointFormat::HfSafetensors: FAIL() << "not a llama2.c format"; break;
   }
   EXPECT_EQ(std::filesystem::file_size(path), expected);
 }
@@ -494,7 +495,9 @@ TEST_F(CheckpointBadInput, Nonexistent) {
   expect_error(dir_.file("missing.bin"), {"cannot open", "No such file or directory"});
 }
 
-TEST_F(CheckpointBadInput, Directory) { expect_error(dir_.path().string(), {"is a directory"}); }
+TEST_F(CheckpointBadInput, DirectoryWithoutAConfig) {
+  expect_error(dir_.path().string(), {"a model directory needs config.json (Hugging Face layout)"});
+}
 
 TEST_F(CheckpointBadInput, Empty) { expect_error(bad({}), {"is empty"}); }
 
