@@ -537,7 +537,8 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, LoadMode m
 
 void write_checkpoint(const std::string& path, const ModelConfig& config, CheckpointFormat format,
                       const TensorFiller& fill, int group_size) {
-  if (format == CheckpointFormat::Gguf || format == CheckpointFormat::HfSafetensors) fail("{}: write_checkpoint writes llama2.c formats; GGUF: gguf_writer.h", path);
+  if (format == CheckpointFormat::Gguf || format == CheckpointFormat::HfSafetensors)
+    fail("{}: write_checkpoint writes llama2.c formats; GGUF: gguf_writer.h", path);
   Dims d = dims_of(config);
   d.group = group_size;
   validate_dims(path, d, format, "");

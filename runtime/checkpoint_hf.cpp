@@ -42,9 +42,10 @@ T config_value(const nlohmann::json& c, const char* key, const std::string& wher
   try {
     return c[key].get<T>();
   } catch (const nlohmann::json::exception&) {
-    fail("{}: '{}' is {}, expected {}", where, key, c[key].dump(), std::is_same_v<T, bool> ? "true or false"
-                                                                    : std::is_integral_v<T>  ? "an integer"
-                                                                                             : "a number");
+    fail("{}: '{}' is {}, expected {}", where, key, c[key].dump(),
+         std::is_same_v<T, bool> ? "true or false"
+         : std::is_integral_v<T> ? "an integer"
+                                 : "a number");
   }
 }
 
@@ -91,9 +92,10 @@ void Checkpoint::load_hf() {
     c.rope_scaling.original_max_position = config_value<int>(rs, "original_max_position_embeddings", where);
     if (!(c.rope_scaling.factor > 0 && c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor &&
           c.rope_scaling.original_max_position > 0))
-      fail("{}: llama3 rope_scaling needs factor > 0, high_freq_factor > low_freq_factor and "
-           "original_max_position_embeddings > 0; got {}",
-           cfg_path, rs.dump());
+      fail(
+          "{}: llama3 rope_scaling needs factor > 0, high_freq_factor > low_freq_factor and "
+          "original_max_position_embeddings > 0; got {}",
+          cfg_path, rs.dump());
   }
 
   // Which file holds which tensor: one model.safetensors, or the shards the index lists.
@@ -128,9 +130,9 @@ void Checkpoint::load_hf() {
   auto load = [&](const std::string& name, int64_t rows, int64_t cols, bool rope_rows) -> const float* {
     std::string file;
     const safetensors::Tensor& t = find(name, file);
-    const std::vector<uint64_t> want = rows == 1 ? std::vector<uint64_t>{static_cast<uint64_t>(cols)}
-                                                 : std::vector<uint64_t>{static_cast<uint64_t>(rows),
-                                                                         static_cast<uint64_t>(cols)};
+    const std::vector<uint64_t> want =
+        rows == 1 ? std::vector<uint64_t>{static_cast<uint64_t>(cols)}
+                  : std::vector<uint64_t>{static_cast<uint64_t>(rows), static_cast<uint64_t>(cols)};
     if (t.shape != want)
       fail("{}: tensor '{}' has shape [{}], expected [{}]", (dir / file).string(), name, fmt::join(t.shape, ", "),
            fmt::join(want, ", "));

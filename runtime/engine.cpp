@@ -31,20 +31,21 @@ std::string model_tokenizer(const Checkpoint& ck) {
       const std::filesystem::path dir(path);
       if (std::filesystem::exists(dir / "tokenizer.model")) return (dir / "tokenizer.model").string();
       if (std::filesystem::exists(dir / "tokenizer.json"))
-        fail("{}: only tokenizer.json (byte-level BPE) is there, which this runtime does not read yet; give a "
-             "SentencePiece tokenizer.model with model.tokenizer",
-             path);
+        fail(
+            "{}: only tokenizer.json (byte-level BPE) is there, which this runtime does not read yet; give a "
+            "SentencePiece tokenizer.model with model.tokenizer",
+            path);
       fail("{}: no tokenizer.model in the model directory; give one with model.tokenizer (or --tokenizer)", path);
     }
     default:
-      fail("config: 'model.tokenizer' (or --tokenizer) is required: {} is a {} checkpoint, which carries no "
-           "tokenizer",
-           path, checkpoint_format_name(ck.format()));
+      fail(
+          "config: 'model.tokenizer' (or --tokenizer) is required: {} is a {} checkpoint, which carries no "
+          "tokenizer",
+          path, checkpoint_format_name(ck.format()));
   }
 }
 
 }  // namespace
-
 
 llm_device_info cpu_device_info(int threads, const ThreadPool* pool) {
   static const std::string name = [] {

@@ -12,8 +12,8 @@
 namespace llm::safetensors {
 
 struct Tensor {
-  std::string dtype;             // "F32", "F16", "BF16", ... as the file says
-  std::vector<uint64_t> shape;   // row-major, outermost first
+  std::string dtype;              // "F32", "F16", "BF16", ... as the file says
+  std::vector<uint64_t> shape;    // row-major, outermost first
   const uint8_t* data = nullptr;  // into the mapped file
   uint64_t bytes = 0;
   uint64_t elements() const;
