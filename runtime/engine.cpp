@@ -22,7 +22,8 @@ namespace llm {
 namespace {
 
 // The tokenizer a model brings when the config names none: a GGUF's own vocabulary, or a Hugging Face
-// directory's tokenizer.model; a llama2.c checkpoint brings none.
+// directory's tokenizer.model (SentencePiece) or tokenizer.json (byte-level BPE); a llama2.c checkpoint brings
+// none.
 std::string model_tokenizer(const Checkpoint& ck) {
   const std::string& path = ck.path();
   switch (ck.format()) {
@@ -30,12 +31,11 @@ std::string model_tokenizer(const Checkpoint& ck) {
     case CheckpointFormat::HfSafetensors: {
       const std::filesystem::path dir(path);
       if (std::filesystem::exists(dir / "tokenizer.model")) return (dir / "tokenizer.model").string();
-      if (std::filesystem::exists(dir / "tokenizer.json"))
-        fail(
-            "{}: only tokenizer.json (byte-level BPE) is there, which this runtime does not read yet; give a "
-            "SentencePiece tokenizer.model with model.tokenizer",
-            path);
-      fail("{}: no tokenizer.model in the model directory; give one with model.tokenizer (or --tokenizer)", path);
+      if (std::filesystem::exists(dir / "tokenizer.json")) return (dir / "tokenizer.json").string();
+      fail(
+          "{}: no tokenizer.model or tokenizer.json in the model directory; give one with model.tokenizer (or "
+          "--tokenizer)",
+          path);
     }
     default:
       fail(

@@ -44,6 +44,11 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
     }
   }
   const std::string data = read_file(path);
+  if (data.find_first_not_of(" \t\r\n") != std::string::npos && data[data.find_first_not_of(" \t\r\n")] == '{') {
+    auto tok = detail::parse_hf_tokenizer_json(data, path);  // JSON: only tokenizer.json is that
+    log().debug("{}: tokenizer.json, byte-level BPE, {} tokens", path, tok->vocab_size());
+    return tok;
+  }
   std::string llama2c_error, spm_error;
   try {
     auto tok = detail::parse_llama2c_tokenizer(data, path);

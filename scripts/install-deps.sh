@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libboost-dev libfmt-dev libspdlog-dev libyaml-cpp-dev libsentencepiece-dev
-  libcli11-dev nlohmann-json3-dev libssl-dev libgtest-dev libgmock-dev
+  libcli11-dev nlohmann-json3-dev libssl-dev libpcre2-dev libgtest-dev libgmock-dev
 )
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -255,15 +255,15 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
   EXPECT_THAT(error_of(hf2),
               HasSubstr("tensor 'model.layers.4.mlp.up_proj.weight' is missing from model.safetensors.index.json"));
 
-  // a tokenizer.json alone is named as unsupported for now
+  // the directory's tokenizer.json is used when there is no tokenizer.model: a malformed one is named
   const std::string bpe = export_hf(dir, "bpe", *ck, {});
   fs::remove(fs::path(bpe) / "tokenizer.model");
   std::ofstream(fs::path(bpe) / "tokenizer.json") << "{}";
   try {
     Engine e(cpu_config(bpe, ""));
-    ADD_FAILURE() << "a directory with only tokenizer.json loaded";
+    ADD_FAILURE() << "a directory with an empty tokenizer.json loaded";
   } catch (const Error& e) {
-    EXPECT_THAT(e.what(), HasSubstr("only tokenizer.json (byte-level BPE) is there"));
+    EXPECT_THAT(e.what(), HasSubstr("tokenizer.json: not a Hugging Face tokenizer.json (no 'model' object)"));
   }
 }
 
