@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
-#   bash scripts/gpu-suite.sh [tests|bench|attention|profile|all]
+#   bash scripts/gpu-suite.sh [tests|bench|attention|profile|fixtures|all]
 #   (bench: end to end; attention: the kernels; profile: per-kernel times of TinyLlama decode steps, ncu)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +47,11 @@ if [ "$what" = attention ] || [ "$what" = all ]; then
   build/bin/attention_bench ${ATTN_ARGS:-} 2>"$out/attention_bench.err" | tee "$out/attention_bench.md" || status=1
   PYTHONUNBUFFERED=1 python3 benches/torch_attention_bench.py ${TORCH_ATTN_ARGS:-} 2>"$out/torch_attention_bench.err" \
     | tee "$out/torch_attention_bench.md" || status=1
+fi
+if [ "$what" = fixtures ]; then
+  echo "== Hugging Face reference fixtures (transformers models and logits, a tokenizers BPE): tests/data/hf"
+  PYTHONUNBUFFERED=1 python3 tools/hf_fixtures.py --out "$out/hf" --spm .device/models/tok512.model || status=1
+  tar czf "$out/hf_fixtures.tgz" -C "$out" hf && du -sh "$out/hf_fixtures.tgz"  # unpack into tests/data/
 fi
 if [ "$what" = profile ]; then
   echo "== per-kernel device time over decode steps (TinyLlama shape, batch 1, ncu, clocks left alone)"

@@ -16,6 +16,7 @@
 #include "engine.h"
 #include "error.h"
 #include "gguf_writer.h"
+#include "model_export.h"
 #include "test_support.h"
 #include "tokenizer.h"
 #include "tokenizer_internal.h"
@@ -24,21 +25,6 @@ namespace llm {
 namespace {
 
 using testing::HasSubstr;
-
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-// stories260K.bin with the tok512.bin vocabulary as a GGUF of `type`, written into `dir`.
-std::string stories_gguf(const test::TempDir& dir, gguf::TensorType type, const std::string& model) {
-  const auto ckpt = Checkpoint::open(model);
-  const std::string tok = test::model_path("tok512.bin");
-  const auto voc = detail::parse_llama2c_vocabulary(read_all(tok), tok);
-  const std::string out = dir.file("stories260K_" + std::to_string(static_cast<int>(type)) + ".gguf");
-  gguf::llama_gguf(*ckpt, voc.pieces, voc.scores, type).write(out);
-  return out;
-}
 
 RunConfig cpu_config(const std::string& model, const std::string& tokenizer) {
   RunConfig c;
@@ -84,7 +70,7 @@ TEST(Gguf, Stories260KAsGgufTellsTheLlama2cStoryWithItsOwnTokenizer) {
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
   LLM_REQUIRE_MODEL(tok, "tok512.bin");
   test::TempDir dir;
-  const std::string f32 = stories_gguf(dir, gguf::TensorType::F32, model);
+  const std::string f32 = test::stories_gguf(dir, gguf::TensorType::F32, model);
   Engine ref(cpu_config(model, tok)), gguf_engine(cpu_config(f32, ""));
   EXPECT_EQ(gguf_engine.tokenizer().vocab_size(), 512);
   for (const char* text : {"Once upon a time", "Tom had a toy car. He said: \"wow\"", "über 3 €"})
@@ -112,7 +98,7 @@ TEST(Gguf, EveryWeightTypeRunsWithinItsRoundingOfTheFp32Model) {
   for (auto [type, bound] : {std::pair{gguf::TensorType::F16, 5e-3},
                              {gguf::TensorType::BF16, 3e-2},
                              {gguf::TensorType::Q8_0, 1.5 * int8_err}}) {
-    Engine e(cpu_config(stories_gguf(dir, type, model), ""));
+    Engine e(cpu_config(test::stories_gguf(dir, type, model), ""));
     const double err = logit_error(e, ref, 40);
     std::printf("GGUF %s weights vs the fp32 file: max relative L2 logit error %.3g over 40 steps (bound %.2g)\n",
                 gguf::tensor_type_name(static_cast<uint32_t>(type)), err, bound);
@@ -222,7 +208,7 @@ TEST(Gguf, CorruptAndUnsupportedFilesGetErrorsNamingThePart) {
   EXPECT_NO_THROW(Checkpoint::open(good));
 
   // truncated: the last tensor's data cut off
-  const std::string bytes = read_all(good);
+  const std::string bytes = test::read_all(good);
   std::ofstream(dir.file("cut.gguf"), std::ios::binary) << bytes.substr(0, bytes.size() - 100);
   EXPECT_THAT(error_of(dir.file("cut.gguf")), HasSubstr("runs past the end of the"));
   // truncated inside the header: counts that cannot fit, then a cut inside the metadata

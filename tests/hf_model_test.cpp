@@ -15,6 +15,7 @@
 #include "error.h"
 #include "half.h"
 #include "language_model.h"
+#include "model_export.h"
 #include "test_support.h"
 
 namespace llm {
@@ -23,113 +24,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using testing::HasSubstr;
-
-struct NamedTensor {
-  std::string name;
-  std::vector<uint64_t> shape;
-  std::vector<float> values;
-};
-
-// Writes `tensors` as one safetensors file in `dtype` ("F32" or "BF16").
-void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors, const std::string& dtype) {
-  json header = json::object();
-  std::string data;
-  for (const auto& t : tensors) {
-    const size_t begin = data.size();
-    for (float v : t.values) {
-      if (dtype == "F32") {
-        data.append(reinterpret_cast<const char*>(&v), 4);
-      } else {
-        const uint16_t b = float_to_bf16(v);
-        data.append(reinterpret_cast<const char*>(&b), 2);
-      }
-    }
-    header[t.name] = {{"dtype", dtype}, {"shape", t.shape}, {"data_offsets", {begin, data.size()}}};
-  }
-  std::string h = header.dump();
-  h.append((8 - h.size() % 8) % 8, ' ');  // as HF pads it: data starts 8-byte aligned
-  const uint64_t n = h.size();
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(&n), 8);
-  out << h << data;
-}
-
-struct ExportOptions {
-  std::string dtype = "F32";
-  bool sharded = false;
-  bool untied = false;
-};
-
-// stories260K.bin as a Hugging Face Llama directory under `dir`.
-std::string export_hf(const test::TempDir& dir, const std::string& name, const Checkpoint& ck, ExportOptions o) {
-  const ModelConfig& c = ck.config();
-  const ModelWeights& w = ck.weights();
-  const fs::path out = dir.path() / name;
-  fs::create_directories(out);
-  auto rows_of = [](const Matrix& m) {
-    std::vector<float> v(static_cast<size_t>(m.rows) * m.cols);
-    for (int r = 0; r < m.rows; ++r) m.dequantize_row(r, v.data() + static_cast<size_t>(r) * m.cols);
-    return v;
-  };
-  // HF keeps RoPE pairs as halves: its row i pairs with row i + d/2; ours (llama2.c) are rows 2i, 2i+1.
-  auto to_hf_rope = [&](const Matrix& m) {
-    std::vector<float> ours = rows_of(m), hf(ours.size());
-    const int d = c.head_dim(), cols = m.cols;
-    for (int r = 0; r < m.rows; ++r) {
-      const int h = r / d, j = r % d, hf_row = h * d + (j % 2 == 0 ? j / 2 : j / 2 + d / 2);
-      std::memcpy(&hf[static_cast<size_t>(hf_row) * cols], &ours[static_cast<size_t>(r) * cols], sizeof(float) * cols);
-    }
-    return hf;
-  };
-  auto shape = [](const Matrix& m) { return std::vector<uint64_t>{uint64_t(m.rows), uint64_t(m.cols)}; };
-  auto vec = [&](const float* p) { return std::vector<float>(p, p + c.dim); };
-  std::vector<NamedTensor> t;
-  t.push_back({"model.embed_tokens.weight", shape(w.token_embedding), rows_of(w.token_embedding)});
-  t.push_back({"model.norm.weight", {uint64_t(c.dim)}, vec(w.rms_final)});
-  if (o.untied) t.push_back({"lm_head.weight", shape(w.classifier), rows_of(w.classifier)});
-  for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& L = w.layers[l];
-    const std::string b = "model.layers." + std::to_string(l) + ".";
-    t.push_back({b + "input_layernorm.weight", {uint64_t(c.dim)}, vec(L.rms_att)});
-    t.push_back({b + "post_attention_layernorm.weight", {uint64_t(c.dim)}, vec(L.rms_ffn)});
-    t.push_back({b + "self_attn.q_proj.weight", shape(L.wq), to_hf_rope(L.wq)});
-    t.push_back({b + "self_attn.k_proj.weight", shape(L.wk), to_hf_rope(L.wk)});
-    t.push_back({b + "self_attn.v_proj.weight", shape(L.wv), rows_of(L.wv)});
-    t.push_back({b + "self_attn.o_proj.weight", shape(L.wo), rows_of(L.wo)});
-    t.push_back({b + "mlp.gate_proj.weight", shape(L.w1), rows_of(L.w1)});
-    t.push_back({b + "mlp.down_proj.weight", shape(L.w2), rows_of(L.w2)});
-    t.push_back({b + "mlp.up_proj.weight", shape(L.w3), rows_of(L.w3)});
-  }
-  if (o.sharded) {
-    json map = json::object();
-    const size_t half = t.size() / 2;
-    std::vector<NamedTensor> a(t.begin(), t.begin() + half), b(t.begin() + half, t.end());
-    write_safetensors((out / "model-00001-of-00002.safetensors").string(), a, o.dtype);
-    write_safetensors((out / "model-00002-of-00002.safetensors").string(), b, o.dtype);
-    for (const auto& x : a) map[x.name] = "model-00001-of-00002.safetensors";
-    for (const auto& x : b) map[x.name] = "model-00002-of-00002.safetensors";
-    std::ofstream(out / "model.safetensors.index.json") << json{{"metadata", json::object()}, {"weight_map", map}};
-  } else {
-    write_safetensors((out / "model.safetensors").string(), t, o.dtype);
-  }
-  json cfg = {{"architectures", {"LlamaForCausalLM"}},
-              {"model_type", "llama"},
-              {"hidden_size", c.dim},
-              {"intermediate_size", c.hidden_dim},
-              {"num_hidden_layers", c.n_layers},
-              {"num_attention_heads", c.n_heads},
-              {"num_key_value_heads", c.n_kv_heads},
-              {"vocab_size", c.vocab_size},
-              {"max_position_embeddings", c.max_seq_len},
-              {"rms_norm_eps", c.rms_norm_eps},
-              {"rope_theta", c.rope_theta},
-              {"rope_scaling", nullptr},
-              {"tie_word_embeddings", !o.untied},
-              {"torch_dtype", o.dtype == "F32" ? "float32" : "bfloat16"}};
-  std::ofstream(out / "config.json") << cfg.dump(2);
-  fs::copy_file(test::model_path("tok512.model"), out / "tokenizer.model");
-  return out.string();
-}
 
 RunConfig cpu_config(const std::string& model, const std::string& tokenizer) {
   RunConfig c;
@@ -154,17 +48,17 @@ TEST(HfModel, Stories260KInHfLayoutTellsTheSameStory) {
   const auto ck = Checkpoint::open(model);
   test::TempDir dir;
   const auto ref = Engine(cpu_config(model, spm)).generate("Once upon a time", greedy(200));
-  for (auto [name, opts] : {std::pair{"single", ExportOptions{}},
-                            {"sharded", ExportOptions{"F32", true, false}},
-                            {"untied", ExportOptions{"F32", false, true}}}) {
-    const std::string hf = export_hf(dir, name, *ck, opts);
+  for (auto [name, opts] : {std::pair{"single", test::ExportOptions{}},
+                            {"sharded", test::ExportOptions{"F32", true, false}},
+                            {"untied", test::ExportOptions{"F32", false, true}}}) {
+    const std::string hf = test::export_hf(dir, name, *ck, opts);
     Engine e(cpu_config(hf, ""));  // the directory's tokenizer.model
     EXPECT_EQ(e.model().config().shared_classifier, !opts.untied) << name;
     const auto r = e.generate("Once upon a time", greedy(200));
     EXPECT_EQ(r.tokens, ref.tokens) << name;
   }
   // bf16 weights: the story's opening survives the rounding
-  Engine bf16(cpu_config(export_hf(dir, "bf16", *ck, {"BF16", false, false}), ""));
+  Engine bf16(cpu_config(test::export_hf(dir, "bf16", *ck, {"BF16", false, false}), ""));
   const auto r = bf16.generate("Once upon a time", greedy(30));
   EXPECT_THAT("Once upon a time" + r.text,
               testing::StartsWith("Once upon a time, there was a little girl named Lily."));
@@ -221,7 +115,7 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
   const auto ck = Checkpoint::open(model);
   test::TempDir dir;
   auto edit_config = [&](const std::string& name, const std::function<void(json&)>& f) {
-    const std::string hf = export_hf(dir, name, *ck, {});
+    const std::string hf = test::export_hf(dir, name, *ck, {});
     json cfg = json::parse(std::ifstream(fs::path(hf) / "config.json"));
     f(cfg);
     std::ofstream(fs::path(hf) / "config.json") << cfg.dump();
@@ -242,13 +136,13 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
               HasSubstr("tensor 'model.layers.0.mlp.gate_proj.weight' has shape [172, 64], expected [180, 64]"));
 
   // a tensor missing from the file, and a file cut short
-  const std::string hf = export_hf(dir, "cut", *ck, {});
+  const std::string hf = test::export_hf(dir, "cut", *ck, {});
   const std::string st = (fs::path(hf) / "model.safetensors").string();
   const auto size = fs::file_size(st);
   fs::resize_file(st, size - 1000);
   EXPECT_THAT(error_of(hf), HasSubstr("model.safetensors: safetensors: tensor"));
   EXPECT_THAT(error_of(hf), HasSubstr("past the"));
-  const std::string hf2 = export_hf(dir, "partial", *ck, {ExportOptions{"F32", true, false}});
+  const std::string hf2 = test::export_hf(dir, "partial", *ck, {test::ExportOptions{"F32", true, false}});
   json index = json::parse(std::ifstream(fs::path(hf2) / "model.safetensors.index.json"));
   index["weight_map"].erase("model.layers.4.mlp.up_proj.weight");
   std::ofstream(fs::path(hf2) / "model.safetensors.index.json") << index.dump();
@@ -256,7 +150,7 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
               HasSubstr("tensor 'model.layers.4.mlp.up_proj.weight' is missing from model.safetensors.index.json"));
 
   // the directory's tokenizer.json is used when there is no tokenizer.model: a malformed one is named
-  const std::string bpe = export_hf(dir, "bpe", *ck, {});
+  const std::string bpe = test::export_hf(dir, "bpe", *ck, {});
   fs::remove(fs::path(bpe) / "tokenizer.model");
   std::ofstream(fs::path(bpe) / "tokenizer.json") << "{}";
   try {

@@ -9,6 +9,7 @@
 #include "cuda_test_support.h"
 #include "engine.h"
 #include "error.h"
+#include "model_export.h"
 #include "test_support.h"
 
 namespace llm {
@@ -286,6 +287,34 @@ TEST(LlamaCuda, GemvKernelsMatchCublas) {
   dynamic_cast<cuda::LlamaCuda&>(cublas.model()).set_gemv_max_tokens(0);
   const auto a = fused.generate_batch(prompts, o), b = cublas.generate_batch(prompts, o);
   for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(a[i].tokens, b[i].tokens) << prompts[i];
+}
+
+}  // namespace
+}  // namespace llm
+
+namespace llm {
+namespace {
+
+// The GPU forward pass reads the same loaded weights whatever the file: stories260K as a GGUF (with its
+// own vocabulary) and as a Hugging Face directory (q/k rows in HF's rotary halves) give the CPU fp32
+// file's logits on the GPU, near-exactly in fp32 and within the GPU bf16 bound.
+TEST(LlamaCuda, GgufAndHuggingFaceModelsRunOnTheGpu) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  test::TempDir dir;
+  const auto ck = Checkpoint::open(model);
+  const std::string files[] = {test::stories_gguf(dir, gguf::TensorType::F32, model),
+                               test::export_hf(dir, "hf", *ck, {})};
+  for (const std::string& path : files)
+    for (auto [dtype, bound] : {std::pair{"fp32", 1e-5}, {"bf16", 3e-2}}) {
+      RunConfig g = gpu_config(path, dtype);
+      g.tokenizer = "";  // the file's own
+      Engine gpu(g), cpu(cpu_config(model));
+      const double err = logit_error(gpu, cpu, 40);
+      std::printf("%s on the GPU (%s) vs the llama2.c file on the CPU: max relative L2 logit error %.3g (bound %.0e)\n",
+                  path.c_str(), dtype, err, bound);
+      EXPECT_LT(err, bound) << path << " " << dtype;
+    }
 }
 
 }  // namespace
