@@ -26,23 +26,6 @@ namespace {
 
 using testing::HasSubstr;
 
-RunConfig cpu_config(const std::string& model, const std::string& tokenizer) {
-  RunConfig c;
-  c.model = model;
-  c.tokenizer = tokenizer;  // "": the GGUF's own
-  c.backend_order = {"mha_cpu"};
-  c.plugin_dirs = {LLM_PLUGIN_DIR};
-  c.threads = 2;
-  return c;
-}
-
-GenerationOptions greedy(int n) {
-  GenerationOptions o;
-  o.max_tokens = n;
-  o.stop_at_eos = false;
-  return o;
-}
-
 // Worst relative L2 error of `test`'s logits against `ref`'s along ref's greedy path.
 double logit_error(Engine& test, Engine& ref, int steps) {
   std::vector<int> tokens = ref.tokenizer().encode("Once upon a time", true);
@@ -71,16 +54,16 @@ TEST(Gguf, Stories260KAsGgufTellsTheLlama2cStoryWithItsOwnTokenizer) {
   LLM_REQUIRE_MODEL(tok, "tok512.bin");
   test::TempDir dir;
   const std::string f32 = test::stories_gguf(dir, gguf::TensorType::F32, model);
-  Engine ref(cpu_config(model, tok)), gguf_engine(cpu_config(f32, ""));
+  Engine ref(test::cpu_config(model, tok)), gguf_engine(test::cpu_config(f32, ""));
   EXPECT_EQ(gguf_engine.tokenizer().vocab_size(), 512);
   for (const char* text : {"Once upon a time", "Tom had a toy car. He said: \"wow\"", "über 3 €"})
     EXPECT_EQ(gguf_engine.tokenizer().encode(text, true), ref.tokenizer().encode(text, true)) << text;
-  const auto a = ref.generate("Once upon a time", greedy(200));
-  const auto b = gguf_engine.generate("Once upon a time", greedy(200));
+  const auto a = ref.generate("Once upon a time", test::greedy(200));
+  const auto b = gguf_engine.generate("Once upon a time", test::greedy(200));
   EXPECT_EQ(b.tokens, a.tokens);
   EXPECT_EQ(b.text, a.text);
   // Same fp32 values through the same code: the same logits, bit for bit.
-  Engine again(cpu_config(f32, ""));
+  Engine again(test::cpu_config(f32, ""));
   EXPECT_EQ(logit_error(again, ref, 20), 0.0);
 }
 
@@ -89,21 +72,21 @@ TEST(Gguf, EveryWeightTypeRunsWithinItsRoundingOfTheFp32Model) {
   LLM_REQUIRE_MODEL(tok, "tok512.bin");
   test::TempDir dir;
   LLM_REQUIRE_MODEL(q80, "stories260K_q80.bin");
-  Engine ref(cpu_config(model, tok));
+  Engine ref(test::cpu_config(model, tok));
   // Q8_0's yardstick: the llama2.c int8 file of the same model (fp32 scales; GGUF's are fp16).
-  Engine llama2c_int8(cpu_config(q80, tok));
+  Engine llama2c_int8(test::cpu_config(q80, tok));
   const double int8_err = logit_error(llama2c_int8, ref, 40);
   std::printf("llama2.c Q8_0 file vs the fp32 file: max relative L2 logit error %.3g over 40 steps\n", int8_err);
   // fp16 keeps 11 significant bits, bf16 8: bounds a few times the rounding carried through 5 layers.
   for (auto [type, bound] : {std::pair{gguf::TensorType::F16, 5e-3},
                              {gguf::TensorType::BF16, 3e-2},
                              {gguf::TensorType::Q8_0, 1.5 * int8_err}}) {
-    Engine e(cpu_config(test::stories_gguf(dir, type, model), ""));
+    Engine e(test::cpu_config(test::stories_gguf(dir, type, model), ""));
     const double err = logit_error(e, ref, 40);
     std::printf("GGUF %s weights vs the fp32 file: max relative L2 logit error %.3g over 40 steps (bound %.2g)\n",
                 gguf::tensor_type_name(static_cast<uint32_t>(type)), err, bound);
     EXPECT_LT(err, bound) << gguf::tensor_type_name(static_cast<uint32_t>(type));
-    const auto r = e.generate("Once upon a time", greedy(30));
+    const auto r = e.generate("Once upon a time", test::greedy(30));
     EXPECT_THAT("Once upon a time" + r.text,
                 testing::StartsWith("Once upon a time, there was a little girl named Lily."));
   }

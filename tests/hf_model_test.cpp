@@ -25,41 +25,24 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using testing::HasSubstr;
 
-RunConfig cpu_config(const std::string& model, const std::string& tokenizer) {
-  RunConfig c;
-  c.model = model;
-  c.tokenizer = tokenizer;
-  c.backend_order = {"mha_cpu"};
-  c.plugin_dirs = {LLM_PLUGIN_DIR};
-  c.threads = 2;
-  return c;
-}
-
-GenerationOptions greedy(int n) {
-  GenerationOptions o;
-  o.max_tokens = n;
-  o.stop_at_eos = false;
-  return o;
-}
-
 TEST(HfModel, Stories260KInHfLayoutTellsTheSameStory) {
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
   LLM_REQUIRE_MODEL(spm, "tok512.model");
   const auto ck = Checkpoint::open(model);
   test::TempDir dir;
-  const auto ref = Engine(cpu_config(model, spm)).generate("Once upon a time", greedy(200));
+  const auto ref = Engine(test::cpu_config(model, spm)).generate("Once upon a time", test::greedy(200));
   for (auto [name, opts] : {std::pair{"single", test::ExportOptions{}},
                             {"sharded", test::ExportOptions{"F32", true, false}},
                             {"untied", test::ExportOptions{"F32", false, true}}}) {
     const std::string hf = test::export_hf(dir, name, *ck, opts);
-    Engine e(cpu_config(hf, ""));  // the directory's tokenizer.model
+    Engine e(test::cpu_config(hf, ""));  // the directory's tokenizer.model
     EXPECT_EQ(e.model().config().shared_classifier, !opts.untied) << name;
-    const auto r = e.generate("Once upon a time", greedy(200));
+    const auto r = e.generate("Once upon a time", test::greedy(200));
     EXPECT_EQ(r.tokens, ref.tokens) << name;
   }
   // bf16 weights: the story's opening survives the rounding
-  Engine bf16(cpu_config(test::export_hf(dir, "bf16", *ck, {"BF16", false, false}), ""));
-  const auto r = bf16.generate("Once upon a time", greedy(30));
+  Engine bf16(test::cpu_config(test::export_hf(dir, "bf16", *ck, {"BF16", false, false}), ""));
+  const auto r = bf16.generate("Once upon a time", test::greedy(30));
   EXPECT_THAT("Once upon a time" + r.text,
               testing::StartsWith("Once upon a time, there was a little girl named Lily."));
 }
@@ -154,7 +137,7 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
   fs::remove(fs::path(bpe) / "tokenizer.model");
   std::ofstream(fs::path(bpe) / "tokenizer.json") << "{}";
   try {
-    Engine e(cpu_config(bpe, ""));
+    Engine e(test::cpu_config(bpe, ""));
     ADD_FAILURE() << "a directory with an empty tokenizer.json loaded";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("tokenizer.json: not a Hugging Face tokenizer.json (no 'model' object)"));

@@ -11,12 +11,33 @@
 #include <vector>
 
 #include "checkpoint.h"
+#include "generator.h"
 #include "gguf_writer.h"
 #include "half.h"
+#include "run_config.h"
 #include "test_support.h"
 #include "tokenizer_internal.h"
 
 namespace llm::test {
+
+// mha_cpu on 2 threads; `tokenizer` "" takes the model file's own (GGUF, Hugging Face directory).
+inline RunConfig cpu_config(const std::string& model, const std::string& tokenizer) {
+  RunConfig c;
+  c.model = model;
+  c.tokenizer = tokenizer;
+  c.backend_order = {"mha_cpu"};
+  c.plugin_dirs = {LLM_PLUGIN_DIR};
+  c.threads = 2;
+  return c;
+}
+
+// Greedy decoding of exactly n tokens (EOS does not stop it).
+inline GenerationOptions greedy(int n) {
+  GenerationOptions o;
+  o.max_tokens = n;
+  o.stop_at_eos = false;
+  return o;
+}
 
 inline std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
