@@ -8,13 +8,20 @@
 namespace llm {
 
 LlamaCpu::LlamaCpu(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, ThreadPool& pool, int max_batch,
-                   int max_context)
+                   int max_context, const TensorParallelRank* tp)
     : config_(checkpoint.config()),
-      w_(checkpoint.weights()),
+      local_(tp ? tp->plan->local : config_),
+      w_(tp ? *tp->weights : checkpoint.weights()),
+      tp_(tp ? *tp : TensorParallelRank{}),
       chain_(std::move(chain)),
       pool_(pool),
-      cache_(config_, max_batch, max_context),
+      cache_(local_, max_batch, max_context),
       rope_table_(rope_table(config_, max_context)) {}
+
+void LlamaCpu::all_reduce(float* x, int tokens) {
+  if (tp_.collective && tp_.plan->world > 1)
+    tp_.collective->all_reduce_sum(tp_.plan->rank, x, static_cast<size_t>(tokens) * config_.dim);
+}
 
 void LlamaCpu::grow_buffers(int tokens, int chunks) {
   const auto t = static_cast<size_t>(tokens);
@@ -24,11 +31,11 @@ void LlamaCpu::grow_buffers(int tokens, int chunks) {
   grow(x_, t * config_.dim);
   grow(xb_, t * config_.dim);
   grow(xb2_, t * config_.dim);
-  grow(q_, t * config_.dim);
-  grow(k_, t * config_.kv_dim());
-  grow(v_, t * config_.kv_dim());
-  grow(hb_, t * config_.hidden_dim);
-  grow(hb2_, t * config_.hidden_dim);
+  grow(q_, t * local_.dim);
+  grow(k_, t * local_.kv_dim());
+  grow(v_, t * local_.kv_dim());
+  grow(hb_, t * local_.hidden_dim);
+  grow(hb2_, t * local_.hidden_dim);
   grow(logits_, static_cast<size_t>(chunks) * config_.vocab_size);
   grow(last_, static_cast<size_t>(chunks) * config_.dim);
 }
@@ -46,7 +53,9 @@ void LlamaCpu::linear(std::initializer_list<cpu::Product> group, const float* x,
 
 const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
   const ModelConfig& c = config_;
-  const int dim = c.dim, kv_dim = c.kv_dim(), hidden = c.hidden_dim, head_dim = c.head_dim();
+  // The residual stream is full width; the attention heads and SwiGLU rows are this model's (all of them,
+  // or its rank's share under tensor parallelism).
+  const int dim = c.dim, qd = local_.dim, kv_dim = local_.kv_dim(), hidden = local_.hidden_dim, head_dim = c.head_dim();
   const int n_chunks = static_cast<int>(chunks.size());
 
   // Flatten the chunks into one batch of tokens, each with its slot and position.
@@ -75,7 +84,7 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
   for (const auto& ch : chunks)
     for (int token : ch.tokens) w_.token_embedding.dequantize_row(token, x + static_cast<size_t>(t++) * dim);
 
-  llm_attention_args args = packed_attention_args(c, tokens, n_chunks, max_q_len, max_kv_len, LLM_DTYPE_F32);
+  llm_attention_args args = packed_attention_args(local_, tokens, n_chunks, max_q_len, max_kv_len, LLM_DTYPE_F32);
   args.q = q_.data();
   args.out = xb_.data();
   args.q_start = q_start_.data();
@@ -93,8 +102,8 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
     // RoPE on q and k, then k and v go straight into the cache rows of their positions
     for (int i = 0; i < tokens; ++i) {
       const float* cs = &rope_table_[static_cast<size_t>(pos_[i]) * head_dim];
-      cpu::rope(&q_[i * dim], c.n_heads, head_dim, cs);
-      cpu::rope(&k_[i * kv_dim], c.n_kv_heads, head_dim, cs);
+      cpu::rope(&q_[i * qd], local_.n_heads, head_dim, cs);
+      cpu::rope(&k_[i * kv_dim], local_.n_kv_heads, head_dim, cs);
       std::copy_n(&k_[i * kv_dim], kv_dim, cache_.key(l, slot_[i], pos_[i]));
       std::copy_n(&v_[i * kv_dim], kv_dim, cache_.value(l, slot_[i], pos_[i]));
     }
@@ -108,8 +117,9 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
     else
       chain_->prefill(args);
 
-    // output projection and residual
+    // output projection (a partial sum under tensor parallelism, completed by the all-reduce) and residual
     linear({{&L.wo, xb2_.data()}}, xb_.data(), tokens);
+    all_reduce(xb2_.data(), tokens);
     for (size_t i = 0; i < static_cast<size_t>(tokens) * dim; ++i) x[i] += xb2_[i];
 
     // ffn rmsnorm, SwiGLU: w2(silu(w1 x) * w3 x), residual
@@ -117,6 +127,7 @@ const float* LlamaCpu::forward(const std::vector<SequenceChunk>& chunks) {
     linear({{&L.w1, hb_.data()}, {&L.w3, hb2_.data()}}, xb_.data(), tokens);
     cpu::swiglu(hb_.data(), hb2_.data(), tokens * hidden);
     linear({{&L.w2, xb2_.data()}}, hb_.data(), tokens);
+    all_reduce(xb2_.data(), tokens);
     for (size_t i = 0; i < static_cast<size_t>(tokens) * dim; ++i) x[i] += xb2_[i];
   }
 
