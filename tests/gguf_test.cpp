@@ -26,29 +26,6 @@ namespace {
 
 using testing::HasSubstr;
 
-// Worst relative L2 error of `test`'s logits against `ref`'s along ref's greedy path.
-double logit_error(Engine& test, Engine& ref, int steps) {
-  std::vector<int> tokens = ref.tokenizer().encode("Once upon a time", true);
-  const int vocab = ref.model().config().vocab_size;
-  double worst = 0;
-  for (int s = 0; s < steps; ++s) {
-    const int start = s == 0 ? 0 : static_cast<int>(tokens.size()) - 1;
-    std::vector<int> feed(tokens.begin() + start, tokens.end());
-    const float* lr = ref.model().forward({SequenceChunk{0, start, feed}});
-    std::vector<float> r(lr, lr + vocab);
-    const float* lt = test.model().forward({SequenceChunk{0, start, feed}});
-    double e = 0, n = 0;
-    for (int i = 0; i < vocab; ++i) {
-      if (!std::isfinite(lt[i])) return INFINITY;
-      e += (lt[i] - r[i]) * double(lt[i] - r[i]);
-      n += double(r[i]) * r[i];
-    }
-    worst = std::max(worst, std::sqrt(e / n));
-    tokens.push_back(static_cast<int>(std::max_element(r.begin(), r.end()) - r.begin()));
-  }
-  return worst;
-}
-
 TEST(Gguf, Stories260KAsGgufTellsTheLlama2cStoryWithItsOwnTokenizer) {
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
   LLM_REQUIRE_MODEL(tok, "tok512.bin");
@@ -64,7 +41,7 @@ TEST(Gguf, Stories260KAsGgufTellsTheLlama2cStoryWithItsOwnTokenizer) {
   EXPECT_EQ(b.text, a.text);
   // Same fp32 values through the same code: the same logits, bit for bit.
   Engine again(test::cpu_config(f32, ""));
-  EXPECT_EQ(logit_error(again, ref, 20), 0.0);
+  EXPECT_EQ(test::max_logit_error(again, ref, 20), 0.0);
 }
 
 TEST(Gguf, EveryWeightTypeRunsWithinItsRoundingOfTheFp32Model) {
@@ -75,14 +52,14 @@ TEST(Gguf, EveryWeightTypeRunsWithinItsRoundingOfTheFp32Model) {
   Engine ref(test::cpu_config(model, tok));
   // Q8_0's yardstick: the llama2.c int8 file of the same model (fp32 scales; GGUF's are fp16).
   Engine llama2c_int8(test::cpu_config(q80, tok));
-  const double int8_err = logit_error(llama2c_int8, ref, 40);
+  const double int8_err = test::max_logit_error(llama2c_int8, ref, 40);
   std::printf("llama2.c Q8_0 file vs the fp32 file: max relative L2 logit error %.3g over 40 steps\n", int8_err);
   // fp16 keeps 11 significant bits, bf16 8: bounds a few times the rounding carried through 5 layers.
   for (auto [type, bound] : {std::pair{gguf::TensorType::F16, 5e-3},
                              {gguf::TensorType::BF16, 3e-2},
                              {gguf::TensorType::Q8_0, 1.5 * int8_err}}) {
     Engine e(test::cpu_config(test::stories_gguf(dir, type, model), ""));
-    const double err = logit_error(e, ref, 40);
+    const double err = test::max_logit_error(e, ref, 40);
     std::printf("GGUF %s weights vs the fp32 file: max relative L2 logit error %.3g over 40 steps (bound %.2g)\n",
                 gguf::tensor_type_name(static_cast<uint32_t>(type)), err, bound);
     EXPECT_LT(err, bound) << gguf::tensor_type_name(static_cast<uint32_t>(type));
@@ -122,15 +99,6 @@ std::string tiny_gguf(const test::TempDir& dir, const std::string& name,
   const std::string path = dir.file(name);
   g.write(path);
   return path;
-}
-
-std::string error_of(const std::string& path) {
-  try {
-    Checkpoint::open(path);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 TEST(Gguf, TensorTypesDecodeToTheValuesTheirBitsStandFor) {
@@ -193,48 +161,52 @@ TEST(Gguf, CorruptAndUnsupportedFilesGetErrorsNamingThePart) {
   // truncated: the last tensor's data cut off
   const std::string bytes = test::read_all(good);
   std::ofstream(dir.file("cut.gguf"), std::ios::binary) << bytes.substr(0, bytes.size() - 100);
-  EXPECT_THAT(error_of(dir.file("cut.gguf")), HasSubstr("runs past the end of the"));
+  EXPECT_THAT(test::checkpoint_error(dir.file("cut.gguf")), HasSubstr("runs past the end of the"));
   // truncated inside the header: counts that cannot fit, then a cut inside the metadata
   std::ofstream(dir.file("head.gguf"), std::ios::binary) << bytes.substr(0, 40);
-  EXPECT_THAT(error_of(dir.file("head.gguf")), HasSubstr("11 tensors and 7 metadata entries, impossible in 40 bytes"));
+  EXPECT_THAT(test::checkpoint_error(dir.file("head.gguf")),
+              HasSubstr("11 tensors and 7 metadata entries, impossible in 40 bytes"));
   std::ofstream(dir.file("meta.gguf"), std::ios::binary) << bytes.substr(0, 300);
-  EXPECT_THAT(error_of(dir.file("meta.gguf")), HasSubstr("GGUF: truncated"));
+  EXPECT_THAT(test::checkpoint_error(dir.file("meta.gguf")), HasSubstr("GGUF: truncated"));
   // another version
   std::string v2 = bytes;
   v2[4] = 2;
   std::ofstream(dir.file("v2.gguf"), std::ios::binary) << v2;
-  EXPECT_THAT(error_of(dir.file("v2.gguf")), HasSubstr("GGUF version 2; this runtime reads version 3"));
+  EXPECT_THAT(test::checkpoint_error(dir.file("v2.gguf")), HasSubstr("GGUF version 2; this runtime reads version 3"));
 
-  EXPECT_THAT(
-      error_of(tiny_gguf(dir, "arch.gguf", [](gguf::Writer& g) { g.set_string("general.architecture", "gpt2"); })),
-      HasSubstr("GGUF architecture 'gpt2' is not supported"));
-  EXPECT_THAT(error_of(tiny_gguf(dir, "key.gguf", [](gguf::Writer& g) { g.erase("llama.block_count"); })),
+  EXPECT_THAT(test::checkpoint_error(
+                  tiny_gguf(dir, "arch.gguf", [](gguf::Writer& g) { g.set_string("general.architecture", "gpt2"); })),
+              HasSubstr("GGUF architecture 'gpt2' is not supported"));
+  EXPECT_THAT(test::checkpoint_error(tiny_gguf(dir, "key.gguf", [](gguf::Writer& g) { g.erase("llama.block_count"); })),
               HasSubstr("GGUF metadata 'llama.block_count' is missing"));
-  EXPECT_THAT(
-      error_of(tiny_gguf(dir, "keytype.gguf", [](gguf::Writer& g) { g.set_string("llama.embedding_length", "wide"); })),
-      HasSubstr("'llama.embedding_length' is a string, expected an integer"));
-  EXPECT_THAT(
-      error_of(tiny_gguf(dir, "heads.gguf", [](gguf::Writer& g) { g.set_u32("llama.attention.head_count", 3); })),
-      HasSubstr("dim 32 is not divisible by n_heads 3"));
-  EXPECT_THAT(error_of(tiny_gguf(dir, "q4.gguf",
-                                 [](gguf::Writer& g) {
-                                   g.add_raw_tensor("output.weight", {32, 4}, 2, std::vector<uint8_t>(4 * 18 * 1));
-                                 })),
+  EXPECT_THAT(test::checkpoint_error(tiny_gguf(
+                  dir, "keytype.gguf", [](gguf::Writer& g) { g.set_string("llama.embedding_length", "wide"); })),
+              HasSubstr("'llama.embedding_length' is a string, expected an integer"));
+  EXPECT_THAT(test::checkpoint_error(
+                  tiny_gguf(dir, "heads.gguf", [](gguf::Writer& g) { g.set_u32("llama.attention.head_count", 3); })),
+              HasSubstr("dim 32 is not divisible by n_heads 3"));
+  EXPECT_THAT(test::checkpoint_error(
+                  tiny_gguf(dir, "q4.gguf",
+                            [](gguf::Writer& g) {
+                              g.add_raw_tensor("output.weight", {32, 4}, 2, std::vector<uint8_t>(4 * 18 * 1));
+                            })),
               HasSubstr("tensor 'output.weight' has type Q4_0 (2); supported: F32, F16, BF16, Q8_0"));
-  EXPECT_THAT(error_of(tiny_gguf(dir, "shape.gguf",
-                                 [](gguf::Writer& g) {
-                                   std::vector<float> v(33 * 4, 0.5f);
-                                   g.add_tensor("output.weight", {33, 4}, gguf::TensorType::F32, v.data());
-                                 })),
-              HasSubstr("tensor 'output.weight' has 33 columns, expected 32"));
-
-  EXPECT_THAT(error_of(tiny_gguf(dir, "missing.gguf", [](gguf::Writer& g) { g.remove_tensor("blk.0.ffn_up.weight"); })),
-              HasSubstr("GGUF tensor 'blk.0.ffn_up.weight' is missing"));
   EXPECT_THAT(
-      error_of(tiny_gguf(dir, "rope.gguf", [](gguf::Writer& g) { g.set_string("llama.rope.scaling.type", "yarn"); })),
-      HasSubstr("llama.rope.scaling.type 'yarn' is not supported"));
+      test::checkpoint_error(tiny_gguf(dir, "shape.gguf",
+                                       [](gguf::Writer& g) {
+                                         std::vector<float> v(33 * 4, 0.5f);
+                                         g.add_tensor("output.weight", {33, 4}, gguf::TensorType::F32, v.data());
+                                       })),
+      HasSubstr("tensor 'output.weight' has 33 columns, expected 32"));
+
+  EXPECT_THAT(test::checkpoint_error(
+                  tiny_gguf(dir, "missing.gguf", [](gguf::Writer& g) { g.remove_tensor("blk.0.ffn_up.weight"); })),
+              HasSubstr("GGUF tensor 'blk.0.ffn_up.weight' is missing"));
+  EXPECT_THAT(test::checkpoint_error(tiny_gguf(
+                  dir, "rope.gguf", [](gguf::Writer& g) { g.set_string("llama.rope.scaling.type", "yarn"); })),
+              HasSubstr("llama.rope.scaling.type 'yarn' is not supported"));
   std::ofstream(dir.file("magic.gguf"), std::ios::binary) << "GGUX and more bytes than a header";
-  EXPECT_THAT(error_of(dir.file("magic.gguf")), HasSubstr("nor GGUF's 'GGUF'"));
+  EXPECT_THAT(test::checkpoint_error(dir.file("magic.gguf")), HasSubstr("nor GGUF's 'GGUF'"));
 }
 
 TEST(Gguf, TokenizerMetadataThatCannotBeUsedIsNamed) {

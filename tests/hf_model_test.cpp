@@ -83,15 +83,6 @@ TEST(HfModel, Llama3RopeScalingFollowsHfFormula) {
   EXPECT_NEAR(table[(2 * 64 + 63) * 2], std::cos(2 * want[63]), 1e-6);
 }
 
-std::string error_of(const std::string& path) {
-  try {
-    Checkpoint::open(path);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
 TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
   LLM_REQUIRE_MODEL(spm, "tok512.model");
@@ -104,18 +95,19 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
     std::ofstream(fs::path(hf) / "config.json") << cfg.dump();
     return hf;
   };
-  EXPECT_THAT(error_of(edit_config("mistral", [](json& c) { c["architectures"] = {"MistralForCausalLM"}; })),
-              HasSubstr("architectures [\"MistralForCausalLM\"] is not supported"));
-  EXPECT_THAT(error_of(edit_config("yarn",
-                                   [](json& c) {
-                                     c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}};
-                                   })),
+  EXPECT_THAT(
+      test::checkpoint_error(edit_config("mistral", [](json& c) { c["architectures"] = {"MistralForCausalLM"}; })),
+      HasSubstr("architectures [\"MistralForCausalLM\"] is not supported"));
+  EXPECT_THAT(test::checkpoint_error(edit_config("yarn",
+                                                 [](json& c) {
+                                                   c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}};
+                                                 })),
               HasSubstr("rope_scaling type 'yarn' is not supported"));
-  EXPECT_THAT(error_of(edit_config("nolayers", [](json& c) { c.erase("num_hidden_layers"); })),
+  EXPECT_THAT(test::checkpoint_error(edit_config("nolayers", [](json& c) { c.erase("num_hidden_layers"); })),
               HasSubstr("'num_hidden_layers' is missing"));
-  EXPECT_THAT(error_of(edit_config("strlayers", [](json& c) { c["num_hidden_layers"] = "five"; })),
+  EXPECT_THAT(test::checkpoint_error(edit_config("strlayers", [](json& c) { c["num_hidden_layers"] = "five"; })),
               HasSubstr("'num_hidden_layers' is \"five\", expected an integer"));
-  EXPECT_THAT(error_of(edit_config("wide", [](json& c) { c["intermediate_size"] = 180; })),
+  EXPECT_THAT(test::checkpoint_error(edit_config("wide", [](json& c) { c["intermediate_size"] = 180; })),
               HasSubstr("tensor 'model.layers.0.mlp.gate_proj.weight' has shape [172, 64], expected [180, 64]"));
 
   // a tensor missing from the file, and a file cut short
@@ -123,13 +115,13 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
   const std::string st = (fs::path(hf) / "model.safetensors").string();
   const auto size = fs::file_size(st);
   fs::resize_file(st, size - 1000);
-  EXPECT_THAT(error_of(hf), HasSubstr("model.safetensors: safetensors: tensor"));
-  EXPECT_THAT(error_of(hf), HasSubstr("past the"));
+  EXPECT_THAT(test::checkpoint_error(hf), HasSubstr("model.safetensors: safetensors: tensor"));
+  EXPECT_THAT(test::checkpoint_error(hf), HasSubstr("past the"));
   const std::string hf2 = test::export_hf(dir, "partial", *ck, {test::ExportOptions{"F32", true, false}});
   json index = json::parse(std::ifstream(fs::path(hf2) / "model.safetensors.index.json"));
   index["weight_map"].erase("model.layers.4.mlp.up_proj.weight");
   std::ofstream(fs::path(hf2) / "model.safetensors.index.json") << index.dump();
-  EXPECT_THAT(error_of(hf2),
+  EXPECT_THAT(test::checkpoint_error(hf2),
               HasSubstr("tensor 'model.layers.4.mlp.up_proj.weight' is missing from model.safetensors.index.json"));
 
   // the directory's tokenizer.json is used when there is no tokenizer.model: a malformed one is named

@@ -1,7 +1,10 @@
-// Test support: stories260K written out in the other formats the runtime reads (GGUF, a Hugging Face
-// directory), so that the same model can be checked through every loader, on the CPU and the GPU.
+// Test support for whole models: stories260K written out in the other formats the runtime reads (GGUF, a
+// Hugging Face directory), so that the same model can be checked through every loader on the CPU and the
+// GPU, and the comparisons those checks make (logits of two engines along one greedy path).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +14,7 @@
 #include <vector>
 
 #include "checkpoint.h"
+#include "engine.h"
 #include "generator.h"
 #include "gguf_writer.h"
 #include "half.h"
@@ -29,6 +33,40 @@ inline RunConfig cpu_config(const std::string& model, const std::string& tokeniz
   c.plugin_dirs = {LLM_PLUGIN_DIR};
   c.threads = 2;
   return c;
+}
+
+// max over steps of ||test - ref|| / ||ref|| for the logits along ref's greedy path from "Once upon a
+// time" (both engines fed the same tokens); infinity when `test` gives a non-finite logit.
+inline double max_logit_error(Engine& test, Engine& ref, int steps) {
+  std::vector<int> tokens = ref.tokenizer().encode("Once upon a time", true);
+  const int vocab = ref.model().config().vocab_size;
+  double worst = 0;
+  for (int s = 0; s < steps; ++s) {
+    const int start = s == 0 ? 0 : static_cast<int>(tokens.size()) - 1;
+    std::vector<int> feed(tokens.begin() + start, tokens.end());
+    const float* lr = ref.model().forward({SequenceChunk{0, start, feed}});
+    std::vector<float> r(lr, lr + vocab);
+    const float* lt = test.model().forward({SequenceChunk{0, start, feed}});
+    double e = 0, n = 0;
+    for (int i = 0; i < vocab; ++i) {
+      if (!std::isfinite(lt[i])) return INFINITY;
+      e += (lt[i] - r[i]) * double(lt[i] - r[i]);
+      n += double(r[i]) * r[i];
+    }
+    worst = std::max(worst, std::sqrt(e / n));
+    tokens.push_back(static_cast<int>(std::max_element(r.begin(), r.end()) - r.begin()));
+  }
+  return worst;
+}
+
+// The message Checkpoint::open gives for `path`, or "no error".
+inline std::string checkpoint_error(const std::string& path) {
+  try {
+    Checkpoint::open(path);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "no error";
 }
 
 // Greedy decoding of exactly n tokens (EOS does not stop it).

@@ -34,29 +34,6 @@ RunConfig cpu_config(const std::string& model) {
   return c;
 }
 
-// max over steps of ||gpu - cpu|| / ||cpu|| for the logits along the CPU's greedy path.
-double logit_error(Engine& gpu, Engine& cpu, int steps) {
-  std::vector<int> tokens = cpu.tokenizer().encode("Once upon a time", true);
-  const int vocab = cpu.model().config().vocab_size;
-  double worst = 0;
-  for (int s = 0; s < steps; ++s) {
-    const int start = s == 0 ? 0 : static_cast<int>(tokens.size()) - 1;
-    std::vector<int> feed(tokens.begin() + start, tokens.end());
-    const float* lc = cpu.model().forward({SequenceChunk{0, start, feed}});
-    std::vector<float> c(lc, lc + vocab);
-    const float* lg = gpu.model().forward({SequenceChunk{0, start, feed}});
-    double e = 0, r = 0;
-    for (int i = 0; i < vocab; ++i) {
-      if (!std::isfinite(lg[i])) return INFINITY;
-      e += (lg[i] - c[i]) * double(lg[i] - c[i]);
-      r += double(c[i]) * c[i];
-    }
-    worst = std::max(worst, std::sqrt(e / r));
-    tokens.push_back(argmax(c.data(), vocab));
-  }
-  return worst;
-}
-
 TEST(LlamaCuda, LogitsMatchTheCpuForEachDtype) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
@@ -65,7 +42,7 @@ TEST(LlamaCuda, LogitsMatchTheCpuForEachDtype) {
   for (auto [dtype, bound] : {std::pair{"fp32", 1e-5}, {"fp16", 1e-2}, {"bf16", 3e-2}}) {
     Engine gpu(gpu_config(model, dtype));
     Engine fresh_cpu(cpu_config(model));
-    const double err = logit_error(gpu, fresh_cpu, 40);
+    const double err = test::max_logit_error(gpu, fresh_cpu, 40);
     std::printf("GPU %s vs CPU fp32 logits, 40 steps: max relative L2 error %.3g (bound %.0e)\n", dtype, err, bound);
     EXPECT_LT(err, bound) << dtype;
   }
@@ -310,7 +287,7 @@ TEST(LlamaCuda, GgufAndHuggingFaceModelsRunOnTheGpu) {
       RunConfig g = gpu_config(path, dtype);
       g.tokenizer = "";  // the file's own
       Engine gpu(g), cpu(cpu_config(model));
-      const double err = logit_error(gpu, cpu, 40);
+      const double err = test::max_logit_error(gpu, cpu, 40);
       std::printf("%s on the GPU (%s) vs the llama2.c file on the CPU: max relative L2 logit error %.3g (bound %.0e)\n",
                   path.c_str(), dtype, err, bound);
       EXPECT_LT(err, bound) << path << " " << dtype;
