@@ -30,6 +30,9 @@ class Checkpoint {
   CheckpointFormat format() const { return format_; }
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
+  // Token ids that end generation by the model's own files (Hugging Face generation_config.json or
+  // config.json eos_token_id, one or a list); empty when the file says nothing (the tokenizer's EOS applies).
+  const std::vector<int>& eos_ids() const { return eos_ids_; }
 
  private:
   Checkpoint() = default;
@@ -43,6 +46,7 @@ class Checkpoint {
   std::vector<std::vector<float>> owned_;     // tensors converted at load (see checkpoint.cpp)
   std::vector<std::vector<int8_t>> owned_q_;  // GGUF Q8_0 values, regrouped at load
   std::vector<MappedFile> shards_;            // a Hugging Face model's safetensors files
+  std::vector<int> eos_ids_;
 };
 
 // Checks a model shape for what the forward pass needs (positive, bounded dimensions that divide); throws

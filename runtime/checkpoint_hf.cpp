@@ -98,6 +98,21 @@ void Checkpoint::load_hf() {
           cfg_path, rs.dump());
   }
 
+  // End-of-text ids: generation_config.json first (what generate() uses), else config.json; one or a list.
+  for (const char* file : {"generation_config.json", "config.json"}) {
+    if (!fs::exists(dir / file)) continue;
+    const nlohmann::json g = std::string(file) == "config.json" ? cfg : read_json(dir / file);
+    const nlohmann::json eos = g.value("eos_token_id", nlohmann::json());
+    if (eos.is_null()) continue;
+    for (const auto& id : eos.is_array() ? eos : nlohmann::json::array({eos})) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= c.vocab_size)
+        fail("{}: eos_token_id {} is not a token id below vocab_size {}", (dir / file).string(), eos.dump(),
+             c.vocab_size);
+      eos_ids_.push_back(id.get<int>());
+    }
+    break;
+  }
+
   // Which file holds which tensor: one model.safetensors, or the shards the index lists.
   std::map<std::string, std::string> file_of;  // tensor -> file name
   if (fs::exists(dir / "model.safetensors.index.json")) {

@@ -154,6 +154,7 @@ GenerationOptions Engine::generation_options() const {
   GenerationOptions o;
   o.max_tokens = config_.max_tokens;
   o.add_bos = config_.add_bos;
+  o.stop_tokens = checkpoint_->eos_ids();
   o.sampling = config_.sampling;
   return o;
 }

@@ -1,5 +1,6 @@
 #include "generator.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "error.h"
@@ -94,7 +95,9 @@ std::vector<GenerationResult> generate_batch(LanguageModel& model, const Tokeniz
     for (size_t i = 0; i < n; ++i) {
       if (!live[i]) continue;
       GenerationResult& r = results[i];
-      if (options.stop_at_eos && (token[i] == tokenizer.eos_id() || token[i] == tokenizer.bos_id())) {
+      const bool listed =
+          std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token[i]) != options.stop_tokens.end();
+      if (options.stop_at_eos && (token[i] == tokenizer.eos_id() || token[i] == tokenizer.bos_id() || listed)) {
         r.stop = StopReason::EndOfText;  // BOS in llama2.c models starts a new document: the text ends
         live[i] = false;
         continue;

@@ -17,7 +17,8 @@ const char* stop_reason_name(StopReason reason);
 struct GenerationOptions {
   int max_tokens = 256;  // new tokens at most
   bool add_bos = true;
-  bool stop_at_eos = true;  // false: run to max_tokens (for reference comparisons)
+  bool stop_at_eos = true;       // false: run to max_tokens (for reference comparisons)
+  std::vector<int> stop_tokens;  // ids that end the text besides the tokenizer's EOS (a model's own list)
   SamplingParams sampling;
 };
 

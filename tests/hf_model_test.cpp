@@ -47,6 +47,30 @@ TEST(HfModel, Stories260KInHfLayoutTellsTheSameStory) {
               testing::StartsWith("Once upon a time, there was a little girl named Lily."));
 }
 
+// generation_config.json's eos_token_id list ends the text at any of its ids, as HF generate() does.
+TEST(HfModel, GenerationConfigEosIdsEndTheText) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  const auto ck = Checkpoint::open(model);
+  test::TempDir dir;
+  const std::string hf = test::export_hf(dir, "eos", *ck, {});
+  Engine plain(test::cpu_config(hf, ""));
+  const auto ref = plain.generate("Once upon a time", test::greedy(60));
+  // the first "." of the story becomes an end-of-text token
+  size_t k = 0;
+  while (k < ref.tokens.size() && plain.tokenizer().decode_piece(k ? ref.tokens[k - 1] : 1, ref.tokens[k]) != ".") ++k;
+  ASSERT_LT(k, ref.tokens.size()) << "no '.' in the reference text";
+  std::ofstream(fs::path(hf) / "generation_config.json") << json{{"eos_token_id", {2, ref.tokens[k]}}}.dump();
+  Engine e(test::cpu_config(hf, ""));
+  EXPECT_EQ(e.checkpoint().eos_ids(), (std::vector<int>{2, ref.tokens[k]}));
+  GenerationOptions o = e.generation_options();
+  o.max_tokens = 60;
+  const auto r = e.generate("Once upon a time", o);
+  EXPECT_EQ(r.stop, StopReason::EndOfText);
+  EXPECT_EQ(r.tokens, std::vector<int>(ref.tokens.begin(), ref.tokens.begin() + static_cast<long>(k)));
+  std::ofstream(fs::path(hf) / "generation_config.json") << json{{"eos_token_id", 100000}}.dump();
+  EXPECT_THAT(test::checkpoint_error(hf), HasSubstr("eos_token_id 100000 is not a token id below vocab_size 512"));
+}
+
 // HF transformers' _compute_llama3_parameters, transcribed with its array-wide selects.
 std::vector<double> hf_llama3_inv_freq(double base, int dim, double factor, double low, double high, double old_ctx) {
   std::vector<double> inv(dim / 2), out(dim / 2);
