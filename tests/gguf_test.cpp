@@ -11,6 +11,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <random>
 
 #include "checkpoint.h"
 #include "engine.h"
@@ -233,6 +234,41 @@ TEST(Gguf, TokenizerMetadataThatCannotBeUsedIsNamed) {
                                              g.set_u32("tokenizer.ggml.bos_token_id", 3);
                                            })),
               HasSubstr("'tokenizer.ggml.bos_token_id' is 3, but this runtime's llama tokenizer needs 1"));
+}
+
+}  // namespace
+}  // namespace llm
+
+namespace llm {
+namespace {
+
+// Random damage to a valid file (bytes flipped, the file cut) must give a checkpoint or an llm::Error,
+// never a crash or a read outside the file (the ASan build runs this too).
+TEST(Gguf, DamagedFilesNeverCrashTheLoader) {
+  test::TempDir dir;
+  const std::string good = test::read_all(tiny_gguf(dir, "good.gguf"));
+  std::mt19937 rng(5);
+  int errors = 0, loaded = 0;
+  for (int trial = 0; trial < 600; ++trial) {
+    std::string bytes = good;
+    const int flips = 1 + static_cast<int>(rng() % 8);
+    for (int f = 0; f < flips; ++f) {
+      // mostly the header and metadata, where lengths and offsets live
+      const size_t at = rng() % 2 ? rng() % std::min<size_t>(bytes.size(), 1024) : rng() % bytes.size();
+      bytes[at] = static_cast<char>(rng());
+    }
+    if (rng() % 4 == 0) bytes.resize(rng() % bytes.size());
+    const std::string path = dir.file("damaged.gguf");
+    std::ofstream(path, std::ios::binary) << bytes;
+    try {
+      Checkpoint::open(path);
+      ++loaded;
+    } catch (const Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_EQ(errors + loaded, 600);
+  EXPECT_GT(errors, 100);
 }
 
 }  // namespace

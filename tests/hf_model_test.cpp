@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "checkpoint.h"
 #include "engine.h"
@@ -158,6 +159,37 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("tokenizer.json: not a Hugging Face tokenizer.json (no 'model' object)"));
   }
+}
+
+}  // namespace
+}  // namespace llm
+
+namespace llm {
+namespace {
+
+// The same for safetensors: damaged headers and cut files give llm::Error, never a crash.
+TEST(HfModel, DamagedSafetensorsNeverCrashTheLoader) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  const auto ck = Checkpoint::open(model);
+  test::TempDir dir;
+  const std::string hf = test::export_hf(dir, "fuzz", *ck, {});
+  const std::string st = (fs::path(hf) / "model.safetensors").string();
+  const std::string good = test::read_all(st);
+  std::mt19937 rng(9);
+  int errors = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string bytes = good;
+    for (int f = 0; f < 1 + static_cast<int>(rng() % 4); ++f)
+      bytes[rng() % std::min<size_t>(bytes.size(), 8 + 4096)] = static_cast<char>(rng());
+    if (rng() % 4 == 0) bytes.resize(rng() % bytes.size());
+    std::ofstream(st, std::ios::binary) << bytes;
+    try {
+      Checkpoint::open(hf);
+    } catch (const Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_GT(errors, 50);
 }
 
 }  // namespace
