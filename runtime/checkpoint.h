@@ -38,6 +38,7 @@ class Checkpoint {
   Checkpoint() = default;
   void load_gguf();  // fills config_ and weights_ from the GGUF in file_ (checkpoint_gguf.cpp)
   void load_hf();    // ... from the Hugging Face directory path_ (checkpoint_hf.cpp)
+  void load_hf_checked();
   std::string path_;
   CheckpointFormat format_ = CheckpointFormat::LegacyF32;
   ModelConfig config_;

@@ -52,6 +52,14 @@ T config_value(const nlohmann::json& c, const char* key, const std::string& wher
 }  // namespace
 
 void Checkpoint::load_hf() {
+  try {
+    load_hf_checked();
+  } catch (const nlohmann::json::exception& e) {  // a JSON field of the wrong kind
+    fail("{}: malformed model directory JSON: {}", path_, e.what());
+  }
+}
+
+void Checkpoint::load_hf_checked() {
   const fs::path dir(path_);
   const std::string cfg_path = (dir / "config.json").string();
   if (!fs::exists(dir / "config.json"))

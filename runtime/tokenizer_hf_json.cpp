@@ -29,7 +29,21 @@ void find_pretokenizers(const json& p, std::string& split, bool& byte_level, boo
 
 }  // namespace
 
+namespace {
+std::unique_ptr<Tokenizer> parse_checked(const std::string& data, const std::string& path);
+}
+
 std::unique_ptr<Tokenizer> parse_hf_tokenizer_json(const std::string& data, const std::string& path) {
+  try {
+    return parse_checked(data, path);
+  } catch (const json::exception& e) {  // a field of the wrong kind: name the file, keep JSON's own words
+    fail("{}: malformed tokenizer.json: {}", path, e.what());
+  }
+}
+
+namespace {
+
+std::unique_ptr<Tokenizer> parse_checked(const std::string& data, const std::string& path) {
   json j;
   try {
     j = json::parse(data);
@@ -79,4 +93,5 @@ std::unique_ptr<Tokenizer> parse_hf_tokenizer_json(const std::string& data, cons
   return make_byte_level_bpe(v, path);
 }
 
+}  // namespace
 }  // namespace llm::detail

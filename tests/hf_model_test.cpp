@@ -149,6 +149,10 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
   EXPECT_THAT(test::checkpoint_error(hf2),
               HasSubstr("tensor 'model.layers.4.mlp.up_proj.weight' is missing from model.safetensors.index.json"));
 
+  index["weight_map"]["model.norm.weight"] = 7;  // not a file name
+  std::ofstream(fs::path(hf2) / "model.safetensors.index.json") << index.dump();
+  EXPECT_THAT(test::checkpoint_error(hf2), HasSubstr("malformed model directory JSON"));
+
   // the directory's tokenizer.json is used when there is no tokenizer.model: a malformed one is named
   const std::string bpe = test::export_hf(dir, "bpe", *ck, {});
   fs::remove(fs::path(bpe) / "tokenizer.model");

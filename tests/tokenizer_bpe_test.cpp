@@ -117,6 +117,9 @@ TEST(ByteLevelBpe, UnsupportedTokenizerJsonFilesAreNamed) {
       HasSubstr("without a ByteLevel pre-tokenizer (SentencePiece style, e.g. Llama 2) is not supported"));
   EXPECT_THAT(error_of({{"model", {{"type", "Unigram"}}}}),
               HasSubstr("tokenizer model type 'Unigram' is not supported"));
+  EXPECT_THAT(
+      error_of({{"model", {{"type", "BPE"}, {"vocab", {{"a", "zero"}}}}}, {"pre_tokenizer", {{"type", "ByteLevel"}}}}),
+      HasSubstr("t.json: malformed tokenizer.json"));
   EXPECT_THAT(error_of({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 2}}}}},
                         {"pre_tokenizer", {{"type", "ByteLevel"}}}}),
               HasSubstr("token id 1 has no entry"));
