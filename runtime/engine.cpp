@@ -12,6 +12,8 @@
 #include "llama_cpu.h"
 #include "log.h"
 #include "models_dir.h"
+#include "tensor_parallel.h"
+#include "tensor_parallel_model.h"
 #if LLM_HAVE_CUDA
 #include "cuda_device.h"
 #include "llama_cuda.h"
@@ -110,10 +112,18 @@ Engine::Engine(const RunConfig& config, int max_batch)
   const llm_device_info cpu = cpu_device_info(pool_->size(), pool_.get());
   const llm_attention_shape cpu_shape = attention_shape(mc, context, max_batch);
 
+  const int world = config_.tensor_parallel;
+  if (world > 1) shard_plan(mc, world, 0);  // what does not divide is an error before anything is built
+
   // Where the model runs: `auto` takes a usable GPU, else the CPU, saying why.
   if (config_.device != "cpu") {
 #if LLM_HAVE_CUDA
     const cuda::DeviceStatus gpu = cuda::probe_device(0);
+    if (gpu.usable && world > 1)
+      fail(
+          "parallel.tensor {}: tensor parallelism over GPUs (NCCL, a rank per GPU) is not in this build yet; "
+          "with device cpu the ranks run as threads",
+          world);
     if (gpu.usable) {
       DType dtype = DType::BF16;
       parse_dtype(config_.dtype, dtype);
@@ -135,10 +145,49 @@ Engine::Engine(const RunConfig& config, int max_batch)
     log().info("device auto: this build has no CUDA support; running on the CPU");
 #endif
   }
+  if (world > 1) {
+    model_ = cpu_tensor_parallel(world, max_batch, context, failures);
+    log().info("tensor parallel: {} ranks as CPU threads, {} query heads, {} KV heads and {} SwiGLU rows each", world,
+               mc.n_heads / world, mc.n_kv_heads / world, mc.hidden_dim / world);
+    return;
+  }
   auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, cpu, cpu_shape, nullptr, failures,
                                               config_.check_output);
   model_ = std::make_unique<LlamaCpu>(*checkpoint_, std::move(chain), *pool_, max_batch, context);
   log().info("running on {} with {} thread(s), {} kernels", cpu.name, pool_->size(), cpu::isa_name());
+}
+
+// The ranks of a CPU tensor-parallel group: a shard of the weights, a pool of the threads and a chain over
+// the rank's heads each, summing through one in-process collective.
+std::unique_ptr<LanguageModel> Engine::cpu_tensor_parallel(int world, int max_batch, int context,
+                                                           const std::vector<InjectedFailure>& failures) {
+  struct Ranks {
+    explicit Ranks(int world) : collective(world) {}
+    ThreadCollective collective;
+    std::vector<ShardPlan> plans;
+    std::vector<std::unique_ptr<ShardedWeights>> shards;
+    std::vector<TensorParallelRank> ranks;
+    std::vector<std::unique_ptr<ThreadPool>> pools;
+  };
+  auto state = std::make_shared<Ranks>(world);
+  state->plans.reserve(world), state->ranks.reserve(world);  // pointers into them are handed out
+  const ModelConfig& mc = checkpoint_->config();
+  std::vector<std::unique_ptr<LanguageModel>> models;
+  for (int r = 0; r < world; ++r) {
+    state->plans.push_back(shard_plan(mc, world, r));
+    state->shards.push_back(std::make_unique<ShardedWeights>(checkpoint_->weights(), mc, state->plans.back()));
+    state->ranks.push_back({&state->plans.back(), &state->shards.back()->weights(), &state->collective});
+    state->pools.push_back(std::make_unique<ThreadPool>(std::max(1, pool_->size() / world)));
+    ThreadPool& pool = *state->pools.back();
+    auto chain = std::make_unique<BackendChain>(plugins_, config_.backend_order, cpu_device_info(pool.size(), &pool),
+                                                attention_shape(state->plans.back().local, context, max_batch), nullptr,
+                                                failures, config_.check_output);
+    models.push_back(
+        std::make_unique<LlamaCpu>(*checkpoint_, std::move(chain), pool, max_batch, context, &state->ranks.back()));
+  }
+  Ranks* raw = state.get();
+  return std::make_unique<TensorParallelModel>(
+      std::move(models), [raw] { raw->collective.abort(); }, state);
 }
 
 std::string Engine::memory_stats() const {

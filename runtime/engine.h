@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "backend_chain.h"
 #include "checkpoint.h"
 #include "generator.h"
 #include "language_model.h"
@@ -47,12 +48,15 @@ class Engine {
   const std::vector<PluginCandidate>& plugins() const { return plugins_; }
   const RunConfig& config() const { return config_; }
   int threads() const { return pool_->size(); }
+  int tensor_parallel() const { return config_.tensor_parallel; }
   // "cpu" or "cuda": where the model runs after `auto` was resolved.
   const std::string& device() const { return device_; }
   // Device memory statistics (the CUDA allocator's line), or "" on the CPU.
   std::string memory_stats() const;
 
  private:
+  std::unique_ptr<LanguageModel> cpu_tensor_parallel(int world, int max_batch, int context,
+                                                     const std::vector<InjectedFailure>& failures);
   RunConfig config_;
   std::unique_ptr<ThreadPool> pool_;  // before the model, which computes on it
   std::unique_ptr<Checkpoint> checkpoint_;

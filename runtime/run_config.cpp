@@ -185,6 +185,11 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   plugins.read_digests("require_digest", c.require_digest);
   plugins.reject_unknown();
 
+  Section parallel = top.child("parallel");
+  parallel.read("tensor", c.tensor_parallel, "an integer >= 1 (ranks the model is split over)");
+  check_range(parallel, "tensor", c.tensor_parallel, 1, 64, "between 1 and 64");
+  parallel.reject_unknown();
+
   Section logging = top.child("logging");
   logging.read("level", c.log_level, "one of trace, debug, info, warn, error, off");
   static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error", "off"};

@@ -23,6 +23,7 @@ struct RunConfig {
   std::string dtype = "bf16";              // GPU weights, activations and KV cache: bf16, fp16 or fp32 (the CPU: fp32)
   int threads = 0;                         // 0: all hardware threads
   int max_context = 0;                     // 0: the model's own limit
+  int tensor_parallel = 1;                 // ranks the model is split over (tensor_parallel.h)
   std::vector<std::string> backend_order;  // empty: default order (see backend_chain.h)
   std::vector<std::string> plugin_dirs;
   std::vector<std::string> fail_backend;  // failure injection, "NAME@CALL" (see backend_chain.h)

@@ -94,14 +94,22 @@ ThreadCollective::ThreadCollective(int world) : world_(world), buffers_(static_c
 
 void ThreadCollective::barrier() {
   std::unique_lock<std::mutex> lock(mutex_);
+  if (aborted_) fail("tensor parallel: another rank failed; this step is abandoned");
   const long gen = generation_;
   if (++arrived_ == world_) {
     arrived_ = 0;
     ++generation_;
     cv_.notify_all();
   } else {
-    cv_.wait(lock, [&] { return generation_ != gen; });
+    cv_.wait(lock, [&] { return generation_ != gen || aborted_; });
+    if (generation_ == gen) fail("tensor parallel: another rank failed; this step is abandoned");
   }
+}
+
+void ThreadCollective::abort() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  aborted_ = true;
+  cv_.notify_all();
 }
 
 void ThreadCollective::all_reduce_sum(int rank, float* data, std::size_t count) {

@@ -63,10 +63,13 @@ class ThreadCollective final : public Collective {
   explicit ThreadCollective(int world);
   int world() const override { return world_; }
   void all_reduce_sum(int rank, float* data, std::size_t count) override;
+  // A rank that failed releases the others: every rank waiting, or arriving later, throws llm::Error.
+  void abort();
 
  private:
   void barrier();
   int world_;
+  bool aborted_ = false;
   std::vector<float*> buffers_;
   std::mutex mutex_;
   std::condition_variable cv_;

@@ -101,6 +101,11 @@ check "a GGUF model runs with the tokenizer it carries" eval 'rc 0 && out_has "O
 run --model "$models/stories260K.bin" --max-tokens 5
 check "a llama2.c model without a tokenizer names what is missing" eval 'rc 1 && err_has "'"'"'model.tokenizer'"'"' (or --tokenizer) is required" && err_has "carries no tokenizer"'
 
+run --config "$src/configs/stories260K.yaml" --tensor-parallel 4 --max-tokens 40
+check "--tensor-parallel 4: the same text, said in the stats line" eval 'rc 0 && out_has "Once upon a time, there was a little girl named Lily. She loved to play outside in the park." && err_has "tensor parallel 4"'
+run --config "$src/configs/stories260K.yaml" --tensor-parallel 3
+check "--tensor-parallel that does not divide the heads is a clear error" eval 'rc 1 && err_has "8 query heads do not divide among them"'
+
 run backends
 check "backends without a model still lists plugins" eval 'rc 0 && out_has "mha_cpu" && out_has "not run"'
 

@@ -145,6 +145,8 @@ TEST(RunConfig, PluginDigestAllowlistIsReadAndChecked) {
   EXPECT_THAT(error_of("plugins: {allow: x}"), testing::HasSubstr("unknown key 'plugins.allow'"));
   EXPECT_EQ(parse_run_config("backends: {check_output: [mha_cpu, flaky_cpu]}", "t.yaml").check_output,
             (std::vector<std::string>{"mha_cpu", "flaky_cpu"}));
+  EXPECT_EQ(parse_run_config("parallel: {tensor: 4}", "t.yaml").tensor_parallel, 4);
+  EXPECT_THAT(error_of("parallel: {tensor: 0}"), testing::HasSubstr("'parallel.tensor' must be between 1 and 64"));
   EXPECT_THAT(error_of("backends: {check_output: yes}"),
               testing::HasSubstr("'backends.check_output' must be a list of strings"));
 }

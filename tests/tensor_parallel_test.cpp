@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <memory>
 #include <thread>
@@ -182,6 +183,58 @@ TEST(TensorParallel, SplitForwardPassesGiveTheUnsplitLogitsAndText) {
     EXPECT_LT(worst, 1e-5) << world;  // the same fp32 arithmetic, summed in another order
     EXPECT_EQ(differ, 0) << world;
   }
+}
+
+}  // namespace
+}  // namespace llm
+
+namespace llm {
+namespace {
+
+// Through the engine (parallel.tensor): 2 and 4 ranks tell the 1-rank story, batched too.
+TEST(TensorParallel, EngineWithRanksGivesTheSameText) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  auto config = [&](int world) {
+    RunConfig c;
+    c.model = model;
+    c.tokenizer = test::model_path("tok512.bin");
+    c.backend_order = {"mha_cpu"};
+    c.plugin_dirs = {LLM_PLUGIN_DIR};
+    c.threads = 2;
+    c.tensor_parallel = world;
+    return c;
+  };
+  GenerationOptions o;
+  o.max_tokens = 120;
+  o.stop_at_eos = false;
+  const auto ref = Engine(config(1)).generate("Once upon a time", o);
+  const std::vector<std::string> prompts = {"Once upon a time", "The little dog", "Lily and Ben"};
+  const auto ref_batch = Engine(config(1), 3).generate_batch(prompts, o);
+  for (int world : {2, 4}) {
+    EXPECT_EQ(Engine(config(world)).generate("Once upon a time", o).tokens, ref.tokens) << world;
+    const auto batch = Engine(config(world), 3).generate_batch(prompts, o);
+    for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(batch[i].tokens, ref_batch[i].tokens) << world << " " << i;
+  }
+}
+
+// A rank that fails releases the ranks waiting for it in the all-reduce: they throw instead of hanging.
+TEST(TensorParallel, AnAbortedCollectiveReleasesTheWaitingRanks) {
+  ThreadCollective c(2);
+  std::string error;
+  std::thread waiting([&] {
+    std::vector<float> x(4, 1.0f);
+    try {
+      c.all_reduce_sum(1, x.data(), x.size());
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  c.abort();
+  waiting.join();
+  EXPECT_THAT(error, HasSubstr("another rank failed"));
+  std::vector<float> y(4, 1.0f);
+  EXPECT_THROW(c.all_reduce_sum(0, y.data(), y.size()), Error);  // and it stays aborted
 }
 
 }  // namespace

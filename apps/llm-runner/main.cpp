@@ -32,6 +32,7 @@ struct Overrides {
   std::vector<std::string> plugin_dirs;
   std::vector<std::string> fail_backend;
   std::vector<std::string> check_output;
+  std::optional<int> tensor_parallel;
 };
 
 void add_common_options(CLI::App& app, std::string& config_path, Overrides& o) {
@@ -47,6 +48,9 @@ void add_common_options(CLI::App& app, std::string& config_path, Overrides& o) {
   app.add_option("--check-output", o.check_output,
                  "check NAME's results (a NaN or an unwritten element fails the call; host-memory results only)")
       ->delimiter(',');
+  app.add_option("--tensor-parallel", o.tensor_parallel,
+                 "split the model over N ranks (heads, KV cache and SwiGLU rows; CPU: ranks are threads)")
+      ->check(CLI::Range(1, 64));
   app.add_option("--threads", o.threads, "CPU threads (0: all)")->check(CLI::Range(0, 1024));
   app.add_option("--device", o.device, "cpu, cuda, or auto (CUDA when a usable GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
@@ -67,6 +71,7 @@ llm::RunConfig build_config(const std::string& config_path, const Overrides& o) 
   if (o.max_tokens) c.max_tokens = *o.max_tokens;
   if (o.top_k) c.sampling.top_k = *o.top_k;
   if (o.threads) c.threads = *o.threads;
+  if (o.tensor_parallel) c.tensor_parallel = *o.tensor_parallel;
   if (o.temperature) c.sampling.temperature = *o.temperature;
   if (o.top_p) c.sampling.top_p = *o.top_p;
   if (o.seed) c.sampling.seed = *o.seed;
@@ -95,7 +100,8 @@ void print_stats(const llm::Engine& engine, const std::vector<llm::GenerationRes
   const double prefill = first.prefill_seconds > 0 ? prompt_tokens / first.prefill_seconds : 0.0;
   const double decode = first.decode_seconds > 0 ? decode_steps / first.decode_seconds : 0.0;
   const std::string memory = engine.memory_stats();
-  const std::string device = engine.device() == "cuda" ? "cuda" : "cpu, threads " + std::to_string(engine.threads());
+  std::string device = engine.device() == "cuda" ? "cuda" : "cpu, threads " + std::to_string(engine.threads());
+  if (engine.tensor_parallel() > 1) device += ", tensor parallel " + std::to_string(engine.tensor_parallel());
   std::fprintf(stderr,
                "stats: %zu sequence(s), prompt %zu tokens, generated %zu tokens (stop: %s); prefill %.1f tok/s, "
                "decode %.1f tok/s; attention: %s; device %s%s%s\n",

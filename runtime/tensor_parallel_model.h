@@ -1,0 +1,42 @@
+// A LanguageModel made of the ranks of a tensor-parallel group (tensor_parallel.h): every call runs on
+// all ranks together, rank 0 on the caller's thread and the others on threads of their own, and the
+// result is rank 0's (after each all-reduce every rank holds the same residual stream). A rank that fails
+// aborts the collective, so the others are released rather than left waiting, and the error is rethrown.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "language_model.h"
+
+namespace llm {
+
+class TensorParallelModel final : public LanguageModel {
+ public:
+  // `ranks`: the rank models, rank 0 first; `abort`: releases ranks waiting in the collective.
+  // `keep_alive`: what the ranks point into (plans, weight shards, pools, the collective), destroyed after them.
+  TensorParallelModel(std::vector<std::unique_ptr<LanguageModel>> ranks, std::function<void()> abort,
+                      std::shared_ptr<void> keep_alive);
+  ~TensorParallelModel() override;
+
+  const ModelConfig& config() const override { return ranks_[0]->config(); }
+  int max_batch() const override { return ranks_[0]->max_batch(); }
+  int max_context() const override { return ranks_[0]->max_context(); }
+  const float* forward(const std::vector<SequenceChunk>& chunks) override;
+  void forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids) override;
+  std::string attention_backend() const override { return ranks_[0]->attention_backend(); }
+  std::vector<std::string> attention_backends_used() const override { return ranks_[0]->attention_backends_used(); }
+  int world() const { return static_cast<int>(ranks_.size()); }
+
+ private:
+  // Runs step(rank model, rank) on every rank at once; rethrows the first failure.
+  void on_all_ranks(const std::function<void(LanguageModel&, int)>& step);
+
+  std::shared_ptr<void> keep_alive_;  // declared first: destroyed last
+  std::vector<std::unique_ptr<LanguageModel>> ranks_;
+  std::function<void()> abort_;
+  std::vector<std::vector<int>> scratch_ids_;
+};
+
+}  // namespace llm
