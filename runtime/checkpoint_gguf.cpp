@@ -157,6 +157,14 @@ void Checkpoint::load_gguf() {
   };
   auto vector = [&](const std::string& name, int64_t n) { return floats(tensor(name, 1, n)); };
 
+  // Llama 3.1's RoPE scaling, as llama.cpp stores it: one divisor per rotated pair.
+  if (f.tensor("rope_freqs.weight")) {
+    const float* factors = vector("rope_freqs.weight", c.head_dim() / 2);
+    c.rope_freq_factors.assign(factors, factors + c.head_dim() / 2);
+    for (float x : c.rope_freq_factors)
+      if (!(x > 0.0f) || !std::isfinite(x)) fail("{}: GGUF rope_freqs.weight holds {}, not a positive factor", path, x);
+  }
+
   ModelWeights& w = weights_;
   const int64_t dim = c.dim, kv = c.kv_dim(), hidden = c.hidden_dim;
   w.token_embedding = matrix("token_embd.weight", c.vocab_size, dim);

@@ -24,7 +24,8 @@ llm_attention_args packed_attention_args(const ModelConfig& config, int tokens, 
 }
 
 double rope_frequency(const ModelConfig& config, int i) {
-  const double freq = std::pow(static_cast<double>(config.rope_theta), -2.0 * i / config.head_dim());
+  double freq = std::pow(static_cast<double>(config.rope_theta), -2.0 * i / config.head_dim());
+  if (!config.rope_freq_factors.empty()) freq /= config.rope_freq_factors[static_cast<size_t>(i)];
   const ModelConfig::RopeScaling& s = config.rope_scaling;
   if (s.factor <= 0.0f) return freq;
   // Llama 3.1's rule (HF _compute_llama3_parameters): wavelengths longer than the original context over

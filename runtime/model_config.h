@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace llm {
 
@@ -23,6 +24,9 @@ struct ModelConfig {
     float low_freq_factor = 1.0f, high_freq_factor = 4.0f;
     int original_max_position = 8192;
   } rope_scaling;
+  // Per-pair divisors of the RoPE frequencies (GGUF rope_freqs.weight, how llama.cpp stores Llama 3.1's
+  // scaling); empty: none.
+  std::vector<float> rope_freq_factors;
 
   int head_dim() const { return dim / n_heads; }
   int kv_dim() const { return n_kv_heads * head_dim(); }

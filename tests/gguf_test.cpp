@@ -17,6 +17,7 @@
 #include "engine.h"
 #include "error.h"
 #include "gguf_writer.h"
+#include "language_model.h"
 #include "model_export.h"
 #include "test_support.h"
 #include "tokenizer.h"
@@ -269,6 +270,41 @@ TEST(Gguf, DamagedFilesNeverCrashTheLoader) {
   }
   EXPECT_EQ(errors + loaded, 600);
   EXPECT_GT(errors, 100);
+}
+
+}  // namespace
+}  // namespace llm
+
+namespace llm {
+namespace {
+
+// Llama 3.1 GGUFs carry their RoPE scaling as rope_freqs.weight (one divisor per pair): the frequencies
+// then equal the Hugging Face llama3 rule's, which the runtime computes itself for HF directories.
+TEST(Gguf, RopeFreqsTensorGivesTheLlama3Frequencies) {
+  test::TempDir dir;
+  ModelConfig hf;  // the tiny model's head size, with Llama 3.1's scaling
+  hf.dim = 32, hf.n_heads = 2, hf.rope_theta = 10000.0f;
+  hf.rope_scaling = {8.0f, 1.0f, 4.0f, 16};
+  ModelConfig plain = hf;
+  plain.rope_scaling.factor = 0;
+  std::vector<float> factors(8);
+  for (int i = 0; i < 8; ++i) factors[i] = static_cast<float>(rope_frequency(plain, i) / rope_frequency(hf, i));
+  const auto ck = Checkpoint::open(tiny_gguf(dir, "rope.gguf", [&](gguf::Writer& g) {
+    g.add_tensor("rope_freqs.weight", {8}, gguf::TensorType::F32, factors.data());
+  }));
+  ASSERT_EQ(ck->config().rope_freq_factors.size(), 8u);
+  int scaled = 0;
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_NEAR(rope_frequency(ck->config(), i) / rope_frequency(hf, i), 1.0, 1e-6) << i;
+    scaled += factors[i] != 1.0f;
+  }
+  EXPECT_GT(scaled, 0);
+  factors[3] = -1.0f;
+  EXPECT_THAT(
+      test::checkpoint_error(tiny_gguf(
+          dir, "bad_rope.gguf",
+          [&](gguf::Writer& g) { g.add_tensor("rope_freqs.weight", {8}, gguf::TensorType::F32, factors.data()); })),
+      HasSubstr("rope_freqs.weight holds -1, not a positive factor"));
 }
 
 }  // namespace
