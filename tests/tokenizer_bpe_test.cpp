@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "error.h"
 #include "gguf_writer.h"
@@ -129,6 +131,37 @@ TEST(ByteLevelBpe, UnsupportedTokenizerJsonFilesAreNamed) {
                           {"pretokenizers",
                            {{{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}}, {{"type", "ByteLevel"}}}}}}}),
               HasSubstr("the pre-tokenizer regex does not compile"));
+}
+
+}  // namespace
+}  // namespace llm
+
+namespace llm {
+namespace {
+
+// Damaged tokenizer.json files give a tokenizer or an llm::Error, never a crash; whatever loads still
+// encodes and decodes without faulting.
+TEST(ByteLevelBpe, DamagedTokenizerJsonNeverCrashes) {
+  test::TempDir dir;
+  std::ifstream in(write_tokenizer_json(dir, llama3_pre_tokenizer()));
+  const std::string good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::mt19937 rng(3);
+  int errors = 0, loaded = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    std::string text = good;
+    for (int f = 0; f < 1 + static_cast<int>(rng() % 4); ++f)
+      text[rng() % text.size()] = static_cast<char>(rng() % 128);
+    std::ofstream(dir.file("bad.json")) << text;
+    try {
+      const auto t = load_tokenizer(dir.file("bad.json"));
+      for (int id : t->encode("abc abc 1234 é\n<|end_of_text|>", true)) t->decode_piece(-1, id);
+      ++loaded;
+    } catch (const Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_EQ(errors + loaded, 400);
+  EXPECT_GT(errors, 50);
 }
 
 }  // namespace
