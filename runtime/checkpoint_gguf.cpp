@@ -114,19 +114,18 @@ void Checkpoint::load_gguf() {
       return reinterpret_cast<const float*>(p);
     owned_.emplace_back(n);
     float* out = owned_.back().data();
-    for (uint64_t i = 0; i < n; ++i) {
-      uint16_t h;
-      switch (static_cast<gguf::TensorType>(t.type)) {
-        case gguf::TensorType::F32: std::memcpy(&out[i], p + 4 * i, 4); break;
-        case gguf::TensorType::F16: std::memcpy(&h, p + 2 * i, 2), out[i] = half_to_float(h); break;
-        case gguf::TensorType::BF16: std::memcpy(&h, p + 2 * i, 2), out[i] = bf16_to_float(h); break;
-        case gguf::TensorType::Q8_0: {
+    switch (static_cast<gguf::TensorType>(t.type)) {
+      case gguf::TensorType::F32: widen_to_f32(StoredFloat::F32, p, n, out); break;
+      case gguf::TensorType::F16: widen_to_f32(StoredFloat::F16, p, n, out); break;
+      case gguf::TensorType::BF16: widen_to_f32(StoredFloat::BF16, p, n, out); break;
+      case gguf::TensorType::Q8_0:
+        for (uint64_t i = 0; i < n; ++i) {
           const uint8_t* block = p + (i / gguf::kQ8Block) * gguf::kQ8BlockBytes;
+          uint16_t h;
           std::memcpy(&h, block, 2);
           out[i] = half_to_float(h) * static_cast<float>(static_cast<int8_t>(block[2 + i % gguf::kQ8Block]));
-          break;
         }
-      }
+        break;
     }
     return out;
   };

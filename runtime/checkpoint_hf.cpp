@@ -166,6 +166,9 @@ void Checkpoint::load_hf_checked() {
       return reinterpret_cast<const float*>(t.data);
     owned_.emplace_back(n);
     float* out = owned_.back().data();
+    const StoredFloat stored = t.dtype == "F32"   ? StoredFloat::F32
+                               : t.dtype == "F16" ? StoredFloat::F16
+                                                  : StoredFloat::BF16;
     const int head = c.head_dim(), half = head / 2;
     for (int64_t r = 0; r < rows; ++r) {
       // destination row r takes source row `src`: within a head, pair (2i, 2i+1) <- (i, i + half)
@@ -174,17 +177,8 @@ void Checkpoint::load_hf_checked() {
         const int64_t h = r / head, j = r % head;
         src = h * head + (j % 2 == 0 ? j / 2 : j / 2 + half);
       }
-      const uint8_t* p = t.data + static_cast<uint64_t>(src * cols) * (t.dtype == "F32" ? 4 : 2);
-      float* o = out + r * cols;
-      for (int64_t k = 0; k < cols; ++k) {
-        uint16_t b;
-        if (t.dtype == "F32") {
-          std::memcpy(&o[k], p + 4 * k, 4);
-        } else {
-          std::memcpy(&b, p + 2 * k, 2);
-          o[k] = t.dtype == "F16" ? half_to_float(b) : bf16_to_float(b);
-        }
-      }
+      widen_to_f32(stored, t.data + static_cast<uint64_t>(src * cols) * (stored == StoredFloat::F32 ? 4 : 2),
+                   static_cast<std::size_t>(cols), out + r * cols);
     }
     return out;
   };
