@@ -19,6 +19,7 @@
 #include "gguf_writer.h"
 #include "half.h"
 #include "run_config.h"
+#include "sampler.h"
 #include "test_support.h"
 #include "tokenizer_internal.h"
 
@@ -35,28 +36,49 @@ inline RunConfig cpu_config(const std::string& model, const std::string& tokeniz
   return c;
 }
 
-// max over steps of ||test - ref|| / ||ref|| for the logits along ref's greedy path from "Once upon a
-// time" (both engines fed the same tokens); infinity when `test` gives a non-finite logit.
-inline double max_logit_error(Engine& test, Engine& ref, int steps) {
+// Two engines along the reference engine's greedy path (teacher-forced, so one near tie cannot send the
+// texts apart for good): the worst relative L2 logit error, and the steps whose argmax differs.
+// A differing argmax is "explained" when the reference's top two logits are closer than the largest
+// logit difference between the engines at that step (a tie within the measured error).
+struct PathComparison {
+  double max_rel_err = 0;
+  int argmax_differs = 0, unexplained = 0;
+};
+
+inline PathComparison compare_along_path(Engine& test, Engine& ref, int steps) {
   std::vector<int> tokens = ref.tokenizer().encode("Once upon a time", true);
   const int vocab = ref.model().config().vocab_size;
-  double worst = 0;
+  PathComparison c;
   for (int s = 0; s < steps; ++s) {
     const int start = s == 0 ? 0 : static_cast<int>(tokens.size()) - 1;
     std::vector<int> feed(tokens.begin() + start, tokens.end());
     const float* lr = ref.model().forward({SequenceChunk{0, start, feed}});
     std::vector<float> r(lr, lr + vocab);
     const float* lt = test.model().forward({SequenceChunk{0, start, feed}});
-    double e = 0, n = 0;
+    double e = 0, n = 0, worst_abs = 0;
     for (int i = 0; i < vocab; ++i) {
-      if (!std::isfinite(lt[i])) return INFINITY;
+      if (!std::isfinite(lt[i])) {
+        c.max_rel_err = INFINITY;
+        return c;
+      }
       e += (lt[i] - r[i]) * double(lt[i] - r[i]);
       n += double(r[i]) * r[i];
+      worst_abs = std::max(worst_abs, std::fabs(double(lt[i]) - r[i]));
     }
-    worst = std::max(worst, std::sqrt(e / n));
-    tokens.push_back(static_cast<int>(std::max_element(r.begin(), r.end()) - r.begin()));
+    c.max_rel_err = std::max(c.max_rel_err, std::sqrt(e / n));
+    const int a = ::llm::argmax(r.data(), vocab), b = ::llm::argmax(lt, vocab);
+    if (a != b) {
+      ++c.argmax_differs;
+      if (r[a] - r[b] > 2 * worst_abs) ++c.unexplained;
+    }
+    tokens.push_back(a);
   }
-  return worst;
+  return c;
+}
+
+// The worst relative L2 logit error of compare_along_path (infinity when `test` gives a non-finite logit).
+inline double max_logit_error(Engine& test, Engine& ref, int steps) {
+  return compare_along_path(test, ref, steps).max_rel_err;
 }
 
 // The message Checkpoint::open gives for `path`, or "no error".

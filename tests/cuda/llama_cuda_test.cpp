@@ -157,46 +157,6 @@ TEST(LlamaCuda, MhaCudaFailingMidGenerationFallsBackToTheCpuWithTheSameText) {
 namespace llm {
 namespace {
 
-// Two engines along the reference engine's greedy path (teacher-forced, so one near tie cannot send the
-// texts apart for good): the worst relative L2 logit error, and the steps whose argmax differs.
-// A differing argmax is "explained" when the reference's top two logits are closer than the largest
-// logit difference between the engines at that step (a tie within the measured error).
-struct PathComparison {
-  double max_rel_err = 0;
-  int argmax_differs = 0, unexplained = 0;
-};
-
-PathComparison compare_along_path(Engine& test, Engine& ref, int steps) {
-  std::vector<int> tokens = ref.tokenizer().encode("Once upon a time", true);
-  const int vocab = ref.model().config().vocab_size;
-  PathComparison c;
-  for (int s = 0; s < steps; ++s) {
-    const int start = s == 0 ? 0 : static_cast<int>(tokens.size()) - 1;
-    std::vector<int> feed(tokens.begin() + start, tokens.end());
-    const float* lr = ref.model().forward({SequenceChunk{0, start, feed}});
-    std::vector<float> r(lr, lr + vocab);
-    const float* lt = test.model().forward({SequenceChunk{0, start, feed}});
-    double e = 0, n = 0, worst_abs = 0;
-    for (int i = 0; i < vocab; ++i) {
-      if (!std::isfinite(lt[i])) {
-        c.max_rel_err = INFINITY;
-        return c;
-      }
-      e += (lt[i] - r[i]) * double(lt[i] - r[i]);
-      n += double(r[i]) * r[i];
-      worst_abs = std::max(worst_abs, std::fabs(double(lt[i]) - r[i]));
-    }
-    c.max_rel_err = std::max(c.max_rel_err, std::sqrt(e / n));
-    const int a = argmax(r.data(), vocab), b = argmax(lt, vocab);
-    if (a != b) {
-      ++c.argmax_differs;
-      if (r[a] - r[b] > 2 * worst_abs) ++c.unexplained;
-    }
-    tokens.push_back(a);
-  }
-  return c;
-}
-
 // flash_cuda end to end on stories260K (head_dim 8 runs on the zero-padded 16-wide kernels): flash_cuda
 // serves every call; along mha_cuda's greedy path its logits stay within the bound the GPU paths have
 // against the CPU (bf16 3e-2, fp16 1e-2) and its argmax equals mha_cuda's except at ties within that
@@ -211,7 +171,7 @@ TEST(LlamaCuda, FlashCudaGivesTheMhaCudaTextAndLogits) {
     RunConfig fc = gpu_config(model, dtype);
     fc.backend_order = {"flash_cuda"};
     Engine mha(gpu_config(model, dtype)), flash(fc);
-    const PathComparison c = compare_along_path(flash, mha, 200);
+    const test::PathComparison c = test::compare_along_path(flash, mha, 200);
     std::printf(
         "%s: flash_cuda vs mha_cuda along 200 greedy steps: max relative L2 logit error %.3e (bound %.0e), "
         "argmax differs at %d step(s), %d not explained by a tie\n",
@@ -249,7 +209,7 @@ TEST(LlamaCuda, GemvKernelsMatchCublas) {
     auto* m = dynamic_cast<cuda::LlamaCuda*>(&cublas.model());
     ASSERT_TRUE(m);
     m->set_gemv_max_tokens(0);
-    const PathComparison c = compare_along_path(fused, cublas, 120);
+    const test::PathComparison c = test::compare_along_path(fused, cublas, 120);
     std::printf(
         "%s: fused GEMV vs cuBLAS along 120 greedy steps: max relative L2 logit error %.3e (bound %.0e), "
         "argmax differs at %d step(s), %d not explained by a tie\n",
