@@ -52,6 +52,34 @@ Value scalar(ValueType t) {
   v.type = t;
   return v;
 }
+Value u32(uint32_t x) {
+  Value v = scalar(ValueType::U32);
+  v.u = x;
+  return v;
+}
+Value i32(int32_t x) {
+  Value v = scalar(ValueType::I32);
+  v.i = x;
+  return v;
+}
+Value f32(float x) {
+  Value v = scalar(ValueType::F32);
+  v.f = x;
+  return v;
+}
+Value str(std::string x) {
+  Value v = scalar(ValueType::String);
+  v.s = std::move(x);
+  return v;
+}
+// An array of `elem` values, element i made by make(xs[i]).
+template <typename T, typename Make>
+Value array_of(ValueType elem, const std::vector<T>& xs, Make make) {
+  Value v = scalar(ValueType::Array);
+  v.elem = elem;
+  for (const T& x : xs) v.array.push_back(make(x));
+  return v;
+}
 
 }  // namespace
 
@@ -59,50 +87,17 @@ void Writer::set(const std::string& key, Value value) {
   erase(key);
   metadata_.emplace_back(key, std::move(value));
 }
-void Writer::set_u32(const std::string& key, uint32_t x) {
-  Value v = scalar(ValueType::U32);
-  v.u = x;
-  set(key, std::move(v));
-}
-void Writer::set_f32(const std::string& key, float x) {
-  Value v = scalar(ValueType::F32);
-  v.f = x;
-  set(key, std::move(v));
-}
-void Writer::set_string(const std::string& key, std::string x) {
-  Value v = scalar(ValueType::String);
-  v.s = std::move(x);
-  set(key, std::move(v));
-}
+void Writer::set_u32(const std::string& key, uint32_t v) { set(key, u32(v)); }
+void Writer::set_f32(const std::string& key, float v) { set(key, f32(v)); }
+void Writer::set_string(const std::string& key, std::string v) { set(key, str(std::move(v))); }
 void Writer::set_strings(const std::string& key, const std::vector<std::string>& xs) {
-  Value v = scalar(ValueType::Array);
-  v.elem = ValueType::String;
-  for (const auto& x : xs) {
-    Value e = scalar(ValueType::String);
-    e.s = x;
-    v.array.push_back(std::move(e));
-  }
-  set(key, std::move(v));
+  set(key, array_of(ValueType::String, xs, str));
 }
 void Writer::set_f32s(const std::string& key, const std::vector<float>& xs) {
-  Value v = scalar(ValueType::Array);
-  v.elem = ValueType::F32;
-  for (float x : xs) {
-    Value e = scalar(ValueType::F32);
-    e.f = x;
-    v.array.push_back(e);
-  }
-  set(key, std::move(v));
+  set(key, array_of(ValueType::F32, xs, f32));
 }
 void Writer::set_i32s(const std::string& key, const std::vector<int32_t>& xs) {
-  Value v = scalar(ValueType::Array);
-  v.elem = ValueType::I32;
-  for (int32_t x : xs) {
-    Value e = scalar(ValueType::I32);
-    e.i = x;
-    v.array.push_back(e);
-  }
-  set(key, std::move(v));
+  set(key, array_of(ValueType::I32, xs, i32));
 }
 void Writer::erase(const std::string& key) {
   for (auto it = metadata_.begin(); it != metadata_.end(); ++it)
