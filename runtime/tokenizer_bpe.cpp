@@ -66,7 +66,7 @@ class ByteLevelBpe final : public Tokenizer {
     for (int id : v.literal) {
       if (id < 0 || static_cast<size_t>(id) >= tokens_.size() || tokens_[id].empty())
         fail("{}: added token id {} has no text", path, id);
-      special_.emplace(tokens_[id], id);
+      literal_ids_.emplace(tokens_[id], id);
       literal_[id] = true;
     }
     int err = 0;
@@ -83,12 +83,12 @@ class ByteLevelBpe final : public Tokenizer {
   std::vector<int> encode(std::string_view text, bool add_bos) const override {
     std::vector<int> out;
     if (add_bos && bos_ >= 0) out.push_back(bos_);
-    // Special tokens are whole tokens wherever they stand; the text between them is split and merged.
+    // Added tokens are whole tokens wherever they stand; the text between them is split and merged.
     size_t start = 0;
     while (start < text.size()) {
       size_t best = std::string_view::npos, best_len = 0;
       int best_id = -1;
-      for (const auto& [s, id] : special_) {
+      for (const auto& [s, id] : literal_ids_) {
         const size_t at = text.find(s, start);
         if (at != std::string_view::npos && (at < best || (at == best && s.size() > best_len)))
           best = at, best_len = s.size(), best_id = id;
@@ -188,8 +188,8 @@ class ByteLevelBpe final : public Tokenizer {
   std::vector<std::string> tokens_;
   int bos_, eos_;
   std::unordered_map<std::string, int> ids_, ranks_;
-  std::map<std::string, int> special_;
-  std::vector<bool> literal_;
+  std::map<std::string, int> literal_ids_;  // added tokens by their text, matched verbatim
+  std::vector<bool> literal_;               // per id: an added token (decoded verbatim)
   bool ignore_merges_;
   std::unordered_map<std::string, unsigned char> char_to_byte_;
   std::array<std::string, 256> byte_chars_;
