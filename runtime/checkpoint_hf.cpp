@@ -2,7 +2,8 @@
 // listed by model.safetensors.index.json, in F32, F16 or BF16 (widened to fp32 at load; F32 used in place
 // when aligned). HF stores q_proj and k_proj rows with RoPE's pairs split into halves (row i pairs with row
 // i + head_dim/2); the runtime rotates adjacent pairs (llama2.c, GGUF), so those rows are reordered here.
-// `rope_scaling` of type llama3 (Llama 3.1/3.2) is supported; other types are refused by name.
+// RoPE scaling of type llama3 (Llama 3.1/3.2) is supported, as `rope_scaling` (transformers 4) or
+// `rope_parameters` (transformers 5); other types are refused by name.
 #include <fmt/ranges.h>
 
 #include <algorithm>
@@ -89,11 +90,18 @@ void Checkpoint::load_hf_checked() {
   if (cfg.contains("mlp_bias") && cfg["mlp_bias"] == true) fail("{}: mlp_bias true is not supported", cfg_path);
   if (cfg.contains("attention_bias") && cfg["attention_bias"] == true)
     fail("{}: attention_bias true is not supported", cfg_path);
-  if (const auto& rs = cfg.value("rope_scaling", nlohmann::json()); !rs.is_null()) {
-    const std::string type = rs.value("rope_type", rs.value("type", std::string("?")));
-    if (type != "llama3")
-      fail("{}: rope_scaling type '{}' is not supported (supported: llama3, or none)", cfg_path, type);
-    const std::string where = cfg_path + " rope_scaling";
+  // RoPE: transformers 4 writes rope_theta and rope_scaling at the top; transformers 5 writes both inside
+  // rope_parameters, whose rope_type "default" means no scaling.
+  const char* rope_key =
+      cfg.contains("rope_parameters") && !cfg["rope_parameters"].is_null() ? "rope_parameters" : "rope_scaling";
+  const nlohmann::json rs = cfg.value(rope_key, nlohmann::json());
+  if (!rs.is_null() && rs.contains("rope_theta"))
+    c.rope_theta = static_cast<float>(config_value<double>(rs, "rope_theta", cfg_path + " " + rope_key));
+  const std::string rope_type = rs.is_null() ? "default" : rs.value("rope_type", rs.value("type", std::string("?")));
+  if (rope_type != "default") {
+    if (rope_type != "llama3")
+      fail("{}: {} type '{}' is not supported (supported: llama3, or none)", cfg_path, rope_key, rope_type);
+    const std::string where = cfg_path + " " + rope_key;
     c.rope_scaling.factor = static_cast<float>(config_value<double>(rs, "factor", where));
     c.rope_scaling.low_freq_factor = static_cast<float>(config_value<double>(rs, "low_freq_factor", where));
     c.rope_scaling.high_freq_factor = static_cast<float>(config_value<double>(rs, "high_freq_factor", where));

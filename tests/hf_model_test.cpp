@@ -128,6 +128,12 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
                                                    c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}};
                                                  })),
               HasSubstr("rope_scaling type 'yarn' is not supported"));
+  EXPECT_THAT(test::checkpoint_error(
+                  edit_config("yarn5",  // transformers 5 writes rope_parameters
+                              [](json& c) {
+                                c["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e4}, {"factor", 4}};
+                              })),
+              HasSubstr("rope_parameters type 'yarn' is not supported"));
   EXPECT_THAT(test::checkpoint_error(edit_config("nolayers", [](json& c) { c.erase("num_hidden_layers"); })),
               HasSubstr("'num_hidden_layers' is missing"));
   EXPECT_THAT(test::checkpoint_error(edit_config("strlayers", [](json& c) { c["num_hidden_layers"] = "five"; })),
