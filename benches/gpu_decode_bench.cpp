@@ -3,6 +3,9 @@
 //
 //   gpu_decode_bench [--shapes stories110M,tinyllama,llama2-7b] [--batches 1,8] [--prompt-len 512]
 //                    [--new-tokens 256] [--backends mha_cuda] [--work-dir DIR] [--tokenizer PATH]
+//                    [--tensor-parallel 1,2]
+// With --tensor-parallel N the model runs on N GPUs (a rank each, NCCL); the floor is then per GPU: the
+// bytes each GPU reads per step (its 1/N of the weights) over the copy bandwidth of one GPU.
 // Checkpoints are written once into --work-dir as Q8_0 (smallest to write; dequantized to bf16 on upload:
 // decode speed does not depend on the values).
 #include <cuda_runtime.h>
@@ -64,7 +67,7 @@ size_t bf16_weight_bytes(const llm::ModelConfig& c) {
 int main(int argc, char** argv) {
   CLI::App app{"GPU prefill and decode tok/s on random-weight Llama shapes, beside the bandwidth floor"};
   std::vector<std::string> shapes = {"stories110M", "tinyllama", "llama2-7b"}, backends = {"mha_cuda"};
-  std::vector<int> batches = {1, 8};
+  std::vector<int> batches = {1, 8}, tensor_parallel = {1};
   std::vector<std::string> products = {"auto"};
   int prompt_len = 512, new_tokens = 256;
   std::string work_dir = (fs::temp_directory_path() / "llm-gpu-bench").string(), tokenizer, dtype = "bf16";
@@ -78,6 +81,8 @@ int main(int argc, char** argv) {
                  "several: each is timed")
       ->delimiter(',')
       ->check(CLI::IsMember({"auto", "cublas"}));
+  app.add_option("--tensor-parallel", tensor_parallel, "GPUs per model (a rank each); several: each is timed")
+      ->delimiter(',');
   app.add_option("--dtype", dtype, "bf16, fp16 or fp32")->capture_default_str();
   app.add_option("--work-dir", work_dir, "where random checkpoints are written")->capture_default_str();
   app.add_option("--tokenizer", tokenizer, "a 32000-token tokenizer (default: llama2-tokenizer.bin in the models dir)");
@@ -94,8 +99,9 @@ int main(int argc, char** argv) {
   const double bw = copy_bandwidth();
   std::printf("device %s; copy bandwidth %.0f GB/s (read + write)\n", gpu.name.c_str(), bw);
   std::printf(
-      "| shape | batch | attention | products | weights (bf16) | prefill tok/s | decode tok/s (per seq) | decode "
-      "tok/s (aggregate) | floor tok/s | of floor |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
+      "| shape | GPUs | batch | attention | products | weights (bf16) | prefill tok/s | decode tok/s (per seq) | "
+      "decode tok/s (aggregate) | floor tok/s (per GPU) | of floor |\n"
+      "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
   std::fflush(stdout);
 
   for (const auto& shape : shapes) {
@@ -109,56 +115,69 @@ int main(int argc, char** argv) {
                    std::chrono::duration<double>(Clock::now() - t0).count());
     }
     const int max_batch = *std::max_element(batches.begin(), batches.end());
-    llm::RunConfig rc;
-    rc.model = path;
-    rc.tokenizer = tokenizer;
-    rc.device = "cuda";
-    rc.dtype = dtype;
-    rc.backend_order = backends;
-    rc.max_context = prompt_len + new_tokens;
-    std::unique_ptr<llm::Engine> engine;
-    try {
-      engine = std::make_unique<llm::Engine>(rc, max_batch);
-    } catch (const std::exception& e) {
-      std::printf("| %s | - | - | - | error: %s |\n", shape.c_str(), e.what());
-      continue;
-    }
-    llm::LanguageModel& model = engine->model();
-    const double floor = bw * 1e9 / bf16_weight_bytes(config);
-    std::mt19937 rng(7);
-    std::uniform_int_distribution<int> token(3, config.vocab_size - 1);
-    auto* gpu_model = dynamic_cast<llm::cuda::LlamaCuda*>(&model);
-    for (int batch : batches)
-      for (const std::string& product : products) {
-        if (gpu_model) gpu_model->set_gemv_max_tokens(product == "cublas" ? 0 : llm::cuda::kGemvMaxTokens);
-        std::vector<llm::SequenceChunk> prompts;
-        for (int s = 0; s < batch; ++s) {
-          llm::SequenceChunk c{s, 0, {}};
-          for (int i = 0; i < prompt_len; ++i) c.tokens.push_back(token(rng));
-          prompts.push_back(c);
-        }
-        std::vector<int> ids(batch);
-        double best_prefill = 0, best_decode = 0;
-        for (int rep = 0; rep < 3; ++rep) {  // rep 0 warms up (graph capture, cuBLAS heuristics)
-          auto t0 = Clock::now();
-          model.forward_argmax(prompts, ids.data());
-          const double prefill = std::chrono::duration<double>(Clock::now() - t0).count();
-          t0 = Clock::now();
-          for (int step = 0; step < new_tokens; ++step) {
-            std::vector<llm::SequenceChunk> chunks;
-            for (int s = 0; s < batch; ++s) chunks.push_back(llm::SequenceChunk{s, prompt_len + step, {ids[s]}});
-            model.forward_argmax(chunks, ids.data());
-          }
-          const double decode = std::chrono::duration<double>(Clock::now() - t0).count();
-          if (rep == 0) continue;
-          best_prefill = std::max(best_prefill, batch * prompt_len / prefill);
-          best_decode = std::max(best_decode, new_tokens / decode);
-        }
-        std::printf("| %s | %d | %s | %s | %.2f GB | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", shape.c_str(), batch,
-                    model.attention_backend().c_str(), product.c_str(), bf16_weight_bytes(config) / 1e9, best_prefill,
-                    best_decode, best_decode * batch, floor, 100.0 * best_decode / floor);
-        std::fflush(stdout);
+    int gpus = 0;
+    LLM_CUDA_CHECK(cudaGetDeviceCount(&gpus));
+    for (int world : tensor_parallel) {
+      if (world > gpus) {
+        std::printf("| %s | %d | - | - | - | not run: %d GPU(s) present |\n", shape.c_str(), world, gpus);
+        continue;
       }
+      llm::RunConfig rc;
+      rc.model = path;
+      rc.tokenizer = tokenizer;
+      rc.device = "cuda";
+      rc.dtype = dtype;
+      rc.backend_order = backends;
+      rc.max_context = prompt_len + new_tokens;
+      rc.tensor_parallel = world;
+      std::unique_ptr<llm::Engine> engine;
+      try {
+        const auto t0 = Clock::now();
+        engine = std::make_unique<llm::Engine>(rc, max_batch);
+        std::fprintf(stderr, "loaded %s on %d GPU(s) in %.1f s\n", shape.c_str(), world,
+                     std::chrono::duration<double>(Clock::now() - t0).count());
+      } catch (const std::exception& e) {
+        std::printf("| %s | %d | - | - | - | error: %s |\n", shape.c_str(), world, e.what());
+        continue;
+      }
+      llm::LanguageModel& model = engine->model();
+      const double floor = world * bw * 1e9 / bf16_weight_bytes(config);  // each GPU reads 1/world of the weights
+      std::mt19937 rng(7);
+      std::uniform_int_distribution<int> token(3, config.vocab_size - 1);
+      auto* gpu_model = dynamic_cast<llm::cuda::LlamaCuda*>(&model);
+      for (int batch : batches)
+        for (const std::string& product : products) {
+          if (!gpu_model && product != "auto") continue;  // a tensor-parallel group takes the default products
+          if (gpu_model) gpu_model->set_gemv_max_tokens(product == "cublas" ? 0 : llm::cuda::kGemvMaxTokens);
+          std::vector<llm::SequenceChunk> prompts;
+          for (int s = 0; s < batch; ++s) {
+            llm::SequenceChunk c{s, 0, {}};
+            for (int i = 0; i < prompt_len; ++i) c.tokens.push_back(token(rng));
+            prompts.push_back(c);
+          }
+          std::vector<int> ids(batch);
+          double best_prefill = 0, best_decode = 0;
+          for (int rep = 0; rep < 3; ++rep) {  // rep 0 warms up (graph capture, cuBLAS heuristics)
+            auto t0 = Clock::now();
+            model.forward_argmax(prompts, ids.data());
+            const double prefill = std::chrono::duration<double>(Clock::now() - t0).count();
+            t0 = Clock::now();
+            for (int step = 0; step < new_tokens; ++step) {
+              std::vector<llm::SequenceChunk> chunks;
+              for (int s = 0; s < batch; ++s) chunks.push_back(llm::SequenceChunk{s, prompt_len + step, {ids[s]}});
+              model.forward_argmax(chunks, ids.data());
+            }
+            const double decode = std::chrono::duration<double>(Clock::now() - t0).count();
+            if (rep == 0) continue;
+            best_prefill = std::max(best_prefill, batch * prompt_len / prefill);
+            best_decode = std::max(best_decode, new_tokens / decode);
+          }
+          std::printf("| %s | %d | %d | %s | %s | %.2f GB | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", shape.c_str(),
+                      world, batch, model.attention_backend().c_str(), product.c_str(), bf16_weight_bytes(config) / 1e9,
+                      best_prefill, best_decode, best_decode * batch, floor, 100.0 * best_decode / floor);
+          std::fflush(stdout);
+        }
+    }
   }
   return 0;
 }

@@ -15,8 +15,12 @@
 #include "tensor_parallel.h"
 #include "tensor_parallel_model.h"
 #if LLM_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "cuda_check.h"
 #include "cuda_device.h"
 #include "llama_cuda.h"
+#include "nccl_group.h"
 #endif
 
 namespace llm {
@@ -119,14 +123,14 @@ Engine::Engine(const RunConfig& config, int max_batch)
   if (config_.device != "cpu") {
 #if LLM_HAVE_CUDA
     const cuda::DeviceStatus gpu = cuda::probe_device(0);
-    if (gpu.usable && world > 1)
-      fail(
-          "parallel.tensor {}: tensor parallelism over GPUs (NCCL, a rank per GPU) is not in this build yet; "
-          "with device cpu the ranks run as threads",
-          world);
     if (gpu.usable) {
       DType dtype = DType::BF16;
       parse_dtype(config_.dtype, dtype);
+      if (world > 1) {
+        model_ = cuda_tensor_parallel(world, dtype, max_batch, context, failures);
+        device_ = "cuda";
+        return;
+      }
       llm_attention_shape shape = attention_shape(mc, context, max_batch);
       shape.dtype = sdk_dtype(dtype);
       // CPU backends can serve the GPU model too, through its host bridge.
@@ -189,6 +193,78 @@ std::unique_ptr<LanguageModel> Engine::cpu_tensor_parallel(int world, int max_ba
   return std::make_unique<TensorParallelModel>(
       std::move(models), [raw] { raw->collective.abort(); }, state);
 }
+
+#if LLM_HAVE_CUDA
+// The ranks of a GPU tensor-parallel group: rank r on device r with its shard of the weights and a chain
+// over its heads, summing through NCCL. The chains are built one after another (probes may fork); the
+// weight shards are cut and uploaded by all ranks at once.
+std::unique_ptr<LanguageModel> Engine::cuda_tensor_parallel(int world, DType dtype, int max_batch, int context,
+                                                            const std::vector<InjectedFailure>& failures) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+  cudaGetLastError();
+  if (count < world)
+    fail("parallel.tensor {}: a rank per GPU needs {} GPUs, but {} {} present", world, world, count,
+         count == 1 ? "is" : "are");
+  struct Ranks {
+    std::unique_ptr<cuda::NcclGroup> group;
+    std::vector<cuda::DeviceStatus> gpus;
+    std::vector<ShardPlan> plans;
+    std::vector<BridgeTarget> hosts;
+    std::vector<std::unique_ptr<ShardedWeights>> shards;
+    std::vector<cuda::CudaRank> ranks;
+  };
+  auto state = std::make_shared<Ranks>();
+  const ModelConfig& mc = checkpoint_->config();
+  std::vector<int> devices;
+  for (int r = 0; r < world; ++r) {
+    state->gpus.push_back(cuda::probe_device(r));
+    if (!state->gpus.back().usable)
+      fail("parallel.tensor {}: rank {} cannot use GPU {}: {}", world, r, r, state->gpus.back().reason);
+    devices.push_back(r);
+  }
+  state->group = std::make_unique<cuda::NcclGroup>(devices);
+  state->plans.reserve(world), state->hosts.reserve(world), state->ranks.resize(world), state->shards.resize(world);
+  const llm_device_info cpu = cpu_device_info(pool_->size(), pool_.get());
+  std::vector<std::unique_ptr<BackendChain>> chains;
+  for (int r = 0; r < world; ++r) {
+    state->plans.push_back(shard_plan(mc, world, r));
+    llm_attention_shape shape = attention_shape(state->plans.back().local, context, max_batch);
+    state->hosts.push_back({cpu, shape});  // CPU backends serve a rank through its host bridge
+    shape.dtype = sdk_dtype(dtype);
+    LLM_CUDA_CHECK(cudaSetDevice(r));
+    chains.push_back(std::make_unique<BackendChain>(plugins_, config_.backend_order, cuda::device_info(state->gpus[r]),
+                                                    shape, &state->hosts.back(), failures, config_.check_output));
+  }
+  std::vector<std::unique_ptr<LanguageModel>> models(world);
+  std::vector<std::string> errors(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        state->shards[r] = std::make_unique<ShardedWeights>(checkpoint_->weights(), mc, state->plans[r]);
+        state->ranks[r] = {&state->plans[r], &state->shards[r]->weights(), &state->group->rank(r)};
+        models[r] = std::make_unique<cuda::LlamaCuda>(*checkpoint_, std::move(chains[r]), state->gpus[r], dtype,
+                                                      max_batch, context, &state->ranks[r]);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < world; ++r)
+    if (!errors[r].empty()) fail("parallel.tensor {}: rank {} (GPU {}): {}", world, r, r, errors[r]);
+  log().info("tensor parallel: {} ranks on GPUs 0-{} through {}, {} query heads, {} KV heads and {} SwiGLU rows each",
+             world, world - 1, cuda::NcclGroup::version(), mc.n_heads / world, mc.n_kv_heads / world,
+             mc.hidden_dim / world);
+  Ranks* raw = state.get();
+  return std::make_unique<TensorParallelModel>(
+      std::move(models), [raw] { raw->group->abort(); }, state);
+}
+#else
+std::unique_ptr<LanguageModel> Engine::cuda_tensor_parallel(int, DType, int, int, const std::vector<InjectedFailure>&) {
+  fail("this build has no CUDA support");
+}
+#endif
 
 std::string Engine::memory_stats() const {
 #if LLM_HAVE_CUDA

@@ -8,6 +8,7 @@
 
 #include "backend_chain.h"
 #include "checkpoint.h"
+#include "dtype.h"
 #include "generator.h"
 #include "language_model.h"
 #include "plugin_loader.h"
@@ -57,6 +58,9 @@ class Engine {
  private:
   std::unique_ptr<LanguageModel> cpu_tensor_parallel(int world, int max_batch, int context,
                                                      const std::vector<InjectedFailure>& failures);
+  // A rank per GPU (devices 0 .. world-1), summing through NCCL (CUDA builds only).
+  std::unique_ptr<LanguageModel> cuda_tensor_parallel(int world, DType dtype, int max_batch, int context,
+                                                      const std::vector<InjectedFailure>& failures);
   RunConfig config_;
   std::unique_ptr<ThreadPool> pool_;  // before the model, which computes on it
   std::unique_ptr<Checkpoint> checkpoint_;

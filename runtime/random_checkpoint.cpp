@@ -26,6 +26,7 @@ const std::map<std::string, ModelConfig>& presets() {
       {"stories110M", shape(768, 2048, 12, 12, 12, 32000, 1024)},
       {"tinyllama", shape(2048, 5632, 22, 32, 4, 32000, 2048)},
       {"llama2-7b", shape(4096, 11008, 32, 32, 32, 32000, 4096)},
+      {"llama2-70b", shape(8192, 28672, 80, 64, 8, 32000, 4096)},
   };
   return p;
 }

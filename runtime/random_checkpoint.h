@@ -10,7 +10,8 @@
 
 namespace llm {
 
-// The shape called `name` (stories260K, stories15M, stories42M, stories110M, tinyllama, llama2-7b);
+// The shape called `name` (stories260K, stories15M, stories42M, stories110M, tinyllama, llama2-7b,
+// llama2-70b);
 // throws llm::Error listing the names when unknown.
 ModelConfig model_preset(const std::string& name);
 std::vector<std::string> model_preset_names();

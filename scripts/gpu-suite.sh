@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
-#   bash scripts/gpu-suite.sh [tests|bench|attention|profile|fixtures|all]
-#   (bench: end to end; attention: the kernels; profile: per-kernel times of TinyLlama decode steps, ncu)
+#   bash scripts/gpu-suite.sh [tests|bench|attention|profile|fixtures|tp|all]
+#   (bench: end to end; attention: the kernels; profile: per-kernel times of TinyLlama decode steps, ncu;
+#    tp: tensor parallelism over every GPU present: its tests, llm-runner, and decode of the Llama-2-7B
+#    and Llama-2-70B shapes at 1, 2 and 4 GPUs where present; TP_SHAPES overrides the shapes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -52,6 +54,28 @@ if [ "$what" = fixtures ]; then
   echo "== Hugging Face reference fixtures (transformers models and logits, a tokenizers BPE): tests/data/hf"
   PYTHONUNBUFFERED=1 python3 tools/hf_fixtures.py --out "$out/hf" --spm .device/models/tok512.model || status=1
   tar czf "$out/hf_fixtures.tgz" -C "$out" hf && du -sh "$out/hf_fixtures.tgz"  # unpack into tests/data/
+fi
+if [ "$what" = tp ] || [ "$what" = all ]; then
+  gpus=$(nvidia-smi -L | wc -l)
+  echo "== tensor parallelism over $gpus GPU(s) (NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-unset})"
+  nvidia-smi topo -m >"$out/topo.txt" 2>&1
+  build/bin/llm_tests --gtest_filter='TensorParallel*' 2>&1 | tee "$out/tp_tests.log" | grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED) |GPUs|error" | tail -30
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  if [ "$gpus" -ge 2 ]; then
+    build/bin/llm-runner --config configs/stories260K.yaml --device cuda --tensor-parallel 2 --max-tokens 60 \
+      >"$out/runner_tp2.txt" 2>"$out/runner_tp2.err" || status=1
+    head -c 300 "$out/runner_tp2.txt"; echo; grep -E "tensor parallel|error" "$out/runner_tp2.err" | head -5
+  fi
+  worlds=1; for n in 2 4 8; do [ "$gpus" -ge $n ] && worlds="$worlds,$n"; done
+  for shape in ${TP_SHAPES:-llama2-7b llama2-70b}; do
+    w=$worlds; [ "$shape" = llama2-70b ] && w=${worlds#1,}  # 70B in bf16 does not fit one GPU
+    [ "$shape" = llama2-70b ] && [ "$gpus" -lt 2 ] && continue
+    echo "== decode, $shape, GPUs $w"
+    build/bin/gpu_decode_bench --shapes $shape --tensor-parallel $w --batches ${TP_BATCHES:-1,8} \
+      --backends flash_cuda,mha_cuda --work-dir ${TP_WORK_DIR:-/tmp/llm-gpu-bench} ${TP_ARGS:-} \
+      2>>"$out/tp_bench.err" | tee -a "$out/tp_bench.md" || status=1
+    rm -f ${TP_WORK_DIR:-/tmp/llm-gpu-bench}/${shape}_random_q80.bin  # the disk holds one 70B file at a time
+  done
 fi
 if [ "$what" = profile ]; then
   echo "== per-kernel device time over decode steps (TinyLlama shape, batch 1, ncu, clocks left alone)"

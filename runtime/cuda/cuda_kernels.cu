@@ -119,6 +119,13 @@ __global__ void convert_kernel(const float* src, int64_t n, T* dst) {
     dst[i] = from_f32<T>(src[i]);
 }
 
+template <typename T>
+__global__ void dequantize_q8_kernel(const int8_t* q, const float* scales, int group, int64_t n, T* dst) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = from_f32<T>(static_cast<float>(q[i]) * scales[i / group]);
+}
+
 int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((n + block - 1) / block, 65535)); }
 
 }  // namespace
@@ -170,6 +177,15 @@ void convert_from_f32(const float* src, int64_t n, void* dst, DType type, cudaSt
   by_type(type, [&](auto tag) {
     using T = decltype(tag);
     convert_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(src, n, static_cast<T*>(dst));
+  });
+  LLM_CUDA_CHECK_LAUNCH();
+}
+
+void dequantize_q8(const int8_t* q, const float* scales, int group, int64_t n, void* dst, DType type,
+                   cudaStream_t stream) {
+  by_type(type, [&](auto tag) {
+    using T = decltype(tag);
+    dequantize_q8_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(q, scales, group, n, static_cast<T*>(dst));
   });
   LLM_CUDA_CHECK_LAUNCH();
 }

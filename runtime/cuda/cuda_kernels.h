@@ -37,4 +37,9 @@ void argmax_rows(const float* logits, int n_rows, int vocab, int32_t* ids, cudaS
 // dst = src converted from fp32 to `type` (weights upload).
 void convert_from_f32(const float* src, int64_t n, void* dst, DType type, cudaStream_t stream);
 
+// dst = q * scales[i / group] in `type` (Q8_0 weights dequantized on the device: a quarter of the bytes
+// over PCIe and no host loop; the same fp32 product as Matrix::dequantize_row, so the same bits).
+void dequantize_q8(const int8_t* q, const float* scales, int group, int64_t n, void* dst, DType type,
+                   cudaStream_t stream);
+
 }  // namespace llm::cuda

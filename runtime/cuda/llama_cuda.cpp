@@ -24,8 +24,12 @@ constexpr size_t kCublasWorkspace = size_t{32} << 20;
 }  // namespace
 
 LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, const DeviceStatus& device,
-                     DType dtype, int max_batch, int max_context)
+                     DType dtype, int max_batch, int max_context, const CudaRank* tp)
     : config_(checkpoint.config()),
+      local_(tp ? tp->plan->local : config_),
+      tp_(tp ? *tp : CudaRank{}),
+      device_(device.index),
+      head_(!tp || tp->plan->rank == 0),
       chain_(std::move(chain)),
       dtype_(dtype),
       max_batch_(max_batch),
@@ -48,12 +52,13 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   }
 
   // Weights, once, in the model dtype (norms stay fp32).
-  const ModelWeights& w = checkpoint.weights();
+  const ModelWeights& w = tp ? *tp->weights : checkpoint.weights();
   embedding_ = upload(w.token_embedding);
-  classifier_ =
-      config_.shared_classifier && w.classifier.f32 == w.token_embedding.f32 && w.classifier.q == w.token_embedding.q
-          ? embedding_
-          : upload(w.classifier);
+  if (head_)  // the other ranks of a group compute no logits
+    classifier_ =
+        config_.shared_classifier && w.classifier.f32 == w.token_embedding.f32 && w.classifier.q == w.token_embedding.q
+            ? embedding_
+            : upload(w.classifier);
   for (const LayerWeights& L : w.layers) {
     DeviceLayer d;
     d.rms_att = upload_f32(L.rms_att, config_.dim);
@@ -68,7 +73,7 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   rope_ = upload_f32(rope.data(), rope.size());
 
   // The KV cache, in the model dtype.
-  seq_stride_ = static_cast<int64_t>(max_context_) * config_.kv_dim();
+  seq_stride_ = static_cast<int64_t>(max_context_) * local_.kv_dim();
   layer_stride_ = seq_stride_ * max_batch_;
   const size_t cache_bytes = static_cast<size_t>(layer_stride_) * config_.n_layers * dtype_size(dtype_);
   k_cache_ = alloc(cache_bytes, AllocTag::KvCache);
@@ -76,8 +81,10 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   LLM_CUDA_CHECK(cudaMemsetAsync(k_cache_, 0, cache_bytes, stream_));
   LLM_CUDA_CHECK(cudaMemsetAsync(v_cache_, 0, cache_bytes, stream_));
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  log().info("GPU model on {}: {} weights, KV cache {:.1f} MiB ({} slots x {} positions); {}", device.name,
-             dtype_name(dtype_), 2.0 * cache_bytes / (1 << 20), max_batch_, max_context_, alloc_->stats_line());
+  log().info(
+      "GPU model on {}{}: {} weights, KV cache {:.1f} MiB ({} slots x {} positions); {}", device.name,
+      tp ? fmt::format(" (device {}, tensor-parallel rank {} of {})", device_, tp->plan->rank, tp->plan->world) : "",
+      dtype_name(dtype_), 2.0 * cache_bytes / (1 << 20), max_batch_, max_context_, alloc_->stats_line());
 }
 
 void LlamaCuda::set_gemv_max_tokens(int n) {
@@ -92,6 +99,7 @@ void LlamaCuda::drop_graphs() {
 }
 
 LlamaCuda::~LlamaCuda() {
+  cudaSetDevice(device_);
   drop_graphs();
   if (pinned_ids_) cudaFreeHost(pinned_ids_);
   if (!host_meta_.empty()) cudaFreeHost(host_meta_.data());
@@ -126,6 +134,26 @@ LlamaCuda::DeviceMatrix LlamaCuda::upload(const Matrix& m) {
   d.rows = m.rows, d.cols = m.cols;
   const size_t n = static_cast<size_t>(m.rows) * m.cols;
   d.data = alloc(n * dtype_size(dtype_), AllocTag::Weights);
+  if (m.type == WeightType::Q8_0 && m.cols % m.group_size == 0) {
+    // Int8 values and their scales go up in slabs of whole rows (whole groups) and are dequantized there.
+    const int slab_rows = std::max(1, static_cast<int>((size_t{64} << 20) / m.cols));
+    const size_t slab = static_cast<size_t>(std::min(slab_rows, m.rows)) * m.cols;
+    auto* q = static_cast<int8_t*>(alloc(slab, AllocTag::Workspace));
+    auto* scales = static_cast<float*>(alloc(slab / m.group_size * sizeof(float), AllocTag::Workspace));
+    for (int r0 = 0; r0 < m.rows; r0 += slab_rows) {
+      const size_t first = static_cast<size_t>(r0) * m.cols;
+      const size_t count = static_cast<size_t>(std::min(slab_rows, m.rows - r0)) * m.cols;
+      LLM_CUDA_CHECK(cudaMemcpyAsync(q, m.q + first, count, cudaMemcpyHostToDevice, stream_));
+      LLM_CUDA_CHECK(cudaMemcpyAsync(scales, m.scales + first / m.group_size, count / m.group_size * sizeof(float),
+                                     cudaMemcpyHostToDevice, stream_));
+      dequantize_q8(q, scales, m.group_size, static_cast<int64_t>(count),
+                    static_cast<char*>(d.data) + first * dtype_size(dtype_), dtype_, stream_);
+    }
+    LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    release(q);
+    release(scales);
+    return d;
+  }
   // fp32 rows (dequantized for Q8_0) go up in slabs and are converted to the dtype on the device.
   const int slab_rows = std::max(1, static_cast<int>((size_t{16} << 20) / (sizeof(float) * m.cols)));
   std::vector<float> host(static_cast<size_t>(std::min(slab_rows, m.rows)) * m.cols);
@@ -157,12 +185,13 @@ void LlamaCuda::grow_buffers(int tokens, int chunks) {
   const ModelConfig& m = config_;
   x_ = static_cast<float*>(alloc(t * m.dim * sizeof(float), AllocTag::Activations));
   xb_ = alloc(t * m.dim * e, AllocTag::Activations);
-  q_ = alloc(t * m.dim * e, AllocTag::Activations);
-  k_ = alloc(t * m.kv_dim() * e, AllocTag::Activations);
-  v_ = alloc(t * m.kv_dim() * e, AllocTag::Activations);
-  h1_ = static_cast<float*>(alloc(t * m.hidden_dim * sizeof(float), AllocTag::Activations));
-  h3_ = static_cast<float*>(alloc(t * m.hidden_dim * sizeof(float), AllocTag::Activations));
-  hb_ = alloc(t * m.hidden_dim * e, AllocTag::Activations);
+  const ModelConfig& h = local_;  // attention heads and SwiGLU rows: this rank's
+  q_ = alloc(t * h.dim * e, AllocTag::Activations);
+  k_ = alloc(t * h.kv_dim() * e, AllocTag::Activations);
+  v_ = alloc(t * h.kv_dim() * e, AllocTag::Activations);
+  h1_ = static_cast<float*>(alloc(t * h.hidden_dim * sizeof(float), AllocTag::Activations));
+  h3_ = static_cast<float*>(alloc(t * h.hidden_dim * sizeof(float), AllocTag::Activations));
+  hb_ = alloc(t * h.hidden_dim * e, AllocTag::Activations);
   last_ = alloc(c * m.dim * e, AllocTag::Activations);
   logits_ = static_cast<float*>(alloc(c * m.vocab_size * sizeof(float), AllocTag::Activations));
   meta_ = static_cast<int32_t*>(alloc((3 * t + 4 * c + 1) * sizeof(int32_t), AllocTag::Activations));
@@ -222,8 +251,18 @@ void LlamaCuda::stage(const std::vector<SequenceChunk>& chunks) {
       cudaMemcpyAsync(meta_, host_meta_.data(), host_meta_.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 }
 
+void LlamaCuda::all_reduce(int tokens) {
+  if (tp_.collective)  // a group of one too: its all-reduce is a copy, and the path is the same
+    tp_.collective->all_reduce_sum(x_, static_cast<size_t>(tokens) * config_.dim, stream_);
+}
+
 void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
   const ModelConfig& c = config_;
+  const ModelConfig& h = local_;  // this rank's heads and SwiGLU rows (all of them without tensor parallelism)
+  // Under tensor parallelism each rank's output and down products are partial sums over its heads and
+  // rows: rank 0 adds its share into the residual stream and the others write theirs over their copy, so
+  // that the all-reduce that follows leaves x + the sum of all shares on every rank.
+  const bool add_into_residual = head_;
   const int32_t* tok = meta_;
   const int32_t* pos = tok + cap_tokens_;
   const int32_t* slot = pos + cap_tokens_;
@@ -241,9 +280,9 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
   view.dtype = sdk_dtype(dtype_);
   view.device_kind = LLM_DEVICE_CUDA;
   view.seq_stride = seq_stride_;
-  view.token_stride = c.kv_dim();
+  view.token_stride = h.kv_dim();
   view.head_stride = c.head_dim();
-  llm_attention_args args = packed_attention_args(c, tokens, chunks, max_q_len, max_kv_len, sdk_dtype(dtype_));
+  llm_attention_args args = packed_attention_args(h, tokens, chunks, max_q_len, max_kv_len, sdk_dtype(dtype_));
   args.q = q_;
   args.out = xb_;
   args.q_start = q_start;
@@ -257,7 +296,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
   const bool gemv_path = tokens <= gemv_max_tokens_ && chunks <= gemv_max_tokens_;
   GemvArgs qkv;
   if (gemv_path) {
-    qkv.rows[0] = c.dim, qkv.rows[1] = c.kv_dim(), qkv.rows[2] = c.kv_dim();
+    qkv.rows[0] = h.dim, qkv.rows[1] = h.kv_dim(), qkv.rows[2] = h.kv_dim();
     qkv.cols = c.dim;
     qkv.x = xb_;
     qkv.tokens = tokens;
@@ -291,7 +330,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
       gemm(L.wq, xb_, tokens, q_, false, 0.0f);
       gemm(L.wk, xb_, tokens, k_, false, 0.0f);
       gemm(L.wv, xb_, tokens, v_, false, 0.0f);
-      rope_and_cache(q_, k_, v_, pos, slot, tokens, c.n_heads, c.n_kv_heads, c.head_dim(), rope_, k_cache, v_cache,
+      rope_and_cache(q_, k_, v_, pos, slot, tokens, h.n_heads, h.n_kv_heads, h.head_dim(), rope_, k_cache, v_cache,
                      seq_stride_, dtype_, stream_);
     }
 
@@ -303,7 +342,8 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
       chain_->decode(args);
     else
       chain_->prefill(args);
-    product_f32(L.wo, xb_, tokens, x_, true);
+    product_f32(L.wo, xb_, tokens, x_, add_into_residual);
+    all_reduce(tokens);
 
     // ffn rmsnorm, SwiGLU, down product added into the residual
     rmsnorm(x_, nullptr, tokens, L.rms_ffn, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
@@ -315,10 +355,12 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
     } else {
       gemm(L.w1, xb_, tokens, h1_, true, 0.0f);
       gemm(L.w3, xb_, tokens, h3_, true, 0.0f);
-      swiglu(h1_, h3_, static_cast<int64_t>(tokens) * c.hidden_dim, hb_, dtype_, stream_);
+      swiglu(h1_, h3_, static_cast<int64_t>(tokens) * h.hidden_dim, hb_, dtype_, stream_);
     }
-    product_f32(L.w2, hb_, tokens, x_, true);
+    product_f32(L.w2, hb_, tokens, x_, add_into_residual);
+    all_reduce(tokens);
   }
+  if (!head_) return;
 
   // final rmsnorm of each chunk's last token, classifier, argmax
   rmsnorm(x_, last, chunks, rms_final_, c.dim, c.rms_norm_eps, last_, dtype_, stream_);
@@ -327,6 +369,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
 }
 
 void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
+  LLM_CUDA_CHECK(cudaSetDevice(device_));  // ranks of a group run on threads of their own, a device each
   stage(chunks);
   const int n = static_cast<int>(chunks.size());
   int tokens = 0, max_q = 0, max_kv = 0;
@@ -381,6 +424,10 @@ void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
 
 void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids) {
   run(chunks);
+  if (!head_) {
+    LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return;
+  }
   const size_t n = chunks.size();
   LLM_CUDA_CHECK(cudaMemcpyAsync(pinned_ids_, ids_, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -389,6 +436,10 @@ void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* id
 
 const float* LlamaCuda::forward(const std::vector<SequenceChunk>& chunks) {
   run(chunks);
+  if (!head_) {
+    LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return nullptr;
+  }
   host_logits_.resize(chunks.size() * static_cast<size_t>(config_.vocab_size));
   LLM_CUDA_CHECK(cudaMemcpyAsync(host_logits_.data(), logits_, host_logits_.size() * sizeof(float),
                                  cudaMemcpyDeviceToHost, stream_));
@@ -425,7 +476,7 @@ void LlamaCuda::from_f32(const float* src, size_t n, void* dst) {
 
 const llm_attention_args& LlamaCuda::to_host(const llm_attention_args& args) {
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the new K/V rows and q are written
-  const ModelConfig& c = config_;
+  const ModelConfig& c = local_;                   // the heads this model holds
   const size_t kv_dim = c.kv_dim(), e = dtype_size(dtype_);
   if (host_k_.empty()) {
     log().info("attention served on the host: mirroring the KV cache ({:.1f} MiB)",

@@ -14,17 +14,31 @@
 #include "checkpoint.h"
 #include "cuda_allocator.h"
 #include "cuda_device.h"
+#include "device_collective.h"
 #include "dtype.h"
 #include "gemv.h"
 #include "language_model.h"
+#include "tensor_parallel.h"
 
 namespace llm::cuda {
 
+// One rank of a tensor-parallel group on the GPU (tensor_parallel.h): its plan, its share of the weights
+// and its all-reduce. All three must outlive the model.
+struct CudaRank {
+  const ShardPlan* plan = nullptr;
+  const ModelWeights* weights = nullptr;
+  DeviceCollective* collective = nullptr;
+};
+
 class LlamaCuda : public LanguageModel, public AttentionBridge {
  public:
-  // Uploads the weights of `checkpoint` (which must outlive the model) to `device`.
+  // Uploads the weights of `checkpoint` (which must outlive the model) to `device`. With `tp`, the model is
+  // one rank of a tensor-parallel group: it holds and attends over its rank's heads and SwiGLU rows (its
+  // chain must be built for tp->plan->local), sums its partial projections through tp->collective, and
+  // every rank of the group must run each forward call together, each from a thread of its own. Only
+  // rank 0 computes logits; the others return none (forward: nullptr; forward_argmax: ids untouched).
   LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, const DeviceStatus& device, DType dtype,
-            int max_batch, int max_context);
+            int max_batch, int max_context, const CudaRank* tp = nullptr);
   ~LlamaCuda() override;
 
   const ModelConfig& config() const override { return config_; }
@@ -73,8 +87,14 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   void enqueue(int tokens, int chunks, int max_q_len, int max_kv_len);  // the forward pass, on stream_
   void gemm(const DeviceMatrix& w, const void* x, int tokens, void* y, bool y_f32, float beta);
   void run(const std::vector<SequenceChunk>& chunks);
+  // Sums a partial projection (tokens x dim, in x_) over the tensor-parallel group; nothing without one.
+  void all_reduce(int tokens);
 
   ModelConfig config_;
+  ModelConfig local_;  // the attention side this model holds: config_, or its rank's share under tp
+  CudaRank tp_;
+  int device_ = 0;
+  bool head_ = true;  // computes the logits (rank 0, or no tensor parallelism)
   std::unique_ptr<BackendChain> chain_;
   DType dtype_;
   int max_batch_, max_context_;
