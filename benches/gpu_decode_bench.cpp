@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 
@@ -172,9 +173,14 @@ int main(int argc, char** argv) {
             best_prefill = std::max(best_prefill, batch * prompt_len / prefill);
             best_decode = std::max(best_decode, new_tokens / decode);
           }
-          std::printf("| %s | %d | %d | %s | %s | %.2f GB | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", shape.c_str(),
-                      world, batch, model.attention_backend().c_str(), product.c_str(), bf16_weight_bytes(config) / 1e9,
-                      best_prefill, best_decode, best_decode * batch, floor, 100.0 * best_decode / floor);
+          const char* only_nccl = std::getenv("LLM_ALL_REDUCE");
+          const std::string gpus_label =
+              std::to_string(world) +
+              (world > 1 && only_nccl && std::string(only_nccl) == "nccl" ? " (NCCL only)" : "");
+          std::printf("| %s | %s | %d | %s | %s | %.2f GB | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", shape.c_str(),
+                      gpus_label.c_str(), batch, model.attention_backend().c_str(), product.c_str(),
+                      bf16_weight_bytes(config) / 1e9, best_prefill, best_decode, best_decode * batch, floor,
+                      100.0 * best_decode / floor);
           std::fflush(stdout);
         }
     }

@@ -253,9 +253,11 @@ std::unique_ptr<LanguageModel> Engine::cuda_tensor_parallel(int world, DType dty
   for (auto& t : threads) t.join();
   for (int r = 0; r < world; ++r)
     if (!errors[r].empty()) fail("parallel.tensor {}: rank {} (GPU {}): {}", world, r, r, errors[r]);
-  log().info("tensor parallel: {} ranks on GPUs 0-{} through {}, {} query heads, {} KV heads and {} SwiGLU rows each",
-             world, world - 1, cuda::NcclGroup::version(), mc.n_heads / world, mc.n_kv_heads / world,
-             mc.hidden_dim / world);
+  log().info(
+      "tensor parallel: {} ranks on GPUs 0-{}, {} query heads, {} KV heads and {} SwiGLU rows each; all-reduce "
+      "through {}, small ones through {}",
+      world, world - 1, mc.n_heads / world, mc.n_kv_heads / world, mc.hidden_dim / world, cuda::NcclGroup::version(),
+      state->group->small_all_reduce());
   Ranks* raw = state.get();
   return std::make_unique<TensorParallelModel>(
       std::move(models), [raw] { raw->group->abort(); }, state);

@@ -74,6 +74,11 @@ if [ "$what" = tp ] || [ "$what" = all ]; then
     build/bin/gpu_decode_bench --shapes $shape --tensor-parallel $w --batches ${TP_BATCHES:-1,8} \
       --backends flash_cuda,mha_cuda --work-dir ${TP_WORK_DIR:-/tmp/llm-gpu-bench} ${TP_ARGS:-} \
       2>>"$out/tp_bench.err" | tee -a "$out/tp_bench.md" || status=1
+    if [ "$w" != 1 ] && [[ " ${TP_NCCL_SHAPES-llama2-7b} " == *" $shape "* ]]; then  # the same through NCCL alone
+      LLM_ALL_REDUCE=nccl build/bin/gpu_decode_bench --shapes $shape --tensor-parallel ${w#1,} \
+        --batches ${TP_BATCHES:-1,8} --backends flash_cuda,mha_cuda --work-dir ${TP_WORK_DIR:-/tmp/llm-gpu-bench} \
+        ${TP_ARGS:-} 2>>"$out/tp_bench.err" | grep "NCCL only" | tee -a "$out/tp_bench.md" || status=1
+    fi
     rm -f ${TP_WORK_DIR:-/tmp/llm-gpu-bench}/${shape}_random_q80.bin  # the disk holds one 70B file at a time
   done
 fi

@@ -6,6 +6,7 @@
 #include "cuda_check.h"
 #include "cuda_kernels.h"
 #include "dtype_convert.cuh"
+#include "pdl.cuh"
 
 namespace llm::cuda {
 namespace {
@@ -45,6 +46,8 @@ __global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, flo
 
 template <typename T>
 __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, const float* gain, int dim, float eps, T* out) {
+  allow_next_kernel();  // the product after it can start streaming its weights
+  wait_for_previous_kernel();
   const int r = blockIdx.x;
   const float* xr = x + static_cast<int64_t>(rows ? rows[r] : r) * dim;
   float ss = 0.0f;
@@ -143,7 +146,7 @@ void rmsnorm(const float* x, const int32_t* rows, int n_rows, const float* gain,
              DType type, cudaStream_t stream) {
   by_type(type, [&](auto tag) {
     using T = decltype(tag);
-    rmsnorm_kernel<T><<<n_rows, 256, 0, stream>>>(x, rows, gain, dim, eps, static_cast<T*>(out));
+    launch_pdl(rmsnorm_kernel<T>, dim3(n_rows), dim3(256), stream, x, rows, gain, dim, eps, static_cast<T*>(out));
   });
   LLM_CUDA_CHECK_LAUNCH();
 }

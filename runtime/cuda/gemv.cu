@@ -4,6 +4,7 @@
 #include "cuda_check.h"
 #include "dtype_convert.cuh"
 #include "gemv.h"
+#include "pdl.cuh"
 
 namespace llm::cuda {
 namespace {
@@ -58,13 +59,19 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const T* x, in
   // 16-byte chunks need rows that start on 16 bytes: otherwise (an odd shape) every element is a tail.
   const int chunks = cols % kPer == 0 ? cols / kPer : 0;
   int c = lane;
-  for (; c + (kUnroll - 1) * 32 < chunks; c += kUnroll * 32) {
-    uint4 wa[kUnroll], wb[kUnroll];
+  uint4 wa[kUnroll], wb[kUnroll];
+  auto load_batch = [&] {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       wa[u] = load_stream(a + static_cast<int64_t>(c + u * 32) * kPer);
       wb[u] = load_stream(b + static_cast<int64_t>(c + u * 32) * kPer);
     }
+  };
+  bool full = c + (kUnroll - 1) * 32 < chunks;
+  if (full) load_batch();
+  // The first weights are on their way; x (and the outputs) may still be in the previous kernel's hands.
+  wait_for_previous_kernel();
+  while (full) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
@@ -73,6 +80,9 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const T* x, in
         acc[0][t] = dot16<T>(wa[u], xv, acc[0][t]);
         acc[1][t] = dot16<T>(wb[u], xv, acc[1][t]);
       }
+    c += kUnroll * 32;
+    full = c + (kUnroll - 1) * 32 < chunks;
+    if (full) load_batch();
   }
   for (; c < chunks; c += 32) {
     const uint4 wa = load_stream(a + static_cast<int64_t>(c) * kPer);
@@ -102,6 +112,7 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const T* x, in
 
 template <typename T, int NT, GemvEpilogue E>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
+  allow_next_kernel();
   const int warp = blockIdx.x * kWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int cols = p.cols;
   const T* x = static_cast<const T*>(p.x);
@@ -188,10 +199,10 @@ void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
   }
   const dim3 grid((warps + kWarps - 1) / kWarps), block(kWarps * 32);
   switch (e) {
-    case GemvEpilogue::QkvRope: gemv_kernel<T, NT, GemvEpilogue::QkvRope><<<grid, block, 0, stream>>>(p); break;
-    case GemvEpilogue::Swiglu: gemv_kernel<T, NT, GemvEpilogue::Swiglu><<<grid, block, 0, stream>>>(p); break;
-    case GemvEpilogue::AddF32: gemv_kernel<T, NT, GemvEpilogue::AddF32><<<grid, block, 0, stream>>>(p); break;
-    case GemvEpilogue::StoreF32: gemv_kernel<T, NT, GemvEpilogue::StoreF32><<<grid, block, 0, stream>>>(p); break;
+    case GemvEpilogue::QkvRope: launch_pdl(gemv_kernel<T, NT, GemvEpilogue::QkvRope>, grid, block, stream, p); break;
+    case GemvEpilogue::Swiglu: launch_pdl(gemv_kernel<T, NT, GemvEpilogue::Swiglu>, grid, block, stream, p); break;
+    case GemvEpilogue::AddF32: launch_pdl(gemv_kernel<T, NT, GemvEpilogue::AddF32>, grid, block, stream, p); break;
+    case GemvEpilogue::StoreF32: launch_pdl(gemv_kernel<T, NT, GemvEpilogue::StoreF32>, grid, block, stream, p); break;
   }
 }
 

@@ -20,8 +20,8 @@ void check_nccl(ncclResult_t r, const char* what) {
 
 class NcclRank final : public DeviceCollective {
  public:
-  NcclRank(ncclComm_t comm, int world, int rank, int device)
-      : comm_(comm), world_(world), rank_(rank), device_(device) {}
+  NcclRank(ncclComm_t comm, int world, int rank, int device, P2pAllReduce* p2p)
+      : comm_(comm), world_(world), rank_(rank), device_(device), p2p_(p2p) {}
   ~NcclRank() override {
     if (comm_) ncclCommDestroy(comm_);
   }
@@ -29,6 +29,7 @@ class NcclRank final : public DeviceCollective {
   int rank() const override { return rank_; }
   int device() const override { return device_; }
   void all_reduce_sum(float* data, size_t count, cudaStream_t stream) override {
+    if (p2p_ && count <= p2p_->max_count()) return p2p_->run(rank_, data, count, stream);
     check_nccl(ncclAllReduce(data, data, count, ncclFloat32, ncclSum, comm_, stream), "all-reduce");
   }
   void abort() {
@@ -39,6 +40,7 @@ class NcclRank final : public DeviceCollective {
  private:
   ncclComm_t comm_;
   int world_, rank_, device_;
+  P2pAllReduce* p2p_;
 };
 
 }  // namespace
@@ -48,15 +50,28 @@ NcclGroup::NcclGroup(const std::vector<int>& devices) {
   // collective of each algorithm, which could otherwise fall inside a decode graph's capture.
   setenv("NCCL_NVLS_ENABLE", "0", 0);
   setenv("NCCL_RUNTIME_CONNECT", "0", 0);
+  const char* choice = std::getenv("LLM_ALL_REDUCE");
+  const std::string why_not =
+      choice && std::string(choice) == "nccl" ? "LLM_ALL_REDUCE=nccl" : P2pAllReduce::unavailable_reason(devices);
+  if (why_not.empty()) {
+    p2p_ = std::make_unique<P2pAllReduce>(devices, kP2pMaxBytes / sizeof(float));
+    small_ = fmt::format("one-shot P2P kernel up to {} KiB, NCCL above", kP2pMaxBytes >> 10);
+  } else {
+    small_ = fmt::format("NCCL ({})", why_not);
+  }
   const int n = static_cast<int>(devices.size());
   std::vector<ncclComm_t> comms(devices.size());
   check_nccl(ncclCommInitAll(comms.data(), n, devices.data()), "communicator set-up (ncclCommInitAll)");
-  for (int r = 0; r < n; ++r) ranks_.push_back(std::make_unique<NcclRank>(comms[r], n, r, devices[r]));
+  for (int r = 0; r < n; ++r) ranks_.push_back(std::make_unique<NcclRank>(comms[r], n, r, devices[r], p2p_.get()));
 }
 
-NcclGroup::~NcclGroup() = default;
+NcclGroup::~NcclGroup() {
+  ranks_.clear();  // the communicators, then the P2P buffers
+  p2p_.reset();
+}
 
 void NcclGroup::abort() {
+  if (p2p_) p2p_->abort();
   for (auto& r : ranks_) static_cast<NcclRank&>(*r).abort();
 }
 

@@ -7,7 +7,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <future>
+#include <random>
 
 #include "cuda_check.h"
 #include "cuda_test_support.h"
@@ -152,32 +154,106 @@ TEST(TensorParallelCuda, RandomWeightGqaModelSplitsWithinTheBf16Bound) {
   }
 }
 
+// Two ranks' buffers on two GPUs, filled with fresh random values and poisoned nowhere else: every rank
+// gets the exact sum (two floats add the same in either order), through the P2P kernel for decode-sized
+// buffers and NCCL above, call after call (the P2P inboxes alternate), eagerly and replayed from graphs.
+TEST(TensorParallelCuda, AllReduceGivesTheExactSumOnEveryRank) {
+  LLM_REQUIRE_GPUS(2);
+  cuda::NcclGroup group({0, 1});
+  std::printf("small all-reduces: %s\n", group.small_all_reduce().c_str());
+  const size_t p2p_max = cuda::NcclGroup::kP2pMaxBytes / sizeof(float);
+  std::mt19937 rng(std::random_device{}());
+  std::normal_distribution<float> normal;
+  struct Rank {
+    float* data = nullptr;
+    cudaStream_t stream = nullptr;
+    cudaGraphExec_t graph = nullptr;
+  };
+  for (const bool graphs : {false, true})
+    for (const size_t count : {size_t{1}, size_t{1000}, size_t{16384}, p2p_max, p2p_max + 1, size_t{1} << 21}) {
+      Rank ranks[2];
+      for (int r = 0; r < 2; ++r) {
+        LLM_CUDA_CHECK(cudaSetDevice(r));
+        LLM_CUDA_CHECK(cudaMalloc(&ranks[r].data, count * sizeof(float)));
+        LLM_CUDA_CHECK(cudaStreamCreateWithFlags(&ranks[r].stream, cudaStreamNonBlocking));
+      }
+      // Each rank from a thread of its own, as in the model (NCCL blocks a lone thread driving two ranks).
+      auto on_ranks = [&](const std::function<void(int)>& f) {
+        auto other = std::async(std::launch::async, [&] { f(1); });
+        f(0);
+        other.get();
+      };
+      if (graphs)
+        on_ranks([&](int r) {
+          LLM_CUDA_CHECK(cudaSetDevice(r));
+          cudaGraph_t g = nullptr;
+          LLM_CUDA_CHECK(cudaStreamBeginCapture(ranks[r].stream, cudaStreamCaptureModeThreadLocal));
+          group.rank(r).all_reduce_sum(ranks[r].data, count, ranks[r].stream);
+          LLM_CUDA_CHECK(cudaStreamEndCapture(ranks[r].stream, &g));
+          LLM_CUDA_CHECK(cudaGraphInstantiate(&ranks[r].graph, g, 0));
+          LLM_CUDA_CHECK(cudaGraphDestroy(g));
+        });
+      for (int call = 0; call < 3; ++call) {
+        std::vector<float> in[2], out[2];
+        for (int r = 0; r < 2; ++r) {
+          in[r].resize(count);
+          for (float& v : in[r]) v = normal(rng);
+          LLM_CUDA_CHECK(cudaSetDevice(r));
+          LLM_CUDA_CHECK(cudaMemcpy(ranks[r].data, in[r].data(), count * sizeof(float), cudaMemcpyHostToDevice));
+        }
+        on_ranks([&](int r) {
+          LLM_CUDA_CHECK(cudaSetDevice(r));
+          if (graphs)
+            LLM_CUDA_CHECK(cudaGraphLaunch(ranks[r].graph, ranks[r].stream));
+          else
+            group.rank(r).all_reduce_sum(ranks[r].data, count, ranks[r].stream);
+          LLM_CUDA_CHECK(cudaStreamSynchronize(ranks[r].stream));
+          out[r].resize(count);
+          LLM_CUDA_CHECK(cudaMemcpy(out[r].data(), ranks[r].data, count * sizeof(float), cudaMemcpyDeviceToHost));
+        });
+        size_t wrong = 0;
+        for (size_t i = 0; i < count; ++i)
+          for (int r = 0; r < 2; ++r) wrong += !(out[r][i] == in[0][i] + in[1][i]);
+        EXPECT_EQ(wrong, 0u) << count << " floats, call " << call << (graphs ? ", graph" : "");
+      }
+      for (int r = 0; r < 2; ++r) {
+        LLM_CUDA_CHECK(cudaSetDevice(r));
+        if (ranks[r].graph) cudaGraphExecDestroy(ranks[r].graph);
+        cudaStreamDestroy(ranks[r].stream);
+        cudaFree(ranks[r].data);
+      }
+    }
+}
+
 // A rank waiting in the all-reduce for a rank that failed is released when the group is aborted (what
 // TensorParallelModel does when a rank throws), rather than spinning on the GPU for ever.
 TEST(TensorParallelCuda, AbortReleasesARankWaitingInTheAllReduce) {
   LLM_REQUIRE_GPUS(2);
-  cuda::NcclGroup group({0, 1});
-  LLM_CUDA_CHECK(cudaSetDevice(0));
-  float* data = nullptr;
-  cudaStream_t stream = nullptr;
-  LLM_CUDA_CHECK(cudaMalloc(&data, 4096 * sizeof(float)));
-  LLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  auto waiting = std::async(std::launch::async, [&] {
-    cudaSetDevice(0);
-    group.rank(0).all_reduce_sum(data, 4096, stream);  // rank 1 never joins
-    return cudaStreamSynchronize(stream);
-  });
-  EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout)
-      << "rank 0 finished an all-reduce that rank 1 never joined";
-  group.abort();
-  if (waiting.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
-    std::fprintf(stderr, "FATAL: rank 0 still waits in the all-reduce 60 s after the abort\n");
-    std::_Exit(3);  // a hang would stall the whole suite
+  for (const size_t count : {size_t{4096}, size_t{1} << 20}) {  // the P2P kernel's size, then NCCL's
+    SCOPED_TRACE(count);
+    cuda::NcclGroup group({0, 1});
+    LLM_CUDA_CHECK(cudaSetDevice(0));
+    float* data = nullptr;
+    cudaStream_t stream = nullptr;
+    LLM_CUDA_CHECK(cudaMalloc(&data, count * sizeof(float)));
+    LLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    auto waiting = std::async(std::launch::async, [&] {
+      cudaSetDevice(0);
+      group.rank(0).all_reduce_sum(data, count, stream);  // rank 1 never joins
+      return cudaStreamSynchronize(stream);
+    });
+    EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout)
+        << "rank 0 finished an all-reduce that rank 1 never joined";
+    group.abort();
+    if (waiting.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+      std::fprintf(stderr, "FATAL: rank 0 still waits in the all-reduce 60 s after the abort\n");
+      std::_Exit(3);  // a hang would stall the whole suite
+    }
+    waiting.get();
+    cudaGetLastError();
+    cudaStreamDestroy(stream);
+    cudaFree(data);
   }
-  waiting.get();
-  cudaGetLastError();
-  cudaStreamDestroy(stream);
-  cudaFree(data);
 }
 
 // Every rank's last backend failing ends the run with that backend's error, not a hang.
