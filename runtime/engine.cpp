@@ -271,6 +271,13 @@ std::unique_ptr<LanguageModel> Engine::cuda_tensor_parallel(int, DType, int, int
 std::string Engine::memory_stats() const {
 #if LLM_HAVE_CUDA
   if (auto* gpu = dynamic_cast<const cuda::LlamaCuda*>(model_.get())) return gpu->allocator().stats_line();
+  if (auto* tp = dynamic_cast<const TensorParallelModel*>(model_.get())) {  // a line per GPU
+    std::string lines;
+    for (int r = 0; r < tp->world(); ++r)
+      if (auto* gpu = dynamic_cast<const cuda::LlamaCuda*>(&tp->rank(r)))
+        lines += fmt::format("{}GPU {}: {}", r ? "; " : "", r, gpu->allocator().stats_line());
+    return lines;
+  }
 #endif
   return "";
 }

@@ -28,6 +28,7 @@ class TensorParallelModel final : public LanguageModel {
   std::string attention_backend() const override { return ranks_[0]->attention_backend(); }
   std::vector<std::string> attention_backends_used() const override { return ranks_[0]->attention_backends_used(); }
   int world() const { return static_cast<int>(ranks_.size()); }
+  const LanguageModel& rank(int r) const { return *ranks_[static_cast<size_t>(r)]; }
 
  private:
   // Runs step(rank model, rank) on every rank at once; rethrows the first failure.
