@@ -1,11 +1,17 @@
 // A LanguageModel made of the ranks of a tensor-parallel group (tensor_parallel.h): every call runs on
-// all ranks together, rank 0 on the caller's thread and the others on threads of their own, and the
+// all ranks together, rank 0 on the caller's thread and each other rank on a thread of its own that lives
+// as long as the model (a rank must not share a thread: it waits in the all-reduce for the others), and the
 // result is rank 0's (after each all-reduce every rank holds the same residual stream). A rank that fails
 // aborts the collective, so the others are released rather than left waiting, and the error is rethrown.
 #pragma once
 
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "language_model.h"
@@ -33,11 +39,23 @@ class TensorParallelModel final : public LanguageModel {
  private:
   // Runs step(rank model, rank) on every rank at once; rethrows the first failure.
   void on_all_ranks(const std::function<void(LanguageModel&, int)>& step);
+  void rank_loop(int rank);
+  void run_rank(int rank);
 
   std::shared_ptr<void> keep_alive_;  // declared first: destroyed last
   std::vector<std::unique_ptr<LanguageModel>> ranks_;
   std::function<void()> abort_;
   std::vector<std::vector<int>> scratch_ids_;
+
+  // The rank threads (ranks 1..world-1) and the step they are given.
+  std::vector<std::thread> threads_;
+  std::mutex mutex_;
+  std::condition_variable start_, done_;
+  const std::function<void(LanguageModel&, int)>* step_ = nullptr;
+  uint64_t generation_ = 0;  // bumped once per step
+  int pending_ = 0;          // rank threads still inside the step
+  bool stop_ = false;
+  std::exception_ptr first_failure_;  // the root cause: ranks fail after it only because it aborted the group
 };
 
 }  // namespace llm

@@ -217,6 +217,33 @@ TEST(TensorParallel, EngineWithRanksGivesTheSameText) {
   }
 }
 
+// A backend failing on every rank with nothing after it: the step ends with that backend's error (no rank
+// left waiting), the next call fails with a clear error too rather than hanging, and the model shuts its
+// rank threads down cleanly.
+TEST(TensorParallel, AFailingRankEndsTheStepWithItsError) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  RunConfig c;
+  c.model = model;
+  c.tokenizer = test::model_path("tok512.bin");
+  c.backend_order = {"mha_cpu"};
+  c.plugin_dirs = {LLM_PLUGIN_DIR};
+  c.threads = 2;
+  c.tensor_parallel = 2;
+  c.fail_backend = {"mha_cpu@12"};  // layer 2 of the second decode step, on every rank
+  GenerationOptions o;
+  o.max_tokens = 20;
+  auto engine = std::make_unique<Engine>(c);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    try {
+      engine->generate("Once upon a time", o);
+      ADD_FAILURE() << "attempt " << attempt << ": expected an error";
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("mha_cpu")) << attempt;  // then: every backend of the chain has failed
+    }
+  }
+  engine.reset();
+}
+
 // A rank that fails releases the ranks waiting for it in the all-reduce: they throw instead of hanging.
 TEST(TensorParallel, AnAbortedCollectiveReleasesTheWaitingRanks) {
   ThreadCollective c(2);
