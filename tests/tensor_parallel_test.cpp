@@ -14,6 +14,7 @@
 #include "engine.h"
 #include "error.h"
 #include "llama_cpu.h"
+#include "model_export.h"
 #include "plugin_loader.h"
 #include "random_checkpoint.h"
 #include "test_support.h"
@@ -191,19 +192,17 @@ TEST(TensorParallel, SplitForwardPassesGiveTheUnsplitLogitsAndText) {
 namespace llm {
 namespace {
 
+// stories260K on mha_cpu, split over `world` ranks (CPU threads).
+RunConfig ranks_config(const std::string& model, int world) {
+  RunConfig c = test::cpu_config(model, test::model_path("tok512.bin"));
+  c.tensor_parallel = world;
+  return c;
+}
+
 // Through the engine (parallel.tensor): 2 and 4 ranks tell the 1-rank story, batched too.
 TEST(TensorParallel, EngineWithRanksGivesTheSameText) {
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
-  auto config = [&](int world) {
-    RunConfig c;
-    c.model = model;
-    c.tokenizer = test::model_path("tok512.bin");
-    c.backend_order = {"mha_cpu"};
-    c.plugin_dirs = {LLM_PLUGIN_DIR};
-    c.threads = 2;
-    c.tensor_parallel = world;
-    return c;
-  };
+  auto config = [&](int world) { return ranks_config(model, world); };
   GenerationOptions o;
   o.max_tokens = 120;
   o.stop_at_eos = false;
@@ -222,13 +221,7 @@ TEST(TensorParallel, EngineWithRanksGivesTheSameText) {
 // rank threads down cleanly.
 TEST(TensorParallel, AFailingRankEndsTheStepWithItsError) {
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
-  RunConfig c;
-  c.model = model;
-  c.tokenizer = test::model_path("tok512.bin");
-  c.backend_order = {"mha_cpu"};
-  c.plugin_dirs = {LLM_PLUGIN_DIR};
-  c.threads = 2;
-  c.tensor_parallel = 2;
+  RunConfig c = ranks_config(model, 2);
   c.fail_backend = {"mha_cpu@12"};  // layer 2 of the second decode step, on every rank
   GenerationOptions o;
   o.max_tokens = 20;
