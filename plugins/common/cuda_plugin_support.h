@@ -105,6 +105,16 @@ inline std::string open_device(int index, int* sms, llm_status* status) {
   return "";
 }
 
+// A call made while another device than the context's is current (the caller's launches would land
+// there): the problem, or "" when `device` is current.
+inline std::string wrong_current_device(int device) {
+  int current = -1;
+  if (cudaGetDevice(&current) == cudaSuccess && current == device) return "";
+  cudaGetLastError();
+  return "the current CUDA device is " + std::to_string(current) + " but the context was created for device " +
+         std::to_string(device);
+}
+
 // Host-side checks of a prefill/decode call: only host values and pointers, never the device arrays.
 inline std::string validate_call(const llm_attention_shape& shape, const llm_attention_args& a, bool decode) {
   if (a.struct_size < sizeof(llm_attention_args)) return "llm_attention_args.struct_size is too small";

@@ -165,11 +165,8 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
       ctx->error = where + problem;
       return LLM_ERR_UNSUPPORTED;
     }
-    int current = -1;
-    if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device) {
-      cudaGetLastError();
-      ctx->error = where + "the current CUDA device is " + std::to_string(current) +
-                   " but the context was created for device " + std::to_string(ctx->device);
+    if (std::string problem = llm_plugin::wrong_current_device(ctx->device); !problem.empty()) {
+      ctx->error = where + problem;
       return LLM_ERR_DEVICE;
     }
     const llm_attention_shape& s = ctx->shape;
