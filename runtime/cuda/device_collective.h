@@ -12,9 +12,6 @@ namespace llm::cuda {
 class DeviceCollective {
  public:
   virtual ~DeviceCollective() = default;
-  virtual int world() const = 0;
-  virtual int rank() const = 0;
-  virtual int device() const = 0;  // the CUDA device this rank runs on
   virtual void all_reduce_sum(float* data, size_t count, cudaStream_t stream) = 0;
 };
 

@@ -154,7 +154,8 @@ LlamaCuda::DeviceMatrix LlamaCuda::upload(const Matrix& m) {
     release(scales);
     return d;
   }
-  // fp32 rows (dequantized for Q8_0) go up in slabs and are converted to the dtype on the device.
+  // fp32 rows (and Q8_0 whose rows split quantization groups, dequantized here) go up in slabs and are
+  // converted to the dtype on the device.
   const int slab_rows = std::max(1, static_cast<int>((size_t{16} << 20) / (sizeof(float) * m.cols)));
   std::vector<float> host(static_cast<size_t>(std::min(slab_rows, m.rows)) * m.cols);
   auto* staging = static_cast<float*>(alloc(host.size() * sizeof(float), AllocTag::Workspace));

@@ -20,14 +20,10 @@ void check_nccl(ncclResult_t r, const char* what) {
 
 class NcclRank final : public DeviceCollective {
  public:
-  NcclRank(ncclComm_t comm, int world, int rank, int device, P2pAllReduce* p2p)
-      : comm_(comm), world_(world), rank_(rank), device_(device), p2p_(p2p) {}
+  NcclRank(ncclComm_t comm, int rank, P2pAllReduce* p2p) : comm_(comm), rank_(rank), p2p_(p2p) {}
   ~NcclRank() override {
     if (comm_) ncclCommDestroy(comm_);
   }
-  int world() const override { return world_; }
-  int rank() const override { return rank_; }
-  int device() const override { return device_; }
   void all_reduce_sum(float* data, size_t count, cudaStream_t stream) override {
     if (p2p_ && count <= p2p_->max_count()) return p2p_->run(rank_, data, count, stream);
     check_nccl(ncclAllReduce(data, data, count, ncclFloat32, ncclSum, comm_, stream), "all-reduce");
@@ -39,7 +35,7 @@ class NcclRank final : public DeviceCollective {
 
  private:
   ncclComm_t comm_;
-  int world_, rank_, device_;
+  int rank_;
   P2pAllReduce* p2p_;
 };
 
@@ -62,7 +58,7 @@ NcclGroup::NcclGroup(const std::vector<int>& devices) {
   const int n = static_cast<int>(devices.size());
   std::vector<ncclComm_t> comms(devices.size());
   check_nccl(ncclCommInitAll(comms.data(), n, devices.data()), "communicator set-up (ncclCommInitAll)");
-  for (int r = 0; r < n; ++r) ranks_.push_back(std::make_unique<NcclRank>(comms[r], n, r, devices[r], p2p_.get()));
+  for (int r = 0; r < n; ++r) ranks_.push_back(std::make_unique<NcclRank>(comms[r], r, p2p_.get()));
 }
 
 NcclGroup::~NcclGroup() {
