@@ -8,6 +8,7 @@
 #include <llm/attention_backend.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <new>
 #include <string>
@@ -28,6 +29,7 @@ struct llm_backend_context {
   llm_attention_shape shape{};
   int device = 0;
   int sms = 1;
+  bool sm90_prefill = false;   // prefill on the Hopper kernel (see choose_prefill_kernel)
   float* workspace = nullptr;  // split-KV partials, allocated once here, never inside a call
   size_t workspace_floats = 0;
   std::string error;
@@ -60,7 +62,30 @@ llm_status probe(const llm_device_info* device, const llm_attention_shape* shape
   }
 }
 
+// Which prefill kernel a context uses: the Hopper one (warpgroup MMAs) on compute capability 9.0 for the
+// head dims it serves, the portable one otherwise. LLM_FLASH_PREFILL=sm80 forces the portable kernel
+// (to compare the two), =sm90 requires the Hopper one; "auto" or unset chooses. Returns a problem, or "".
+std::string choose_prefill_kernel(const llm_device_info& device, const llm_attention_shape& shape, bool* sm90) {
+  const char* env = std::getenv("LLM_FLASH_PREFILL");
+  const std::string want = env ? env : "auto";
+  if (want != "auto" && want != "sm80" && want != "sm90")
+    return "LLM_FLASH_PREFILL is '" + want + "'; expected auto, sm80 or sm90";
+  const bool hopper = device.compute_major == 9 && device.compute_minor == 0;
+  const bool fits = flash_cuda::sm90_prefill_dim(shape.head_dim);
+  if (want == "sm90" && !(hopper && fits))
+    return "LLM_FLASH_PREFILL=sm90, but the Hopper prefill kernel needs compute capability 9.0 (this device: " +
+           std::to_string(device.compute_major) + "." + std::to_string(device.compute_minor) +
+           ") and a head dim whose kernel is 64 or 128 (" + std::to_string(shape.head_dim) + ")";
+  *sm90 = want != "sm80" && hopper && fits;
+  return "";
+}
+
 llm_status create_checked(const llm_device_info& device, const llm_attention_shape& shape, llm_backend_context** out) {
+  bool sm90 = false;
+  if (std::string problem = choose_prefill_kernel(device, shape, &sm90); !problem.empty()) {
+    g_create_error = "context_create: " + problem;
+    return LLM_ERR_INVALID_ARGUMENT;
+  }
   if (std::string reason = probe_reason(device, shape); !reason.empty()) {
     g_create_error = "context_create: " + reason;
     return LLM_ERR_UNSUPPORTED;
@@ -78,7 +103,8 @@ llm_status create_checked(const llm_device_info& device, const llm_attention_sha
     return LLM_ERR_DEVICE;
   }
   const bool fp16 = shape.dtype == LLM_DTYPE_F16;
-  cudaError_t e = flash_cuda::configure_prefill(fp16, shape.head_dim);
+  cudaError_t e = sm90 ? flash_cuda::configure_prefill_sm90(fp16, shape.head_dim)
+                       : flash_cuda::configure_prefill(fp16, shape.head_dim);
   if (e == cudaSuccess) e = flash_cuda::configure_decode(fp16, shape.head_dim);
   if (e != cudaSuccess) {
     cudaGetLastError();
@@ -96,6 +122,7 @@ llm_status create_checked(const llm_device_info& device, const llm_attention_sha
   ctx->shape = shape;
   ctx->device = device.index;
   ctx->sms = sms;
+  ctx->sm90_prefill = sm90;
   ctx->workspace_floats = flash_cuda::decode_workspace_floats(shape.head_dim, shape.num_q_heads, shape.max_batch);
   if ((e = cudaMalloc(reinterpret_cast<void**>(&ctx->workspace), ctx->workspace_floats * sizeof(float))) !=
       cudaSuccess) {
@@ -180,6 +207,7 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
     p.num_seqs = a.num_seqs;
     p.max_q_len = a.max_q_len;
     p.causal = a.causal != 0;
+    p.sm90_prefill = ctx->sm90_prefill;
     p.scale_log2 = a.softmax_scale * kLog2e;
     p.q = a.q;
     p.q_token_stride = a.q_token_stride;

@@ -35,7 +35,8 @@ struct Params {
   int32_t head_dim, num_q_heads, num_kv_heads, group;
   int32_t num_seqs, max_q_len;
   int32_t causal;
-  float scale_log2;  // softmax_scale * log2(e): scores go through exp2
+  int32_t sm90_prefill;  // prefill on the sm_90a kernel (flash_prefill_sm90.cu) rather than the portable one
+  float scale_log2;      // softmax_scale * log2(e): scores go through exp2
   const void* q;
   int64_t q_token_stride, q_head_stride;
   void* out;
@@ -52,6 +53,12 @@ struct Params {
 
 // Prefill: any number of queries per sequence, causal or not, after any cached prefix.
 cudaError_t launch_prefill(const Params& p, cudaStream_t stream);
+
+// The Hopper prefill kernel (warpgroup MMAs, built for sm_90a only: compute capability 9.0 exactly) and
+// the head dims it serves (those whose kernel is 64 or 128); the others stay on the portable kernel.
+bool sm90_prefill_dim(int head_dim);
+cudaError_t launch_prefill_sm90(const Params& p, cudaStream_t stream);
+cudaError_t configure_prefill_sm90(bool fp16, int head_dim);
 
 // Decode plan: how many key splits a decode call uses so the grid fills `sms` multiprocessors, bounded
 // by the workspace. Host arithmetic only (max_kv_len is an upper bound; the device reads the real lengths).

@@ -4,6 +4,7 @@
 // softmax on its own rows. Causal blocks stop at their last row's limit, and a warp skips tiles its
 // rows cannot see; only tiles that cross a row's limit pay for the mask.
 #include "flash_params.h"
+#include "prefill_rows.cuh"
 #include "warp_attention.cuh"
 
 namespace flash_cuda {
@@ -23,19 +24,6 @@ struct PrefillTraits {
   template <typename T>
   static constexpr size_t smem_bytes() {
     return static_cast<size_t>(kBM + 4 * kBN) * kStride * sizeof(T);
-  }
-};
-
-// Keys [0, limit) are visible to row r of a (sequence, kv head); 0 for rows past the last.
-struct RowLimits {
-  int64_t total_rows;
-  int group, n_kv, q_len;
-  bool causal;
-  __device__ __forceinline__ int operator()(int64_t r) const {
-    if (r < 0 || r >= total_rows) return 0;
-    if (!causal) return n_kv;
-    const int pos = n_kv - q_len + static_cast<int>(r / group);
-    return max(0, min(n_kv, pos + 1));
   }
 };
 
@@ -68,8 +56,7 @@ __global__ void __launch_bounds__(PrefillTraits<D>::kThreads) prefill_kernel(con
     const int r = c / kChunks, col = (c % kChunks) * 8;
     const int64_t row = row0 + r;
     const bool valid = r < count && col < p.head_dim;
-    const int64_t off =
-        valid ? (q0 + row / group) * p.q_token_stride + (kv_head * group + row % group) * p.q_head_stride : 0;
+    const int64_t off = valid ? row_offset(row, q0, group, kv_head, p.q_token_stride, p.q_head_stride) : 0;
     cp_async_16(sq + r * kStride + col, Q + off + (valid ? col : 0), valid);
   }
   if (n_tiles > 0) load_kv_tile<T, D, kBN, Tr::kThreads>(sk, sv, p.kv, slot, kv_head, 0, block_limit, p.head_dim);
@@ -117,7 +104,7 @@ __global__ void __launch_bounds__(PrefillTraits<D>::kThreads) prefill_kernel(con
       const int r = warp * kWarpRows + mt * 16 + g + 8 * i;
       if (r >= count) continue;
       const int64_t row = row0 + r;
-      T* dst = out + (q0 + row / group) * p.out_token_stride + (kv_head * group + row % group) * p.out_head_stride;
+      T* dst = out + row_offset(row, q0, group, kv_head, p.out_token_stride, p.out_head_stride);
       const float inv = w.l[mt][i] > 0.0f ? 1.0f / w.l[mt][i] : 0.0f;
 #pragma unroll
       for (int j = 0; j < D / 8; ++j)
@@ -183,6 +170,7 @@ int kernel_dim(int head_dim) {
 }
 
 cudaError_t launch_prefill(const Params& p, cudaStream_t stream) {
+  if (p.sm90_prefill) return launch_prefill_sm90(p, stream);
   return p.fp16 ? launch_dim<__half>(p, stream) : launch_dim<__nv_bfloat16>(p, stream);
 }
 

@@ -15,6 +15,15 @@ std::shared_ptr<Plugin> load_flash() { return load_backend("flash_cuda"); }
 
 constexpr int kDtypes[] = {LLM_DTYPE_BF16, LLM_DTYPE_F16};
 
+// Sets LLM_FLASH_PREFILL (which prefill kernel new contexts use) for one scope.
+class PrefillKernel {
+ public:
+  explicit PrefillKernel(const char* value) { ::setenv("LLM_FLASH_PREFILL", value, 1); }
+  ~PrefillKernel() { ::unsetenv("LLM_FLASH_PREFILL"); }
+  PrefillKernel(const PrefillKernel&) = delete;
+  PrefillKernel& operator=(const PrefillKernel&) = delete;
+};
+
 TEST(FlashCuda, MatchesFloat64ReferenceOverShapeGrid) {
   LLM_REQUIRE_GPU();
   auto plugin = load_flash();
@@ -102,6 +111,69 @@ TEST(FlashCuda, LongContexts) {
     table.add(tag + " prefill 1500 non-causal d=64 2/1", run_case(*plugin, prompt_nc, rng, false));
   }
   table.print("long contexts");
+}
+
+// On an H100/H200 the tests above run head dims 64 and 128 through the Hopper kernel (warpgroup MMAs) and
+// the others through the portable one; this runs 64 and 128 through the portable kernel as well, and
+// holds the two kernels to the same reference.
+TEST(FlashCuda, BothPrefillKernelsMatchTheReference) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(fresh_seed());
+  ErrorTable table;
+  for (const char* kernel : {"sm80", "auto"}) {
+    PrefillKernel choice(kernel);
+    for (int dtype : kDtypes)
+      for (int head_dim : {64, 128})
+        for (bool causal : {true, false}) {
+          const std::string tag = std::string(kernel) + " " + dtype_name(dtype) + " d=" + std::to_string(head_dim) +
+                                  (causal ? " causal" : " non-causal");
+          Case batch{head_dim, 8, 2, {300, 5, 1, 0, 129}, {300, 900, 19, 3, 129}};
+          batch.dtype = dtype, batch.causal = causal, batch.paged = head_dim == 64;
+          table.add(tag + " batch", run_case(*plugin, batch, rng, false));
+          Case mqa{head_dim, 16, 1, {77}, {1100}};
+          mqa.dtype = dtype, mqa.causal = causal;
+          table.add(tag + " MQA 16/1 after prefix", run_case(*plugin, mqa, rng, false));
+        }
+  }
+  table.print("prefill kernels: portable (sm80) and chosen (auto: the Hopper kernel on compute 9.0)");
+}
+
+TEST(FlashCuda, PrefillKernelChoiceIsCheckedWithReasons) {  // no GPU needed: refused before the device
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  const auto& t = plugin->iface();
+  llm_attention_shape shape{sizeof(llm_attention_shape), 128, 32, 8, LLM_DTYPE_BF16, 4096, 8, 0, 0};
+  llm_device_info ampere{};
+  ampere.struct_size = sizeof(ampere);
+  ampere.kind = LLM_DEVICE_CUDA;
+  ampere.compute_major = 8;
+  ampere.num_threads = 1;
+  ampere.name = "fake A100";
+  auto create_error = [&](const llm_device_info& d, const llm_attention_shape& s) {
+    llm_backend_context* ctx = nullptr;
+    const llm_status st = t.context_create(&d, &s, &ctx);
+    EXPECT_NE(st, LLM_OK);
+    if (ctx) t.context_destroy(ctx);
+    return std::string(t.last_error(nullptr));
+  };
+  {
+    PrefillKernel choice("fastest");
+    const std::string e = create_error(ampere, shape);
+    EXPECT_NE(e.find("LLM_FLASH_PREFILL is 'fastest'; expected auto, sm80 or sm90"), std::string::npos) << e;
+  }
+  {
+    PrefillKernel choice("sm90");
+    const std::string e = create_error(ampere, shape);
+    EXPECT_NE(e.find("compute capability 9.0 (this device: 8.0)"), std::string::npos) << e;
+    llm_device_info hopper = ampere;
+    hopper.compute_major = 9, hopper.name = "fake H100";
+    llm_attention_shape d96 = shape;
+    d96.head_dim = 96;
+    const std::string e96 = create_error(hopper, d96);
+    EXPECT_NE(e96.find("kernel is 64 or 128 (96)"), std::string::npos) << e96;
+  }
 }
 
 TEST(FlashCuda, DecodeIsCapturableInACudaGraphAndDeterministic) {
