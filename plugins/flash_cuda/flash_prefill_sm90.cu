@@ -73,26 +73,35 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   const T* K = static_cast<const T*>(p.kv.k);
   const T* V = static_cast<const T*>(p.kv.v);
 
-  // Keys [key0, key0 + kBN) into a stage; keys past the block's limit and components past head_dim are
-  // zero-filled (a masked key's probability is 0, and 0 * garbage could be NaN).
-  auto load_kv = [&](int stage, int key0) {
-    for (int c = threadIdx.x; c < kBN * kChunks; c += Tr::kThreads) {
-      const int r = c / kChunks, col = (c % kChunks) * 8;
-      const bool valid = key0 + r < block_limit && col < p.head_dim;
-      const int64_t off = valid ? kv_offset(p.kv, slot, key0 + r, kv_head) + col : 0;
-      const uint32_t o = tile_offset(r, col, kBN);
-      cp_async_16(smem + k_tile(stage) + o, K + off, valid);
-      cp_async_16(smem + v_tile(stage) + o, V + off, valid);
+  // Each thread copies one 16-byte column chunk of every kRowStep-th row: the shared-memory offsets of its
+  // rows differ by whole 8-row swizzle periods, so one offset serves them all.
+  constexpr int kRowStep = Tr::kThreads / kChunks, kPasses = kBN / kRowStep;
+  const int lc = threadIdx.x % kChunks, lr = threadIdx.x / kChunks;
+  const uint32_t lane_off = tile_offset(lr, lc * 8, kBN);
+  const bool col_ok = lc * 8 < p.head_dim;
+  const int64_t contiguous_base =
+      static_cast<int64_t>(slot) * p.kv.seq_stride + static_cast<int64_t>(kv_head) * p.kv.head_stride + lc * 8;
+  // Keys [key0, key0 + kBN) of K or V into the tile at byte offset `tile`; keys past the block's limit and
+  // components past head_dim are zero-filled (a masked key's probability is 0, and 0 * garbage may be NaN).
+  auto load_keys = [&](uint32_t tile, const T* src, int key0) {
+#pragma unroll
+    for (int ps = 0; ps < kPasses; ++ps) {
+      const int key = key0 + lr + ps * kRowStep;
+      const bool valid = key < block_limit && col_ok;
+      const int64_t off = !valid       ? 0
+                          : p.kv.paged ? kv_offset(p.kv, slot, key, kv_head) + lc * 8
+                                       : contiguous_base + static_cast<int64_t>(key) * p.kv.token_stride;
+      cp_async_16(smem + tile + lane_off + ps * kRowStep * 128, src + off, valid);
     }
   };
-  // Q rows, then the first K/V tile, in one cp.async group.
+  // Q rows, then the first K tile, in one cp.async group.
   for (int c = threadIdx.x; c < kBM * kChunks; c += Tr::kThreads) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
     const bool valid = r < count && col < p.head_dim;
     const int64_t off = valid ? row_offset(row0 + r, q0, group, kv_head, p.q_token_stride, p.q_head_stride) + col : 0;
     cp_async_16(smem + tile_offset(r, col, kBM), Q + off, valid);
   }
-  if (n_tiles > 0) load_kv(0, 0);
+  if (n_tiles > 0) load_keys(k_tile(0), K, 0);
   cp_async_commit();
 
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -103,96 +112,134 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   const int wg_lo = wcount > 0 ? limit_of(wrow0) : 0;               // fewest keys a row of the warpgroup sees
   const int wg_hi = wcount > 0 ? limit_of(wrow0 + wcount - 1) : 0;  // most keys
   const int limit[2] = {limit_of(wrow0 + warp * 16 + g), limit_of(wrow0 + warp * 16 + g + 8)};
+  const float scale = p.scale_log2;
 
   float o[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // m: running max, scaled (exp2 domain)
+  // P of a tile as A fragments (keys 16kk.. are [kk]), for even and odd tiles: the products of tile i - 1
+  // read one while the softmax of tile i writes the other (with a single array and a copy, the compiler
+  // may merge the two and must then serialise the products).
+  uint32_t p_even[kBN / 16][4], p_odd[kBN / 16][4];
 
-  for (int i = 0; i < max(n_tiles, 1); ++i) {
-    const int stage = i & 1;
-    if (i + 1 < n_tiles) {
-      load_kv(stage ^ 1, (i + 1) * kBN);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
+  // S = Q K^T over the head dim, 16 at a time: within a 128-byte panel the next 16 columns start 32 bytes
+  // on (the hardware applies the swizzle to the address bits).
+  auto issue_scores = [&](float(&s)[kBN / 2], int stage) {
+#pragma unroll
+    for (int j = 0; j < kBN / 2; ++j) s[j] = 0.0f;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t panel = kk >> 2, step = (kk & 3) * 32;
+      const uint64_t da = smem_desc(sq + panel * kBM * 128 + wg * 64 * 128 + step, 16, 1024);
+      const uint64_t db = smem_desc(base + k_tile(stage) + panel * kBN * 128 + step, 16, 1024);
+      wgmma_ss<T, kBN>(s, da, db, kk > 0);
     }
-    fence_async_smem();
-    __syncthreads();
-    const int key0 = i * kBN;
-    if (i < n_tiles && key0 < wg_hi) {
-      // S = Q K^T over the head dim, 16 at a time: within a 128-byte panel the next 16 columns start 32
-      // bytes on (the swizzle is applied by the hardware on the address bits).
-      float s[kBN / 2];
+    wgmma_commit();
+  };
+  // O += P V, 16 keys at a time: the next 16 keys start 16 rows (2048 bytes) on.
+  auto issue_pv = [&](const uint32_t(&pa)[kBN / 16][4], int stage) {
+    wgmma_fence();
 #pragma unroll
-      for (int j = 0; j < kBN / 2; ++j) s[j] = 0.0f;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t panel = kk >> 2, step = (kk & 3) * 32;
-        const uint64_t da = smem_desc(sq + panel * kBM * 128 + wg * 64 * 128 + step, 16, 1024);
-        const uint64_t db = smem_desc(base + k_tile(stage) + panel * kBN * 128 + step, 16, 1024);
-        wgmma_ss<T, kBN>(s, da, db, kk > 0);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-
-      // Online softmax in the exp2 domain; s[4j + e]: row g (e < 2) or g + 8, key key0 + 8j + 2t + (e & 1).
-      const bool masked = key0 + kBN > wg_lo;
-      float mx[2] = {-INFINITY, -INFINITY};
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      const uint64_t dv = smem_desc(base + v_tile(stage) + kk * 16 * 128, kBN * 128, 1024);
+      wgmma_rs<T, D>(o, pa[kk], dv, 1);
+    }
+    wgmma_commit();
+  };
+  // Online softmax of the tile at key0 into pn; s[4j + e] is row g (e < 2) or g + 8, key key0 + 8j + 2t +
+  // (e & 1). Maxima of the raw scores, then one FMA per score: exp2(s * scale - max). Returns in alpha the
+  // factor that takes O to this tile's maxima (applied by the caller once O is no longer being written).
+  auto softmax = [&](float(&s)[kBN / 2], int key0, uint32_t(&pn)[kBN / 16][4], float(&alpha)[2]) {
+    if (key0 + kBN > wg_lo) {
 #pragma unroll
       for (int j = 0; j < kBN / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float v = s[4 * j + e] * p.scale_log2;
-          if (masked && key0 + 8 * j + 2 * t + (e & 1) >= limit[e >> 1]) v = -INFINITY;
-          s[4 * j + e] = v;
-          mx[e >> 1] = fmaxf(mx[e >> 1], v);
-        }
-      float base_m[2];
+        for (int e = 0; e < 4; ++e)
+          if (key0 + 8 * j + 2 * t + (e & 1) >= limit[e >> 1]) s[4 * j + e] = -INFINITY;
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * j + e]);
+    float base_m[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m[r], mx[r] * scale);
+      base_m[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays all-zero
+      alpha[r] = exp2_approx(m[r] - base_m[r]);
+      m[r] = m_new;
+      l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      float pe[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        pe[e] = exp2_approx(fmaf(s[8 * kk + e], scale, -base_m[(e >> 1) & 1]));
+        l[(e >> 1) & 1] += pe[e];
+      }
+      pn[kk][0] = pack2<T>(pe[0], pe[1]);
+      pn[kk][1] = pack2<T>(pe[2], pe[3]);
+      pn[kk][2] = pack2<T>(pe[4], pe[5]);
+      pn[kk][3] = pack2<T>(pe[6], pe[7]);
+    }
+  };
+  auto rescale = [&](const float(&alpha)[2]) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        const float m_new = fmaxf(m[r], mx[r]);
-        base_m[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays all-zero
-        const float alpha = exp2_approx(m[r] - base_m[r]);
-        m[r] = m_new;
-        l[r] *= alpha;
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          o[4 * j + 2 * r] *= alpha;
-          o[4 * j + 2 * r + 1] *= alpha;
-        }
+        o[4 * j + 2 * r] *= alpha[r];
+        o[4 * j + 2 * r + 1] *= alpha[r];
       }
-      // P as A fragments: keys 16kk.. of rows g and g + 8 are s[8kk .. 8kk + 7].
-      uint32_t pa[kBN / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        float pe[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          pe[e] = exp2_approx(s[8 * kk + e] - base_m[(e >> 1) & 1]);
-          l[(e >> 1) & 1] += pe[e];
-        }
-        pa[kk][0] = pack2<T>(pe[0], pe[1]);
-        pa[kk][1] = pack2<T>(pe[2], pe[3]);
-        pa[kk][2] = pack2<T>(pe[4], pe[5]);
-        pa[kk][3] = pack2<T>(pe[6], pe[7]);
-      }
+  };
 
-      // O += P V, 16 keys at a time: the next 16 keys start 16 rows (2048 bytes) on.
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        const uint64_t dv = smem_desc(base + v_tile(stage) + kk * 16 * 128, kBN * 128, 1024);
-        wgmma_rs<T, D>(o, pa[kk], dv, 1);
+  // Software pipeline, FlashAttention-3's intra-warpgroup overlap: iteration i issues S_i = Q K_i and
+  // O += P_{i-1} V_{i-1} together, then runs the softmax of S_i on the CUDA cores while the tensor cores
+  // do P_{i-1} V_{i-1}. So V trails K by a tile: iteration i loads K_{i+1} and V_i, and reads K_i and V_{i-1}.
+  // Each branch below issues and completes its own products (a product issued in one branch and awaited
+  // in another makes the compiler serialise every warpgroup MMA).
+  for (int i = 0; i <= n_tiles; ++i) {
+    cp_async_wait<0>();
+    fence_async_smem();
+    __syncthreads();  // K_i and V_{i-1} are in; every warpgroup is done with K_{i-1} and V_{i-2}
+    if (i + 1 < n_tiles) load_keys(k_tile((i + 1) & 1), K, (i + 1) * kBN);
+    if (i < n_tiles) load_keys(v_tile(i & 1), V, i * kBN);
+    cp_async_commit();
+
+    const int key0 = i * kBN;
+    const bool scores = i < n_tiles && key0 < wg_hi;   // once false, false for every later tile
+    const bool pending = i > 0 && key0 - kBN < wg_hi;  // pa holds tile i - 1, whose P V is still to do
+    // (prev: P of tile i - 1; next: where P of tile i goes)
+    auto step = [&](const uint32_t(&prev)[kBN / 16][4], uint32_t(&next)[kBN / 16][4]) {
+      if (scores && !pending) {  // the first tile
+        float s[kBN / 2], alpha[2];
+        issue_scores(s, i & 1);
+        wgmma_wait<0>();
+        softmax(s, key0, next, alpha);
+        rescale(alpha);
+      } else if (scores) {
+        float s[kBN / 2], alpha[2];
+        issue_scores(s, i & 1);
+        issue_pv(prev, (i - 1) & 1);
+        wgmma_wait<1>();  // S_i is done; P_{i-1} V_{i-1} may still run
+        softmax(s, key0, next, alpha);
+        wgmma_wait<0>();  // P_{i-1} V_{i-1} is in O: now O may be rescaled to this tile's maxima
+        rescale(alpha);
+      } else if (pending) {  // the last tile's P V
+        issue_pv(prev, (i - 1) & 1);
+        wgmma_wait<0>();
       }
-      wgmma_commit();
-      wgmma_wait<0>();
-    }
-    __syncthreads();  // the stage just read is the next prefetch's target
+    };
+    if (i & 1)
+      step(p_even, p_odd);
+    else
+      step(p_odd, p_even);
   }
 
 #pragma unroll
