@@ -1,11 +1,14 @@
 // Prefill on Hopper (sm_90a): the same FlashAttention forward as flash_prefill.cu, with both products on
-// warpgroup MMAs (wgmma), which the H100/H200 run at about twice the rate of mma.sync. A block holds
-// kBM = 128 rows, 64 per warpgroup, and streams keys in tiles of 128 through two shared-memory stages
-// (cp.async: the next tile loads while this one is multiplied). Per tile and warpgroup:
-//   S = Q K^T   wgmma, Q and K read from shared memory (both K-major), S in registers;
-//   online softmax on the registers (each thread holds 2 rows, as in the sm_80 kernel);
-//   O += P V    wgmma, P from registers (the accumulator layout is the A-fragment layout, converted in
-//               place), V read from shared memory N-major (head dim contiguous, as stored).
+// warpgroup MMAs (wgmma), which the H100/H200 run at about twice the rate of mma.sync, and FlashAttention-3's
+// division of labour. A block holds kBM = 128 rows and has three warpgroups:
+//   - one copies: Q, then K and V tiles of 128 keys into two shared-memory stages each (cp.async),
+//     handing them over through shared-memory barriers, and gives most of its registers to the others;
+//   - two do the math, 64 rows each, never waiting for each other. Per tile:
+//       S = Q K^T   wgmma, Q and K read from shared memory (both K-major), S in registers;
+//       online softmax on the registers (each thread holds 2 rows, as in the sm_80 kernel);
+//       O += P V    wgmma, P from registers (the accumulator layout is the A-fragment layout, converted
+//                   in place), V read from shared memory N-major (head dim contiguous, as stored);
+//     software-pipelined so that the softmax of tile i runs while the tensor cores do P V of tile i - 1.
 // Shared-memory tiles use the hardware's 128-byte swizzle so that both the copies in and the tensor
 // cores' reads are free of bank conflicts. Head dims whose kernel is 64 or 128 only (`sm90_prefill_dim`).
 #include "flash_params.h"
@@ -19,14 +22,16 @@ namespace {
 
 template <int D>
 struct Sm90PrefillTraits {
-  static constexpr int kWarpGroups = 2;
-  static constexpr int kThreads = 128 * kWarpGroups;
-  static constexpr int kBM = 64 * kWarpGroups;  // rows per block
-  static constexpr int kBN = 128;               // keys per tile
+  static constexpr int kConsumers = 2;                           // warpgroups doing the math, 64 rows each
+  static constexpr int kThreads = 128 * (kConsumers + 1);        // and one warpgroup copying K and V in
+  static constexpr int kBM = 64 * kConsumers;                    // rows per block
+  static constexpr int kBN = 128;                                // keys per tile
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 * 40 + 256 * 232 <= 64K
   static constexpr uint32_t kQBytes = kBM * D * 2;
   static constexpr uint32_t kKvBytes = kBN * D * 2;  // one K or V tile
-  // Q, two stages of K and V, and room to start the tiles on 1024 bytes (the swizzle's period).
-  static constexpr size_t kSmem = kQBytes + 4 * kKvBytes + 1024;
+  // Q, two stages of K and of V, 8 barriers, and room to start the tiles on 1024 bytes (the swizzle's period).
+  static constexpr uint32_t kBarriers = kQBytes + 4 * kKvBytes;
+  static constexpr size_t kSmem = kBarriers + 8 * 8 + 1024;
 };
 
 // Byte offset of element (r, c) (16-bit elements) in a tile of `rows` rows laid out for the tensor cores:
@@ -46,6 +51,35 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint3
 
 // cp.async writes through the generic proxy and wgmma reads through the async proxy: order them.
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Shared-memory barriers (mbarrier) hand the K and V stages between the copying warpgroup and the math
+// warpgroups: a stage's "full" barrier completes when its copy has landed, its "empty" barrier when every
+// math thread is done reading it. Waits name the phase parity they expect (0, 1, 0, ... per use).
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+  } while (!done);
+}
+
+// Hands registers between the warpgroups of a block (sm_90a): the copier gives its spare ones to the math.
+template <int N>
+__device__ __forceinline__ void regs_shrink() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void regs_grow() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm90_kernel(const Params p) {
@@ -73,38 +107,72 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   const T* K = static_cast<const T*>(p.kv.k);
   const T* V = static_cast<const T*>(p.kv.v);
 
-  // Each thread copies one 16-byte column chunk of every kRowStep-th row: the shared-memory offsets of its
-  // rows differ by whole 8-row swizzle periods, so one offset serves them all.
-  constexpr int kRowStep = Tr::kThreads / kChunks, kPasses = kBN / kRowStep;
-  const int lc = threadIdx.x % kChunks, lr = threadIdx.x / kChunks;
-  const uint32_t lane_off = tile_offset(lr, lc * 8, kBN);
-  const bool col_ok = lc * 8 < p.head_dim;
-  const int64_t contiguous_base =
-      static_cast<int64_t>(slot) * p.kv.seq_stride + static_cast<int64_t>(kv_head) * p.kv.head_stride + lc * 8;
-  // Keys [key0, key0 + kBN) of K or V into the tile at byte offset `tile`; keys past the block's limit and
-  // components past head_dim are zero-filled (a masked key's probability is 0, and 0 * garbage may be NaN).
-  auto load_keys = [&](uint32_t tile, const T* src, int key0) {
-#pragma unroll
-    for (int ps = 0; ps < kPasses; ++ps) {
-      const int key = key0 + lr + ps * kRowStep;
-      const bool valid = key < block_limit && col_ok;
-      const int64_t off = !valid       ? 0
-                          : p.kv.paged ? kv_offset(p.kv, slot, key, kv_head) + lc * 8
-                                       : contiguous_base + static_cast<int64_t>(key) * p.kv.token_stride;
-      cp_async_16(smem + tile + lane_off + ps * kRowStep * 128, src + off, valid);
-    }
-  };
-  // Q rows, then the first K tile, in one cp.async group.
-  for (int c = threadIdx.x; c < kBM * kChunks; c += Tr::kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool valid = r < count && col < p.head_dim;
-    const int64_t off = valid ? row_offset(row0 + r, q0, group, kv_head, p.q_token_stride, p.q_head_stride) + col : 0;
-    cp_async_16(smem + tile_offset(r, col, kBM), Q + off, valid);
+  // Barriers: full_k[2], full_v[2] (count: the 128 copying threads), empty_k[2], empty_v[2] (the math threads).
+  const uint32_t bars = base + Tr::kBarriers;
+  auto full_k = [&](int stage) { return bars + 8 * stage; };
+  auto full_v = [&](int stage) { return bars + 16 + 8 * stage; };
+  auto empty_k = [&](int stage) { return bars + 32 + 8 * stage; };
+  auto empty_v = [&](int stage) { return bars + 48 + 8 * stage; };
+  if (threadIdx.x == 0) {
+    for (int b = 0; b < 4; ++b) mbar_init(bars + 8 * b, 128);
+    for (int b = 4; b < 8; ++b) mbar_init(bars + 8 * b, 128 * Tr::kConsumers);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  if (n_tiles > 0) load_keys(k_tile(0), K, 0);
-  cp_async_commit();
+  __syncthreads();
 
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int wg = threadIdx.x >> 7;
+  if (wg == Tr::kConsumers) {
+    // The copying warpgroup: Q with K_0, then K_j and V_j into stage j % 2 once the math is done with tile
+    // j - 2 there; the hardware completes a full barrier when the copies before it land.
+    regs_shrink<Tr::kProducerRegs>();
+    const int pt = threadIdx.x - 128 * Tr::kConsumers;
+    // Each thread copies one 16-byte column chunk of every kRowStep-th row: the shared-memory offsets of
+    // its rows differ by whole 8-row swizzle periods, so one offset serves them all.
+    constexpr int kRowStep = 128 / kChunks, kPasses = kBN / kRowStep;
+    const int lc = pt % kChunks, lr = pt / kChunks;
+    const uint32_t lane_off = tile_offset(lr, lc * 8, kBN);
+    const bool col_ok = lc * 8 < p.head_dim;
+    const int64_t contiguous_base =
+        static_cast<int64_t>(slot) * p.kv.seq_stride + static_cast<int64_t>(kv_head) * p.kv.head_stride + lc * 8;
+    // Keys [key0, key0 + kBN) of K or V into the tile at byte offset `tile`; keys past the block's limit and
+    // components past head_dim are zero-filled (a masked key's probability is 0, and 0 * garbage may be NaN).
+    auto load_keys = [&](uint32_t tile, const T* src, int key0) {
+#pragma unroll
+      for (int ps = 0; ps < kPasses; ++ps) {
+        const int key = key0 + lr + ps * kRowStep;
+        const bool valid = key < block_limit && col_ok;
+        const int64_t off = !valid       ? 0
+                            : p.kv.paged ? kv_offset(p.kv, slot, key, kv_head) + lc * 8
+                                         : contiguous_base + static_cast<int64_t>(key) * p.kv.token_stride;
+        cp_async_16(smem + tile + lane_off + ps * kRowStep * 128, src + off, valid);
+      }
+    };
+    // The full barrier of a copy completes when all 128 threads' copies so far have landed.
+    auto announce = [&](uint32_t bar) {
+      asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+    };
+    if (n_tiles == 0) return;
+    for (int c = pt; c < kBM * kChunks; c += 128) {
+      const int r = c / kChunks, col = (c % kChunks) * 8;
+      const bool valid = r < count && col < p.head_dim;
+      const int64_t off = valid ? row_offset(row0 + r, q0, group, kv_head, p.q_token_stride, p.q_head_stride) + col : 0;
+      cp_async_16(smem + tile_offset(r, col, kBM), Q + off, valid);
+    }
+    for (int j = 0; j < n_tiles; ++j) {
+      const int stage = j & 1;
+      if (j >= 2) mbar_wait(empty_k(stage), ((j >> 1) - 1) & 1);
+      load_keys(k_tile(stage), K, j * kBN);
+      announce(full_k(stage));  // (with Q, for K_0)
+      if (j >= 2) mbar_wait(empty_v(stage), ((j >> 1) - 1) & 1);
+      load_keys(v_tile(stage), V, j * kBN);
+      announce(full_v(stage));
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    return;
+  }
+  regs_grow<Tr::kConsumerRegs>();
+
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t wrow0 = row0 + wg * 64;  // the warpgroup's first row
   const int64_t wleft = row0 + count - wrow0;
   const int wcount = wleft <= 0 ? 0 : wleft >= 64 ? 64 : static_cast<int>(wleft);
@@ -204,13 +272,12 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   // do P_{i-1} V_{i-1}. So V trails K by a tile: iteration i loads K_{i+1} and V_i, and reads K_i and V_{i-1}.
   // Each branch below issues and completes its own products (a product issued in one branch and awaited
   // in another makes the compiler serialise every warpgroup MMA).
+  // Every math thread waits for every tile, also one its warpgroup skips (rows that see none of its keys),
+  // and releases it: that keeps the barriers' phases in step.
   for (int i = 0; i <= n_tiles; ++i) {
-    cp_async_wait<0>();
-    fence_async_smem();
-    __syncthreads();  // K_i and V_{i-1} are in; every warpgroup is done with K_{i-1} and V_{i-2}
-    if (i + 1 < n_tiles) load_keys(k_tile((i + 1) & 1), K, (i + 1) * kBN);
-    if (i < n_tiles) load_keys(v_tile(i & 1), V, i * kBN);
-    cp_async_commit();
+    if (i < n_tiles) mbar_wait(full_k(i & 1), (i >> 1) & 1);
+    if (i > 0) mbar_wait(full_v((i - 1) & 1), ((i - 1) >> 1) & 1);
+    fence_async_smem();  // the copies landed through the generic proxy; the tensor cores read through the async one
 
     const int key0 = i * kBN;
     const bool scores = i < n_tiles && key0 < wg_hi;   // once false, false for every later tile
@@ -221,6 +288,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
         float s[kBN / 2], alpha[2];
         issue_scores(s, i & 1);
         wgmma_wait<0>();
+        mbar_arrive(empty_k(i & 1));
         softmax(s, key0, next, alpha);
         rescale(alpha);
       } else if (scores) {
@@ -228,18 +296,23 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
         issue_scores(s, i & 1);
         issue_pv(prev, (i - 1) & 1);
         wgmma_wait<1>();  // S_i is done; P_{i-1} V_{i-1} may still run
+        mbar_arrive(empty_k(i & 1));
         softmax(s, key0, next, alpha);
         wgmma_wait<0>();  // P_{i-1} V_{i-1} is in O: now O may be rescaled to this tile's maxima
+        mbar_arrive(empty_v((i - 1) & 1));
         rescale(alpha);
       } else if (pending) {  // the last tile's P V
         issue_pv(prev, (i - 1) & 1);
         wgmma_wait<0>();
+        mbar_arrive(empty_v((i - 1) & 1));
       }
     };
     if (i & 1)
       step(p_even, p_odd);
     else
       step(p_odd, p_even);
+    if (i < n_tiles && !scores) mbar_arrive(empty_k(i & 1));
+    if (i > 0 && !pending) mbar_arrive(empty_v((i - 1) & 1));
   }
 
 #pragma unroll
