@@ -29,9 +29,13 @@ struct Sm90PrefillTraits {
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 * 40 + 256 * 232 <= 64K
   static constexpr uint32_t kQBytes = kBM * D * 2;
   static constexpr uint32_t kKvBytes = kBN * D * 2;  // one K or V tile
-  // Q, two stages of K and of V, 8 barriers, and room to start the tiles on 1024 bytes (the swizzle's period).
-  static constexpr uint32_t kBarriers = kQBytes + 4 * kKvBytes;
-  static constexpr size_t kSmem = kBarriers + 8 * 8 + 1024;
+  // Q, kStages stages of K and of V, their barriers, and room to start the tiles on 1024 bytes (the
+  // swizzle's period).
+  // K and V stages: as many as fit (the copies run that many tiles ahead of the math, which hides the
+  // latency of L2 under load); 227 KiB of shared memory a block at most.
+  static constexpr int kStages = D == 64 ? 4 : 3;
+  static constexpr uint32_t kBarriers = kQBytes + 2 * kStages * kKvBytes;
+  static constexpr size_t kSmem = kBarriers + 4 * kStages * 8 + 1024;
 };
 
 // Byte offset of element (r, c) (16-bit elements) in a tile of `rows` rows laid out for the tensor cores:
@@ -89,15 +93,18 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   const uint32_t raw = smem_addr(smem_raw), base = (raw + 1023) & ~1023u;
   unsigned char* smem = smem_raw + (base - raw);
   const uint32_t sq = base;
+  constexpr int kStages = Tr::kStages;
   auto k_tile = [&](int stage) { return Tr::kQBytes + stage * 2 * Tr::kKvBytes; };  // offsets from base
   auto v_tile = [&](int stage) { return k_tile(stage) + Tr::kKvBytes; };
 
-  const int seq = blockIdx.z, kv_head = blockIdx.y;
+  // Heads vary fastest over the grid: the blocks running at once read many heads' keys, not one head's
+  // from a few L2 slices.
+  const int seq = blockIdx.z, kv_head = blockIdx.x;
   const int q0 = p.q_start[seq], q_len = p.q_start[seq + 1] - q0, n_kv = p.kv_len[seq];
   const int group = p.group;
   const RowLimits limit_of{static_cast<int64_t>(max(q_len, 0)) * group, group, n_kv, q_len, p.causal != 0};
   // Heavy tiles (last rows, which see the most keys when causal) get the low block ids: scheduled first.
-  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kBM;
+  const int64_t row0 = static_cast<int64_t>(gridDim.y - 1 - blockIdx.y) * kBM;
   if (row0 >= limit_of.total_rows) return;
   const int count = static_cast<int>(min(static_cast<int64_t>(kBM), limit_of.total_rows - row0));
   const int block_limit = limit_of(row0 + count - 1);
@@ -107,23 +114,23 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   const T* K = static_cast<const T*>(p.kv.k);
   const T* V = static_cast<const T*>(p.kv.v);
 
-  // Barriers: full_k[2], full_v[2] (count: the 128 copying threads), empty_k[2], empty_v[2] (the math threads).
+  // Barriers per stage: full_k, full_v (count: the 128 copying threads), empty_k, empty_v (the math threads).
   const uint32_t bars = base + Tr::kBarriers;
   auto full_k = [&](int stage) { return bars + 8 * stage; };
-  auto full_v = [&](int stage) { return bars + 16 + 8 * stage; };
-  auto empty_k = [&](int stage) { return bars + 32 + 8 * stage; };
-  auto empty_v = [&](int stage) { return bars + 48 + 8 * stage; };
+  auto full_v = [&](int stage) { return bars + 8 * (kStages + stage); };
+  auto empty_k = [&](int stage) { return bars + 8 * (2 * kStages + stage); };
+  auto empty_v = [&](int stage) { return bars + 8 * (3 * kStages + stage); };
   if (threadIdx.x == 0) {
-    for (int b = 0; b < 4; ++b) mbar_init(bars + 8 * b, 128);
-    for (int b = 4; b < 8; ++b) mbar_init(bars + 8 * b, 128 * Tr::kConsumers);
+    for (int b = 0; b < 2 * kStages; ++b) mbar_init(bars + 8 * b, 128);
+    for (int b = 2 * kStages; b < 4 * kStages; ++b) mbar_init(bars + 8 * b, 128 * Tr::kConsumers);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
   const int wg = threadIdx.x >> 7;
   if (wg == Tr::kConsumers) {
-    // The copying warpgroup: Q with K_0, then K_j and V_j into stage j % 2 once the math is done with tile
-    // j - 2 there; the hardware completes a full barrier when the copies before it land.
+    // The copying warpgroup: Q with K_0, then K_j and V_j into stage j % kStages once the math is done with
+    // the tile before there; the hardware completes a full barrier when the copies before it land.
     regs_shrink<Tr::kProducerRegs>();
     const int pt = threadIdx.x - 128 * Tr::kConsumers;
     // Each thread copies one 16-byte column chunk of every kRowStep-th row: the shared-memory offsets of
@@ -159,11 +166,11 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
       cp_async_16(smem + tile_offset(r, col, kBM), Q + off, valid);
     }
     for (int j = 0; j < n_tiles; ++j) {
-      const int stage = j & 1;
-      if (j >= 2) mbar_wait(empty_k(stage), ((j >> 1) - 1) & 1);
+      const int stage = j % kStages, use = j / kStages;
+      if (use > 0) mbar_wait(empty_k(stage), (use - 1) & 1);
       load_keys(k_tile(stage), K, j * kBN);
       announce(full_k(stage));  // (with Q, for K_0)
-      if (j >= 2) mbar_wait(empty_v(stage), ((j >> 1) - 1) & 1);
+      if (use > 0) mbar_wait(empty_v(stage), (use - 1) & 1);
       load_keys(v_tile(stage), V, j * kBN);
       announce(full_v(stage));
     }
@@ -275,8 +282,9 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   // Every math thread waits for every tile, also one its warpgroup skips (rows that see none of its keys),
   // and releases it: that keeps the barriers' phases in step.
   for (int i = 0; i <= n_tiles; ++i) {
-    if (i < n_tiles) mbar_wait(full_k(i & 1), (i >> 1) & 1);
-    if (i > 0) mbar_wait(full_v((i - 1) & 1), ((i - 1) >> 1) & 1);
+    const int ks = i % kStages, vs = (i + kStages - 1) % kStages;  // stages of K_i and V_{i-1}
+    if (i < n_tiles) mbar_wait(full_k(ks), (i / kStages) & 1);
+    if (i > 0) mbar_wait(full_v(vs), ((i - 1) / kStages) & 1);
     fence_async_smem();  // the copies landed through the generic proxy; the tensor cores read through the async one
 
     const int key0 = i * kBN;
@@ -286,33 +294,33 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
     auto step = [&](const uint32_t(&prev)[kBN / 16][4], uint32_t(&next)[kBN / 16][4]) {
       if (scores && !pending) {  // the first tile
         float s[kBN / 2], alpha[2];
-        issue_scores(s, i & 1);
+        issue_scores(s, ks);
         wgmma_wait<0>();
-        mbar_arrive(empty_k(i & 1));
+        mbar_arrive(empty_k(ks));
         softmax(s, key0, next, alpha);
         rescale(alpha);
       } else if (scores) {
         float s[kBN / 2], alpha[2];
-        issue_scores(s, i & 1);
-        issue_pv(prev, (i - 1) & 1);
+        issue_scores(s, ks);
+        issue_pv(prev, vs);
         wgmma_wait<1>();  // S_i is done; P_{i-1} V_{i-1} may still run
-        mbar_arrive(empty_k(i & 1));
+        mbar_arrive(empty_k(ks));
         softmax(s, key0, next, alpha);
         wgmma_wait<0>();  // P_{i-1} V_{i-1} is in O: now O may be rescaled to this tile's maxima
-        mbar_arrive(empty_v((i - 1) & 1));
+        mbar_arrive(empty_v(vs));
         rescale(alpha);
       } else if (pending) {  // the last tile's P V
-        issue_pv(prev, (i - 1) & 1);
+        issue_pv(prev, vs);
         wgmma_wait<0>();
-        mbar_arrive(empty_v((i - 1) & 1));
+        mbar_arrive(empty_v(vs));
       }
     };
     if (i & 1)
       step(p_even, p_odd);
     else
       step(p_odd, p_even);
-    if (i < n_tiles && !scores) mbar_arrive(empty_k(i & 1));
-    if (i > 0 && !pending) mbar_arrive(empty_v((i - 1) & 1));
+    if (i < n_tiles && !scores) mbar_arrive(empty_k(ks));
+    if (i > 0 && !pending) mbar_arrive(empty_v(vs));
   }
 
 #pragma unroll
@@ -339,8 +347,8 @@ template <typename T, int D>
 cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   using Tr = Sm90PrefillTraits<D>;
   const int64_t tiles = (static_cast<int64_t>(p.max_q_len) * p.group + Tr::kBM - 1) / Tr::kBM;
-  if (tiles > 0x7fffffff || p.num_seqs > 65535 || p.num_kv_heads > 65535) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.num_kv_heads),
+  if (tiles > 65535 || p.num_seqs > 65535 || p.num_kv_heads > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(p.num_kv_heads), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(p.num_seqs));
   prefill_sm90_kernel<T, D><<<grid, Tr::kThreads, Tr::kSmem, stream>>>(p);
   return cudaGetLastError();
