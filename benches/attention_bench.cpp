@@ -215,6 +215,11 @@ int main(int argc, char** argv) {
   app.add_option("--plugin-dir", plugin_dir, "where the plugins are")->capture_default_str();
   app.add_option("--what", what, "prefill, decode or all")->capture_default_str();
   app.add_option("--reps", reps, "timings per figure (median)")->capture_default_str();
+  std::vector<int> dims{64, 128}, lens{512, 2048, 8192, 16384};
+  app.add_option("--dims", dims, "prefill head dims")->delimiter(',')->capture_default_str();
+  app.add_option("--lens", lens, "prefill sequence lengths (batch * length = 16K)")
+      ->delimiter(',')
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   const llm::cuda::DeviceStatus status = llm::cuda::probe_device(0);
@@ -230,10 +235,9 @@ int main(int argc, char** argv) {
 
   std::vector<Shape> shapes;
   if (what == "prefill" || what == "all")
-    for (int d : {64, 128})
+    for (int d : dims)
       for (bool causal : {false, true})
-        for (int s : {512, 2048, 8192, 16384})
-          shapes.push_back({false, 16384 / s, s, s, 2048 / d, 2048 / d, d, causal});
+        for (int s : lens) shapes.push_back({false, 16384 / s, s, s, 2048 / d, 2048 / d, d, causal});
   if (what == "decode" || what == "all")
     for (int b : {1, 8, 32})
       for (int kv : {1024, 4096, 16384}) shapes.push_back({true, b, 1, kv, 32, 8, 128, true});

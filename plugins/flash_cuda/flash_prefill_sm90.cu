@@ -65,6 +65,16 @@ __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
 }
+__device__ __forceinline__ void mbar_wait_hint(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity), "r"(0x989680)
+        : "memory");
+  } while (!done);
+}
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   uint32_t done;
   do {
@@ -100,6 +110,12 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   // Heads vary fastest over the grid: the blocks running at once read many heads' keys, not one head's
   // from a few L2 slices.
   const int seq = blockIdx.z, kv_head = blockIdx.x;
+  auto mbar_wait = [&](uint32_t bar, uint32_t parity) {
+    if (p.experiment & 2)
+      ::flash_cuda::mbar_wait_hint(bar, parity);
+    else
+      ::flash_cuda::mbar_wait(bar, parity);
+  };
   const int q0 = p.q_start[seq], q_len = p.q_start[seq + 1] - q0, n_kv = p.kv_len[seq];
   const int group = p.group;
   const RowLimits limit_of{static_cast<int64_t>(max(q_len, 0)) * group, group, n_kv, q_len, p.causal != 0};
@@ -168,10 +184,10 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
     for (int j = 0; j < n_tiles; ++j) {
       const int stage = j % kStages, use = j / kStages;
       if (use > 0) mbar_wait(empty_k(stage), (use - 1) & 1);
-      load_keys(k_tile(stage), K, j * kBN);
+      if (!(p.experiment & 4) || use == 0) load_keys(k_tile(stage), K, j * kBN);
       announce(full_k(stage));  // (with Q, for K_0)
       if (use > 0) mbar_wait(empty_v(stage), (use - 1) & 1);
-      load_keys(v_tile(stage), V, j * kBN);
+      if (!(p.experiment & 4) || use == 0) load_keys(v_tile(stage), V, j * kBN);
       announce(full_v(stage));
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
@@ -201,9 +217,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   // S = Q K^T over the head dim, 16 at a time: within a 128-byte panel the next 16 columns start 32 bytes
   // on (the hardware applies the swizzle to the address bits).
   auto issue_scores = [&](float(&s)[kBN / 2], int stage) {
-#pragma unroll
-    for (int j = 0; j < kBN / 2; ++j) s[j] = 0.0f;
-    wgmma_fence();
+    wgmma_fence();  // (s is written, not read: the first product overwrites it)
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t panel = kk >> 2, step = (kk & 3) * 32;
@@ -234,35 +248,46 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
         for (int e = 0; e < 4; ++e)
           if (key0 + 8 * j + 2 * t + (e & 1) >= limit[e >> 1]) s[4 * j + e] = -INFINITY;
     }
-    float mx[2] = {-INFINITY, -INFINITY};
+    // Maxima and sums in four independent partials per row: the dependent chains are a quarter as long.
+    float mx4[2][4];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) mx4[r][q] = -INFINITY;
 #pragma unroll
     for (int j = 0; j < kBN / 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * j + e]);
+      for (int e = 0; e < 4; ++e) {
+        float& x = mx4[e >> 1][(j & 1) * 2 + (e & 1)];
+        x = fmaxf(x, s[4 * j + e]);
+      }
     float base_m[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      const float m_new = fmaxf(m[r], mx[r] * scale);
+      float mx = fmaxf(fmaxf(mx4[r][0], mx4[r][1]), fmaxf(mx4[r][2], mx4[r][3]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[r], mx * scale);
       base_m[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays all-zero
       alpha[r] = exp2_approx(m[r] - base_m[r]);
       m[r] = m_new;
-      l[r] *= alpha[r];
     }
+    float sum4[2][4] = {};
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {
       float pe[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         pe[e] = exp2_approx(fmaf(s[8 * kk + e], scale, -base_m[(e >> 1) & 1]));
-        l[(e >> 1) & 1] += pe[e];
+        sum4[(e >> 1) & 1][(kk & 1) * 2 + (e & 1)] += pe[e];
       }
       pn[kk][0] = pack2<T>(pe[0], pe[1]);
       pn[kk][1] = pack2<T>(pe[2], pe[3]);
       pn[kk][2] = pack2<T>(pe[4], pe[5]);
       pn[kk][3] = pack2<T>(pe[6], pe[7]);
     }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l[r] = fmaf(l[r], alpha[r], (sum4[r][0] + sum4[r][1]) + (sum4[r][2] + sum4[r][3]));
   };
   auto rescale = [&](const float(&alpha)[2]) {
 #pragma unroll
@@ -279,6 +304,17 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   // do P_{i-1} V_{i-1}. So V trails K by a tile: iteration i loads K_{i+1} and V_i, and reads K_i and V_{i-1}.
   // Each branch below issues and completes its own products (a product issued in one branch and awaited
   // in another makes the compiler serialise every warpgroup MMA).
+  // Optional (Params::experiment & 1): the two math warpgroups take turns to issue their products
+  // (FlashAttention-3's ping-pong), so that one's softmax runs while the other's products do.
+  const bool pingpong = (p.experiment & 1) != 0;
+  auto turn_wait = [&] {
+    if (pingpong) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + wg) : "memory");
+  };
+  auto turn_pass = [&] {
+    if (pingpong) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - wg) : "memory");
+  };
+  if (wg == 1) turn_pass();  // warpgroup 0 goes first
+
   // Every math thread waits for every tile, also one its warpgroup skips (rows that see none of its keys),
   // and releases it: that keeps the barriers' phases in step.
   for (int i = 0; i <= n_tiles; ++i) {
@@ -292,9 +328,11 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
     const bool pending = i > 0 && key0 - kBN < wg_hi;  // pa holds tile i - 1, whose P V is still to do
     // (prev: P of tile i - 1; next: where P of tile i goes)
     auto step = [&](const uint32_t(&prev)[kBN / 16][4], uint32_t(&next)[kBN / 16][4]) {
+      turn_wait();
       if (scores && !pending) {  // the first tile
         float s[kBN / 2], alpha[2];
         issue_scores(s, ks);
+        turn_pass();
         wgmma_wait<0>();
         mbar_arrive(empty_k(ks));
         softmax(s, key0, next, alpha);
@@ -303,6 +341,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
         float s[kBN / 2], alpha[2];
         issue_scores(s, ks);
         issue_pv(prev, vs);
+        turn_pass();
         wgmma_wait<1>();  // S_i is done; P_{i-1} V_{i-1} may still run
         mbar_arrive(empty_k(ks));
         softmax(s, key0, next, alpha);
@@ -311,8 +350,11 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
         rescale(alpha);
       } else if (pending) {  // the last tile's P V
         issue_pv(prev, vs);
+        turn_pass();
         wgmma_wait<0>();
         mbar_arrive(empty_v(vs));
+      } else {
+        turn_pass();
       }
     };
     if (i & 1)
