@@ -206,9 +206,9 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
     p.group = s.num_q_heads / s.num_kv_heads;
     p.num_seqs = a.num_seqs;
     p.max_q_len = a.max_q_len;
+    p.max_kv_len = a.max_kv_len;
     p.causal = a.causal != 0;
     p.sm90_prefill = ctx->sm90_prefill;
-    p.experiment = std::getenv("LLM_FLASH_EXPERIMENT") ? std::atoi(std::getenv("LLM_FLASH_EXPERIMENT")) : 0;
     p.scale_log2 = a.softmax_scale * kLog2e;
     p.q = a.q;
     p.q_token_stride = a.q_token_stride;

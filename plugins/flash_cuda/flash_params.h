@@ -33,12 +33,10 @@ struct KvParams {
 struct Params {
   int32_t fp16;  // 0: bf16, 1: fp16
   int32_t head_dim, num_q_heads, num_kv_heads, group;
-  int32_t num_seqs, max_q_len;
+  int32_t num_seqs, max_q_len, max_kv_len;  // max_*: bounds over the batch (the real lengths are on the device)
   int32_t causal;
   int32_t sm90_prefill;  // prefill on the sm_90a kernel (flash_prefill_sm90.cu) rather than the portable one
-  float scale_log2;
-  int32_t experiment;  // TEMPORARY: kernel variants under measurement      // softmax_scale * log2(e): scores go
-                       // through exp2
+  float scale_log2;      // softmax_scale * log2(e): scores go through exp2
   const void* q;
   int64_t q_token_stride, q_head_stride;
   void* out;

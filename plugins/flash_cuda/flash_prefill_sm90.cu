@@ -1,9 +1,10 @@
 // Prefill on Hopper (sm_90a): the same FlashAttention forward as flash_prefill.cu, with both products on
 // warpgroup MMAs (wgmma), which the H100/H200 run at about twice the rate of mma.sync, and FlashAttention-3's
 // division of labour. A block holds kBM = 128 rows and has three warpgroups:
-//   - one copies: Q, then K and V tiles of 128 keys into two shared-memory stages each (cp.async),
-//     handing them over through shared-memory barriers, and gives most of its registers to the others;
-//   - two do the math, 64 rows each, never waiting for each other. Per tile:
+//   - one copies: Q (cp.async), then K and V tiles of 128 keys into kStages shared-memory stages each,
+//     through the tensor memory accelerator (contiguous caches) or cp.async (paged ones), handing them over
+//     through shared-memory barriers; it gives most of its registers to the other two;
+//   - two do the math, 64 rows each, taking turns to issue their products (ping-pong). Per tile:
 //       S = Q K^T   wgmma, Q and K read from shared memory (both K-major), S in registers;
 //       online softmax on the registers (each thread holds 2 rows, as in the sm_80 kernel);
 //       O += P V    wgmma, P from registers (the accumulator layout is the A-fragment layout, converted
@@ -11,6 +12,11 @@
 //     software-pipelined so that the softmax of tile i runs while the tensor cores do P V of tile i - 1.
 // Shared-memory tiles use the hardware's 128-byte swizzle so that both the copies in and the tensor
 // cores' reads are free of bank conflicts. Head dims whose kernel is 64 or 128 only (`sm90_prefill_dim`).
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+
 #include "flash_params.h"
 #include "prefill_rows.cuh"
 #include "ptx.cuh"
@@ -65,16 +71,6 @@ __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
 }
-__device__ __forceinline__ void mbar_wait_hint(uint32_t bar, uint32_t parity) {
-  uint32_t done;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity), "r"(0x989680)
-        : "memory");
-  } while (!done);
-}
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   uint32_t done;
   do {
@@ -84,6 +80,27 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
                  : "memory");
   } while (!done);
 }
+
+// The tensor memory accelerator: one instruction copies a box of a tensor (described by a tensor map made
+// on the host) into shared memory, already in the 128-byte swizzle, and completes `bytes` on a barrier.
+__device__ __forceinline__ void mbar_expect_bytes(uint32_t bar, uint32_t bytes) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" ::"r"(bar),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                            uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, "
+      "%5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+
+// K and V of a contiguous cache as 4-d tensors (head dim, kv head, position, slot) for the copy engine.
+struct KvMaps {
+  CUtensorMap k, v;
+};
 
 // Hands registers between the warpgroups of a block (sm_90a): the copier gives its spare ones to the math.
 template <int N>
@@ -95,8 +112,11 @@ __device__ __forceinline__ void regs_grow() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm90_kernel(const Params p) {
+// kTma: K and V come through the tensor memory accelerator (contiguous caches); otherwise through cp.async
+// (paged caches, whose blocks the maps cannot follow).
+template <typename T, int D, bool kTma>
+__global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
+    prefill_sm90_kernel(const Params p, const __grid_constant__ KvMaps maps) {
   using Tr = Sm90PrefillTraits<D>;
   constexpr int kBM = Tr::kBM, kBN = Tr::kBN, kChunks = D / 8;
   extern __shared__ unsigned char smem_raw[];
@@ -110,12 +130,6 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   // Heads vary fastest over the grid: the blocks running at once read many heads' keys, not one head's
   // from a few L2 slices.
   const int seq = blockIdx.z, kv_head = blockIdx.x;
-  auto mbar_wait = [&](uint32_t bar, uint32_t parity) {
-    if (p.experiment & 2)
-      ::flash_cuda::mbar_wait_hint(bar, parity);
-    else
-      ::flash_cuda::mbar_wait(bar, parity);
-  };
   const int q0 = p.q_start[seq], q_len = p.q_start[seq + 1] - q0, n_kv = p.kv_len[seq];
   const int group = p.group;
   const RowLimits limit_of{static_cast<int64_t>(max(q_len, 0)) * group, group, n_kv, q_len, p.causal != 0};
@@ -130,23 +144,26 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   const T* K = static_cast<const T*>(p.kv.k);
   const T* V = static_cast<const T*>(p.kv.v);
 
-  // Barriers per stage: full_k, full_v (count: the 128 copying threads), empty_k, empty_v (the math threads).
+  // Barriers per stage: full_k, full_v (count: the thread starting the copy engine, or the 128 copying
+  // threads), empty_k, empty_v (the math threads); and q_full, for Q (the 128 copying threads).
   const uint32_t bars = base + Tr::kBarriers;
   auto full_k = [&](int stage) { return bars + 8 * stage; };
   auto full_v = [&](int stage) { return bars + 8 * (kStages + stage); };
   auto empty_k = [&](int stage) { return bars + 8 * (2 * kStages + stage); };
   auto empty_v = [&](int stage) { return bars + 8 * (3 * kStages + stage); };
+  const uint32_t q_full = bars + 8 * 4 * kStages;
   if (threadIdx.x == 0) {
-    for (int b = 0; b < 2 * kStages; ++b) mbar_init(bars + 8 * b, 128);
+    for (int b = 0; b < 2 * kStages; ++b) mbar_init(bars + 8 * b, kTma ? 1 : 128);
     for (int b = 2 * kStages; b < 4 * kStages; ++b) mbar_init(bars + 8 * b, 128 * Tr::kConsumers);
+    mbar_init(q_full, 128);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
   const int wg = threadIdx.x >> 7;
   if (wg == Tr::kConsumers) {
-    // The copying warpgroup: Q with K_0, then K_j and V_j into stage j % kStages once the math is done with
-    // the tile before there; the hardware completes a full barrier when the copies before it land.
+    // The copying warpgroup: Q, then K_j and V_j into stage j % kStages once the math is done with the tile
+    // before there; a full barrier completes when its copies land.
     regs_shrink<Tr::kProducerRegs>();
     const int pt = threadIdx.x - 128 * Tr::kConsumers;
     // Each thread copies one 16-byte column chunk of every kRowStep-th row: the shared-memory offsets of
@@ -170,7 +187,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
         cp_async_16(smem + tile + lane_off + ps * kRowStep * 128, src + off, valid);
       }
     };
-    // The full barrier of a copy completes when all 128 threads' copies so far have landed.
+    // A barrier counting the 128 threads completes when all their copies so far have landed.
     auto announce = [&](uint32_t bar) {
       asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
     };
@@ -181,14 +198,34 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
       const int64_t off = valid ? row_offset(row0 + r, q0, group, kv_head, p.q_token_stride, p.q_head_stride) + col : 0;
       cp_async_16(smem + tile_offset(r, col, kBM), Q + off, valid);
     }
-    for (int j = 0; j < n_tiles; ++j) {
-      const int stage = j % kStages, use = j / kStages;
-      if (use > 0) mbar_wait(empty_k(stage), (use - 1) & 1);
-      if (!(p.experiment & 4) || use == 0) load_keys(k_tile(stage), K, j * kBN);
-      announce(full_k(stage));  // (with Q, for K_0)
-      if (use > 0) mbar_wait(empty_v(stage), (use - 1) & 1);
-      if (!(p.experiment & 4) || use == 0) load_keys(v_tile(stage), V, j * kBN);
-      announce(full_v(stage));
+    announce(q_full);
+    if constexpr (kTma) {
+      // One thread drives the copy engine: a K or V tile is D / 64 boxes of 64 columns x kBN keys.
+      if (pt == 0) {
+        auto copy_tile = [&](const CUtensorMap* map, uint32_t tile, uint32_t bar, int key0) {
+          mbar_expect_bytes(bar, Tr::kKvBytes);
+#pragma unroll
+          for (int panel = 0; panel < D / 64; ++panel)
+            tma_load_4d(base + tile + panel * kBN * 128, map, panel * 64, kv_head, key0, slot, bar);
+        };
+        for (int j = 0; j < n_tiles; ++j) {
+          const int stage = j % kStages, use = j / kStages;
+          if (use > 0) mbar_wait(empty_k(stage), (use - 1) & 1);
+          copy_tile(&maps.k, k_tile(stage), full_k(stage), j * kBN);
+          if (use > 0) mbar_wait(empty_v(stage), (use - 1) & 1);
+          copy_tile(&maps.v, v_tile(stage), full_v(stage), j * kBN);
+        }
+      }
+    } else {
+      for (int j = 0; j < n_tiles; ++j) {
+        const int stage = j % kStages, use = j / kStages;
+        if (use > 0) mbar_wait(empty_k(stage), (use - 1) & 1);
+        load_keys(k_tile(stage), K, j * kBN);
+        announce(full_k(stage));
+        if (use > 0) mbar_wait(empty_v(stage), (use - 1) & 1);
+        load_keys(v_tile(stage), V, j * kBN);
+        announce(full_v(stage));
+      }
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     return;
@@ -304,17 +341,28 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   // do P_{i-1} V_{i-1}. So V trails K by a tile: iteration i loads K_{i+1} and V_i, and reads K_i and V_{i-1}.
   // Each branch below issues and completes its own products (a product issued in one branch and awaited
   // in another makes the compiler serialise every warpgroup MMA).
-  // Optional (Params::experiment & 1): the two math warpgroups take turns to issue their products
-  // (FlashAttention-3's ping-pong), so that one's softmax runs while the other's products do.
-  const bool pingpong = (p.experiment & 1) != 0;
-  auto turn_wait = [&] {
-    if (pingpong) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + wg) : "memory");
-  };
-  auto turn_pass = [&] {
-    if (pingpong) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - wg) : "memory");
-  };
+  // The two math warpgroups take turns to issue their products (FlashAttention-3's ping-pong): one's
+  // softmax then runs while the other's products do, rather than both waiting on the tensor cores at once.
+  auto turn_wait = [&] { asm volatile("bar.sync %0, 256;\n" ::"r"(1 + wg) : "memory"); };
+  auto turn_pass = [&] { asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - wg) : "memory"); };
   if (wg == 1) turn_pass();  // warpgroup 0 goes first
 
+  if (n_tiles > 0) mbar_wait(q_full, 0);
+  // The copy engine brings whole tiles: keys of the last tile past the block's limit hold whatever the
+  // cache holds there (masked scores, but 0 * NaN would still be NaN in P V). Each math warpgroup zeroes
+  // those rows of V itself before its last P V (both may write the same zeros: harmless).
+  auto clear_tail = [&](int tile_index, int stage) {
+    if constexpr (kTma) {
+      const int first = block_limit - tile_index * kBN;
+      if (tile_index != n_tiles - 1 || first >= kBN) return;
+      for (int c = threadIdx.x & 127; c < (kBN - first) * kChunks; c += 128) {
+        const int r = first + c / kChunks, col = (c % kChunks) * 8;
+        *reinterpret_cast<uint4*>(smem + v_tile(stage) + tile_offset(r, col, kBN)) = make_uint4(0, 0, 0, 0);
+      }
+      fence_async_smem();
+      asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
+    }
+  };
   // Every math thread waits for every tile, also one its warpgroup skips (rows that see none of its keys),
   // and releases it: that keeps the barriers' phases in step.
   for (int i = 0; i <= n_tiles; ++i) {
@@ -349,6 +397,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
         mbar_arrive(empty_v(vs));
         rescale(alpha);
       } else if (pending) {  // the last tile's P V
+        clear_tail(i - 1, vs);
         issue_pv(prev, vs);
         turn_pass();
         wgmma_wait<0>();
@@ -385,6 +434,42 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1) prefill_sm9
   }
 }
 
+// Tensor maps of K and V for a contiguous cache: dims (head dim, kv head, position, slot), boxes of 64
+// columns x kBN keys in the 128-byte swizzle. Positions past max_kv_len read as zeros. False when the
+// driver cannot make them (the caller then copies with cp.async).
+bool encode_maps(const Params& p, int bn, KvMaps* maps) {
+  static const auto encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  // Positions: up to max_kv_len, and never past the slot's own region (whole boxes are read, also past a
+  // sequence's length: this keeps those reads inside the cache).
+  if (!encode || p.kv.token_stride <= 0 || p.kv.seq_stride < p.kv.token_stride) return false;
+  const int64_t positions = std::min<int64_t>(p.max_kv_len, p.kv.seq_stride / p.kv.token_stride);
+  if (positions < 1) return false;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(p.head_dim), static_cast<cuuint64_t>(p.num_kv_heads),
+                              static_cast<cuuint64_t>(positions), 1u << 16};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(p.kv.head_stride) * 2,
+                                 static_cast<cuuint64_t>(p.kv.token_stride) * 2,
+                                 static_cast<cuuint64_t>(p.kv.seq_stride) * 2};
+  const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(bn), 1};
+  const cuuint32_t unit[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType type = p.fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  for (int i = 0; i < 2; ++i) {
+    CUtensorMap* map = i == 0 ? &maps->k : &maps->v;
+    void* src = const_cast<void*>(i == 0 ? p.kv.k : p.kv.v);
+    if (encode(map, type, 4, src, dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+      return false;
+  }
+  return true;
+}
+
 template <typename T, int D>
 cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   using Tr = Sm90PrefillTraits<D>;
@@ -392,7 +477,11 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   if (tiles > 65535 || p.num_seqs > 65535 || p.num_kv_heads > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(p.num_kv_heads), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(p.num_seqs));
-  prefill_sm90_kernel<T, D><<<grid, Tr::kThreads, Tr::kSmem, stream>>>(p);
+  KvMaps maps{};
+  if (!p.kv.paged && encode_maps(p, Tr::kBN, &maps))
+    prefill_sm90_kernel<T, D, true><<<grid, Tr::kThreads, Tr::kSmem, stream>>>(p, maps);
+  else
+    prefill_sm90_kernel<T, D, false><<<grid, Tr::kThreads, Tr::kSmem, stream>>>(p, maps);
   return cudaGetLastError();
 }
 
@@ -407,8 +496,12 @@ cudaError_t launch_dim(const Params& p, cudaStream_t stream) {
 
 template <typename T, int D>
 cudaError_t configure_typed() {
-  return cudaFuncSetAttribute(prefill_sm90_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(Sm90PrefillTraits<D>::kSmem));
+  const int smem = static_cast<int>(Sm90PrefillTraits<D>::kSmem);
+  cudaError_t e =
+      cudaFuncSetAttribute(prefill_sm90_kernel<T, D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(prefill_sm90_kernel<T, D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  return e;
 }
 
 template <typename T>
