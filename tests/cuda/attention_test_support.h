@@ -165,6 +165,7 @@ struct Case {
   int pad = 0;                // extra elements per query token in q and out (strided, padding stays poison)
   bool loose_bounds = false;  // max_q_len / max_kv_len as a graph-captured call passes them (session maxima)
   int extra_slots = 2;        // cache slots beyond the batch's (0 keeps long-context caches small)
+  bool nan_past_end = false;  // cache positions past each sequence's length hold NaN (must never be read into out)
 };
 
 inline std::string describe(const Case& tc, bool decode) {
@@ -203,6 +204,19 @@ class Problem {
       slot_.push_back(slot_order[i]);
     }
     kv_len_.assign(tc.kv_lens.begin(), tc.kv_lens.end());
+    if (tc.nan_past_end) {  // all-ones bytes: NaN in every dtype
+      const size_t es = k_.bytes.size() / cache_elems;
+      for (int i = 0; i < seqs_; ++i)
+        for (int pos = kv_len_[i]; pos < blocks_per_seq_ * tc.block; ++pos) {
+          const size_t row =
+              tc.paged ? static_cast<size_t>(table_[static_cast<size_t>(slot_[i]) * blocks_per_seq_ + pos / tc.block]) *
+                                 tc.block +
+                             pos % tc.block
+                       : static_cast<size_t>(slot_[i]) * blocks_per_seq_ * tc.block + pos;
+          std::fill_n(k_.bytes.begin() + row * kv_dim_ * es, kv_dim_ * es, 0xff);
+          std::fill_n(v_.bytes.begin() + row * kv_dim_ * es, kv_dim_ * es, 0xff);
+        }
+    }
     total_ = q_start_.back();
     q_ = random_tensor(static_cast<size_t>(total_) * q_dim_, tc.dtype, rng);
 

@@ -140,6 +140,31 @@ TEST(FlashCuda, BothPrefillKernelsMatchTheReference) {
   table.print("prefill kernels: portable (sm80) and chosen (auto: the Hopper kernel on compute 9.0)");
 }
 
+// The Hopper kernel copies whole 128-key tiles, also past a sequence's last key: what the cache holds
+// there (here NaN) must not reach the output, in prefill or decode, contiguous or paged.
+TEST(FlashCuda, CacheEntriesPastTheLengthNeverReachTheOutput) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(fresh_seed());
+  ErrorTable table;
+  for (int dtype : kDtypes)
+    for (int head_dim : {64, 128})
+      for (bool paged : {false, true})
+        for (bool causal : {true, false}) {
+          const std::string tag = std::string(dtype_name(dtype)) + " d=" + std::to_string(head_dim) +
+                                  (paged ? " paged" : " contig") + (causal ? " causal" : " non-causal");
+          Case prefill{head_dim, 8, 2, {200, 3, 70}, {200, 77, 333}};
+          prefill.dtype = dtype, prefill.paged = paged, prefill.causal = causal, prefill.nan_past_end = true;
+          table.add(tag + " prefill", run_case(*plugin, prefill, rng, false));
+          if (!causal) continue;
+          Case decode{head_dim, 8, 2, {1, 1}, {130, 1000}};
+          decode.dtype = dtype, decode.paged = paged, decode.nan_past_end = true;
+          table.add(tag + " decode", run_case(*plugin, decode, rng, true));
+        }
+  table.print("NaN in the cache past every sequence's length");
+}
+
 TEST(FlashCuda, PrefillKernelChoiceIsCheckedWithReasons) {  // no GPU needed: refused before the device
   auto plugin = load_flash();
   ASSERT_NE(plugin, nullptr);
