@@ -1,5 +1,6 @@
-// flash_cuda.so: FlashAttention-2 style kernels on tensor cores (bf16 and fp16 in, fp32 accumulation)
-// for prefill, and split-KV flash-decoding for decode; GQA without copying K/V per head, contiguous and
+// flash_cuda.so: FlashAttention kernels on tensor cores (bf16 and fp16 in, fp32 accumulation) for prefill
+// (FlashAttention-2's design on any sm_80+ GPU; on Hopper FlashAttention-3's, see choose_prefill_kernel),
+// and split-KV flash-decoding for decode; GQA without copying K/V per head, contiguous and
 // paged KV caches, head dims that are multiples of 8 up to 256. Ahead of mha_cuda in the chain; whatever it does
 // not serve (fp32, other head dims, unaligned tensors) it refuses with a reason, and the chain moves on.
 // Calls only enqueue kernels on the caller's stream (no host synchronisation, no allocation, no reads of
