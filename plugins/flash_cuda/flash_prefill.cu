@@ -36,17 +36,13 @@ __global__ void __launch_bounds__(PrefillTraits<D>::kThreads) prefill_kernel(con
   T* sk = sq + kBM * kStride;  // [2][kBN][kStride]
   T* sv = sk + 2 * kBN * kStride;
 
-  const int seq = blockIdx.z, kv_head = blockIdx.y;
-  const int q0 = p.q_start[seq], q_len = p.q_start[seq + 1] - q0, n_kv = p.kv_len[seq];
-  const int group = p.group;
-  const RowLimits limit_of{static_cast<int64_t>(max(q_len, 0)) * group, group, n_kv, q_len, p.causal != 0};
-  // Heavy tiles (last rows, which see the most keys when causal) get the low block ids: scheduled first.
-  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kBM;
-  if (row0 >= limit_of.total_rows) return;
-  const int count = static_cast<int>(min(static_cast<int64_t>(kBM), limit_of.total_rows - row0));
-  const int block_limit = limit_of(row0 + count - 1);
+  const int seq = blockIdx.z, kv_head = blockIdx.y, group = p.group;
+  const BlockRows rows = block_rows(p, seq, blockIdx.x, gridDim.x, kBM);
+  if (rows.count == 0) return;
+  const RowLimits& limit_of = rows.limit_of;
+  const int q0 = rows.q0, count = rows.count, block_limit = rows.block_limit, slot = rows.slot;
+  const int64_t row0 = rows.row0;
   const int n_tiles = (block_limit + kBN - 1) / kBN;
-  const int slot = p.seq_slot[seq];
   const T* Q = static_cast<const T*>(p.q);
   T* out = static_cast<T*>(p.out);
 

@@ -26,4 +26,30 @@ __device__ __forceinline__ int64_t row_offset(int64_t r, int q0, int group, int 
   return (q0 + r / group) * token_stride + (kv_head * group + r % group) * head_stride;
 }
 
+// The rows one block of a prefill kernel owns: `bm` rows of sequence `seq`, counted from the end (tile 0
+// holds the last rows, which see the most keys when causal: the low block ids, scheduled first, get the
+// heavy tiles). count 0: the sequence has no rows there, nothing to do.
+struct BlockRows {
+  RowLimits limit_of;
+  int q0, slot;
+  int64_t row0;     // the block's first row
+  int count;        // its rows
+  int block_limit;  // keys its last row sees (the most of any of its rows)
+};
+
+__device__ __forceinline__ BlockRows block_rows(const Params& p, int seq, int64_t tile_from_end, int64_t tiles,
+                                                int bm) {
+  BlockRows b;
+  b.q0 = p.q_start[seq];
+  const int q_len = p.q_start[seq + 1] - b.q0, n_kv = p.kv_len[seq];
+  b.limit_of = RowLimits{static_cast<int64_t>(max(q_len, 0)) * p.group, p.group, n_kv, q_len, p.causal != 0};
+  b.row0 = (tiles - 1 - tile_from_end) * bm;
+  b.count = b.row0 >= b.limit_of.total_rows
+                ? 0
+                : static_cast<int>(min(static_cast<int64_t>(bm), b.limit_of.total_rows - b.row0));
+  b.block_limit = b.count > 0 ? b.limit_of(b.row0 + b.count - 1) : 0;
+  b.slot = p.seq_slot[seq];
+  return b;
+}
+
 }  // namespace flash_cuda
