@@ -1,25 +1,29 @@
+// The CUDA-core kernel (see gemv.h), the choice between it and the tensor-core kernel (gemv_tc.cu), and
+// LLM_GEMV.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "cuda_check.h"
 #include "dtype_convert.cuh"
+#include "error.h"
 #include "gemv.h"
+#include "mma.cuh"
 #include "pdl.cuh"
 
 namespace llm::cuda {
+
+// gemv_tc.cu: the tensor-core kernel (bf16/fp16, 1 to kGemvMaxTokens tokens) and its plan.
+void gemv_tensor_core(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream,
+                      const GemvTuning& tuning);
+GemvTuning gemv_tensor_core_plan(GemvEpilogue epilogue, const GemvArgs& args, DType type, const GemvTuning& tuning);
+
 namespace {
 
 constexpr int kWarps = 8;   // warps per block; each warp owns one pair of weight rows
 constexpr int kUnroll = 4;  // 16-byte chunks per row in flight per lane
-
-// 16 bytes of weights, streamed: read once per step, so kept out of L1 (x, re-read by every warp, stays).
-__device__ __forceinline__ uint4 load_stream(const void* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
 
 // acc += dot(w, x) over the elements of two 32-bit words of type T.
 template <typename T>
@@ -216,19 +220,54 @@ void launch_typed(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
     default: break;
   }
 }
+static_assert(kGemvCudaCoreMaxTokens == 4, "launch_typed instantiates 1 to 4 tokens");
+
+bool takes_tensor_cores(GemvKernel kernel, DType type, int tokens) {
+  if (type == DType::F32) return false;
+  return kernel == GemvKernel::TensorCore || (kernel == GemvKernel::Auto && tokens > kGemvAutoCudaCoreMaxTokens);
+}
 
 }  // namespace
 
-void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream) {
-  if (args.tokens < 1 || args.tokens > kGemvMaxTokens) {
-    throw_cuda_error(cudaErrorInvalidValue, "gemv: tokens outside [1, kGemvMaxTokens]", __FILE__, __LINE__);
+GemvKernel gemv_kernel_from_env() {
+  const char* v = std::getenv("LLM_GEMV");
+  if (!v || !*v || std::strcmp(v, "auto") == 0) return GemvKernel::Auto;
+  if (std::strcmp(v, "cuda_core") == 0) return GemvKernel::CudaCore;
+  if (std::strcmp(v, "tensor_core") == 0) return GemvKernel::TensorCore;
+  fail("LLM_GEMV='{}': expected cuda_core, tensor_core or auto", v);
+}
+
+const char* gemv_kernel_name(GemvKernel kernel) {
+  switch (kernel) {
+    case GemvKernel::CudaCore: return "cuda_core";
+    case GemvKernel::TensorCore: return "tensor_core";
+    default: return "auto";
   }
+}
+
+int gemv_max_tokens(GemvKernel kernel, DType type) {
+  return type == DType::F32 || kernel == GemvKernel::CudaCore ? kGemvCudaCoreMaxTokens : kGemvMaxTokens;
+}
+
+void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream, GemvKernel kernel,
+          const GemvTuning& tuning) {
+  if (args.tokens < 1 || args.tokens > gemv_max_tokens(kernel, type)) {
+    throw_cuda_error(cudaErrorInvalidValue, "gemv: tokens outside [1, gemv_max_tokens(kernel, type)]", __FILE__,
+                     __LINE__);
+  }
+  if (takes_tensor_cores(kernel, type, args.tokens)) return gemv_tensor_core(epilogue, args, type, stream, tuning);
   switch (type) {
     case DType::F32: launch_typed<float>(epilogue, args, stream); break;
     case DType::F16: launch_typed<__half>(epilogue, args, stream); break;
     case DType::BF16: launch_typed<__nv_bfloat16>(epilogue, args, stream); break;
   }
   LLM_CUDA_CHECK_LAUNCH();
+}
+
+GemvTuning gemv_plan(GemvEpilogue epilogue, const GemvArgs& args, DType type, GemvKernel kernel,
+                     const GemvTuning& tuning) {
+  if (!takes_tensor_cores(kernel, type, args.tokens)) return {};
+  return gemv_tensor_core_plan(epilogue, args, type, tuning);
 }
 
 }  // namespace llm::cuda

@@ -1,14 +1,19 @@
-// Matrix-vector products for decode steps (a few tokens), with the step that follows each product fused
-// into its epilogue. At batch 1 a product reads every weight once and does one multiply-add per weight:
-// it is a pure stream of bytes, and cuBLAS's general kernels (tensor-core tiles padded from 1 token to 8
-// or 16) leave much of the bandwidth unused and need extra launches (split-K reductions, the element-wise
-// steps after them). Here one warp streams two weight rows with 16-byte loads, several in flight, and
-// keeps the products of up to kGemvMaxTokens tokens in registers; what follows is done on the spot:
+// Matrix-vector products for decode steps (1 to kGemvMaxTokens tokens), with the step that follows each
+// product fused into its epilogue. A decode step reads every weight once and does a few multiply-adds per
+// weight: it is a stream of bytes, and cuBLAS's general kernels (tiles padded from a few tokens to 64 or
+// more, split-K reductions, separate element-wise kernels after them) leave much of the bandwidth unused.
+// Two kernels stream the weights with 16-byte loads, several in flight, and finish on the spot:
 //   QkvRope:  q, k, v = Wq x, Wk x, Wv x; RoPE on q and k (a warp holds both rows of a rotated pair);
 //             q to its buffer, k and v straight into the KV cache row (slot, pos) of the token.
 //   Swiglu:   h = silu(W1 x) * (W3 x) (a warp holds row r of both).
 //   AddF32:   y += W x (the residual stream, fp32).
 //   StoreF32: y = W x (logits, fp32).
+// The CUDA-core kernel (gemv.cu: a warp per two rows, fp32 multiply-adds) works for every dtype but its
+// unpacking and multiply-adds grow with the tokens while the bytes do not: from about 8 tokens on a 7B
+// shape it is instruction-bound, so it stops at kGemvCudaCoreMaxTokens. The tensor-core kernel (gemv_tc.cu,
+// bf16/fp16 only) does a 16-row tile per warp with mma.m16n8k16, tokens as the n dimension (one n-tile up
+// to 8 tokens, two up to 16): the instruction count hardly grows with the tokens, and K is split over the
+// warps of a block so that even a 4096-row matrix puts enough bytes in flight.
 // Inputs x are rows in the model dtype; arithmetic is fp32. T is float, __half or __nv_bfloat16.
 #pragma once
 
@@ -20,12 +25,29 @@
 
 namespace llm::cuda {
 
-// More tokens per weight byte turn the product from memory-bound into instruction-bound on the CUDA
-// cores (unpacking and multiply-adds grow with tokens, bytes do not): from about 8 tokens on a 7B shape
-// the tensor cores (cuBLAS) are the better tool.
-constexpr int kGemvMaxTokens = 4;
+constexpr int kGemvMaxTokens = 16;         // the most tokens any gemv kernel takes (bf16/fp16)
+constexpr int kGemvCudaCoreMaxTokens = 4;  // the CUDA-core kernel's limit (the only one for fp32)
+// GemvKernel::Auto takes the CUDA-core kernel up to this many tokens, the tensor-core one above: a guess
+// until benches/gemv_bench measures both on the GPU (the CUDA-core kernel was tuned for 1 token).
+constexpr int kGemvAutoCudaCoreMaxTokens = 1;
 
 enum class GemvEpilogue { QkvRope, Swiglu, AddF32, StoreF32 };
+
+// Which kernel does a product. The environment variable LLM_GEMV (cuda_core, tensor_core or auto; read by
+// gemv_kernel_from_env, which LlamaCuda calls once when it is built) chooses for a whole run, so that one
+// build can be measured both ways. fp32 models always take the CUDA-core kernel (up to 4 tokens).
+enum class GemvKernel {
+  Auto,        // the faster one for the token count (kGemvAutoCudaCoreMaxTokens)
+  CudaCore,    // up to kGemvCudaCoreMaxTokens: longer steps go through cuBLAS, as before the tensor-core kernel
+  TensorCore,  // bf16/fp16, 1 to kGemvMaxTokens
+};
+
+// LLM_GEMV as a GemvKernel (unset or empty: Auto); throws llm::Error naming the variable on another value.
+GemvKernel gemv_kernel_from_env();
+const char* gemv_kernel_name(GemvKernel kernel);
+
+// The most tokens `kernel` takes for a model of dtype `type`; longer steps belong to cuBLAS.
+int gemv_max_tokens(GemvKernel kernel, DType type);
 
 struct GemvArgs {
   // Up to three matrices, row-major [rows][cols] in the model dtype, laid end to end in "row space":
@@ -37,7 +59,7 @@ struct GemvArgs {
   int tokens = 0;
   // outputs
   void* out = nullptr;  // QkvRope: q [tokens][rows[0]]; Swiglu: h [tokens][rows[0]] (dtype); Add/StoreF32: fp32
-  // QkvRope only
+  // QkvRope only (every section an even number of rows: RoPE pairs rows 2i, 2i+1)
   int head_dim = 0;
   const float* cos_sin = nullptr;  // [pos][head_dim / 2][2]
   const int32_t* pos = nullptr;    // [tokens]
@@ -46,7 +68,19 @@ struct GemvArgs {
   int64_t seq_stride = 0;  // elements between slots; rows of rows[1] elements per position
 };
 
-// Enqueues the product on `stream`; tokens in [1, kGemvMaxTokens].
-void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream);
+// How the tensor-core kernel cuts a product (0: chosen from the shape and the device; for measurement).
+struct GemvTuning {
+  int warps = 0;      // warps per block, each a slice of the columns (1, 2, 4, 8 or 16)
+  int row_tiles = 0;  // 16-row tiles per block (1 or 2; Swiglu: 1, of W1 and of W3 each)
+};
+
+// Enqueues the product on `stream`; tokens in [1, gemv_max_tokens(kernel, type)].
+void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream,
+          GemvKernel kernel = GemvKernel::Auto, const GemvTuning& tuning = {});
+
+// What gemv would use for this product: `tuning` with its zeros filled in (for the tensor-core kernel;
+// the current device's), or {0, 0} where the product goes to the CUDA-core kernel.
+GemvTuning gemv_plan(GemvEpilogue epilogue, const GemvArgs& args, DType type, GemvKernel kernel = GemvKernel::Auto,
+                     const GemvTuning& tuning = {});
 
 }  // namespace llm::cuda

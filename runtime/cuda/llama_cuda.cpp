@@ -34,7 +34,8 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       dtype_(dtype),
       max_batch_(max_batch),
       max_context_(max_context),
-      alloc_(std::make_unique<CachingAllocator>(device.index)) {
+      alloc_(std::make_unique<CachingAllocator>(device.index)),
+      gemv_kernel_(gemv_kernel_from_env()) {
   LLM_CUDA_CHECK(cudaSetDevice(device.index));
   LLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   LLM_CUBLAS_CHECK(cublasCreate(&cublas_));
@@ -85,11 +86,18 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       "GPU model on {}{}: {} weights, KV cache {:.1f} MiB ({} slots x {} positions); {}", device.name,
       tp ? fmt::format(" (device {}, tensor-parallel rank {} of {})", device_, tp->plan->rank, tp->plan->world) : "",
       dtype_name(dtype_), 2.0 * cache_bytes / (1 << 20), max_batch_, max_context_, alloc_->stats_line());
+  if (gemv_kernel_ != GemvKernel::Auto)
+    log().info("decode-step products: the {} matrix-vector kernel (LLM_GEMV)", gemv_kernel_name(gemv_kernel_));
 }
 
 void LlamaCuda::set_gemv_max_tokens(int n) {
   gemv_max_tokens_ = std::clamp(n, 0, kGemvMaxTokens);
   drop_graphs();  // captured with the other path
+}
+
+void LlamaCuda::set_gemv_kernel(GemvKernel kernel) {
+  gemv_kernel_ = kernel;
+  drop_graphs();
 }
 
 void LlamaCuda::drop_graphs() {
@@ -292,9 +300,10 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
   args.kv = &view;
   args.stream = stream_;
 
-  // Decode steps (a few tokens) stream the weights through the fused matrix-vector kernels; longer
-  // batches (prefill) go through cuBLAS on the tensor cores.
-  const bool gemv_path = tokens <= gemv_max_tokens_ && chunks <= gemv_max_tokens_;
+  // Decode steps (up to 16 tokens: a batch of sequences a token each) stream the weights through the
+  // fused matrix-vector kernels; longer steps (prefill) go through cuBLAS.
+  const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
+  const bool gemv_path = tokens <= gemv_tokens && chunks <= gemv_tokens;
   GemvArgs qkv;
   if (gemv_path) {
     qkv.rows[0] = h.dim, qkv.rows[1] = h.kv_dim(), qkv.rows[2] = h.kv_dim();
@@ -313,7 +322,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
     if (!gemv_path) return gemm(w, x, n, y, true, add ? 1.0f : 0.0f);
     GemvArgs a;
     a.w[0] = w.data, a.rows[0] = w.rows, a.cols = w.cols, a.x = x, a.tokens = n, a.out = y;
-    gemv(add ? GemvEpilogue::AddF32 : GemvEpilogue::StoreF32, a, dtype_, stream_);
+    gemv(add ? GemvEpilogue::AddF32 : GemvEpilogue::StoreF32, a, dtype_, stream_, gemv_kernel_);
   };
 
   for (int l = 0; l < c.n_layers; ++l) {
@@ -326,7 +335,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
     if (gemv_path) {
       qkv.w[0] = L.wq.data, qkv.w[1] = L.wk.data, qkv.w[2] = L.wv.data;
       qkv.k_cache = k_cache, qkv.v_cache = v_cache;
-      gemv(GemvEpilogue::QkvRope, qkv, dtype_, stream_);
+      gemv(GemvEpilogue::QkvRope, qkv, dtype_, stream_, gemv_kernel_);
     } else {
       gemm(L.wq, xb_, tokens, q_, false, 0.0f);
       gemm(L.wk, xb_, tokens, k_, false, 0.0f);
@@ -352,7 +361,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
       GemvArgs a;
       a.w[0] = L.w1.data, a.w[1] = L.w3.data, a.rows[0] = L.w1.rows, a.cols = L.w1.cols;
       a.x = xb_, a.tokens = tokens, a.out = hb_;
-      gemv(GemvEpilogue::Swiglu, a, dtype_, stream_);
+      gemv(GemvEpilogue::Swiglu, a, dtype_, stream_, gemv_kernel_);
     } else {
       gemm(L.w1, xb_, tokens, h1_, true, 0.0f);
       gemm(L.w3, xb_, tokens, h3_, true, 0.0f);

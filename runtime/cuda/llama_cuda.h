@@ -56,8 +56,12 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   void set_use_graphs(bool on) { use_graphs_ = on; }
   int graph_replays() const { return graph_replays_; }
   // Steps of at most this many tokens take the fused matrix-vector kernels (gemv.h), longer ones cuBLAS;
-  // 0: cuBLAS always. At most kGemvMaxTokens.
+  // 0: cuBLAS always. At most kGemvMaxTokens, and at most what the kernel in use takes for the dtype
+  // (gemv_max_tokens: 4 for fp32 and for the CUDA-core kernel, 16 otherwise).
   void set_gemv_max_tokens(int n);
+  // Which matrix-vector kernel decode steps take (gemv.h); the default comes from LLM_GEMV.
+  void set_gemv_kernel(GemvKernel kernel);
+  GemvKernel gemv_kernel() const { return gemv_kernel_; }
 
   // AttentionBridge: CPU backends serve a GPU model through a host mirror of the KV cache (fp32, filled
   // incrementally: only positions not mirrored yet are copied), the queries copied down and the output up.
@@ -143,6 +147,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
 
   bool use_graphs_ = true;
   int gemv_max_tokens_ = kGemvMaxTokens;
+  GemvKernel gemv_kernel_ = GemvKernel::Auto;
   std::vector<Graph> graphs_;  // by chunk count, decode only
   std::string graph_backend_;  // the backend the graphs were captured with
   int graph_replays_ = 0;

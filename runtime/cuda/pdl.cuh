@@ -26,12 +26,14 @@ __device__ __forceinline__ void allow_next_kernel() {
 #endif
 }
 
-// kernel<<<grid, block, 0, stream>>>(args...), allowed to overlap the kernel before it (see above).
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), allowed to overlap the kernel before it (see above).
 template <typename... Params, typename... Args>
-void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                Args&&... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -39,6 +41,12 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s
   config.attrs = &attribute;
   config.numAttrs = 1;
   LLM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+// The same without dynamic shared memory.
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+  launch_pdl(kernel, grid, block, size_t{0}, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace llm::cuda
