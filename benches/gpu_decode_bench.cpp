@@ -78,10 +78,11 @@ int main(int argc, char** argv) {
   app.add_option("--new-tokens", new_tokens, "decode steps")->capture_default_str();
   app.add_option("--backends", backends, "attention backend chain")->delimiter(',');
   app.add_option("--products", products,
-                 "matrix products: auto (fused GEMV kernels for steps of few tokens, cuBLAS otherwise), cublas; "
-                 "several: each is timed")
+                 "matrix products: auto (fused GEMV kernels for steps of up to 16 tokens, cuBLAS otherwise; the "
+                 "kernel LLM_GEMV names, else each where it is faster), cuda_core or tensor_core (that GEMV kernel "
+                 "where it applies), cublas; several: each is timed")
       ->delimiter(',')
-      ->check(CLI::IsMember({"auto", "cublas"}));
+      ->check(CLI::IsMember({"auto", "cuda_core", "tensor_core", "cublas"}));
   app.add_option("--tensor-parallel", tensor_parallel, "GPUs per model (a rank each); several: each is timed")
       ->delimiter(',');
   app.add_option("--dtype", dtype, "bf16, fp16 or fp32")->capture_default_str();
@@ -146,10 +147,16 @@ int main(int argc, char** argv) {
       std::mt19937 rng(7);
       std::uniform_int_distribution<int> token(3, config.vocab_size - 1);
       auto* gpu_model = dynamic_cast<llm::cuda::LlamaCuda*>(&model);
+      const llm::cuda::GemvKernel env_kernel = gpu_model ? gpu_model->gemv_kernel() : llm::cuda::GemvKernel::Auto;
       for (int batch : batches)
         for (const std::string& product : products) {
           if (!gpu_model && product != "auto") continue;  // a tensor-parallel group takes the default products
-          if (gpu_model) gpu_model->set_gemv_max_tokens(product == "cublas" ? 0 : llm::cuda::kGemvMaxTokens);
+          if (gpu_model) {
+            gpu_model->set_gemv_max_tokens(product == "cublas" ? 0 : llm::cuda::kGemvMaxTokens);
+            gpu_model->set_gemv_kernel(product == "cuda_core"     ? llm::cuda::GemvKernel::CudaCore
+                                       : product == "tensor_core" ? llm::cuda::GemvKernel::TensorCore
+                                                                  : env_kernel);
+          }
           std::vector<llm::SequenceChunk> prompts;
           for (int s = 0; s < batch; ++s) {
             llm::SequenceChunk c{s, 0, {}};
@@ -177,8 +184,12 @@ int main(int argc, char** argv) {
           const std::string gpus_label =
               std::to_string(world) +
               (world > 1 && only_nccl && std::string(only_nccl) == "nccl" ? " (NCCL only)" : "");
+          const std::string product_label =
+              product == "auto" && env_kernel != llm::cuda::GemvKernel::Auto
+                  ? product + " (LLM_GEMV=" + llm::cuda::gemv_kernel_name(env_kernel) + ")"
+                  : product;
           std::printf("| %s | %s | %d | %s | %s | %.2f GB | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", shape.c_str(),
-                      gpus_label.c_str(), batch, model.attention_backend().c_str(), product.c_str(),
+                      gpus_label.c_str(), batch, model.attention_backend().c_str(), product_label.c_str(),
                       bf16_weight_bytes(config) / 1e9, best_prefill, best_decode, best_decode * batch, floor,
                       100.0 * best_decode / floor);
           std::fflush(stdout);
