@@ -251,10 +251,9 @@ int gemv_max_tokens(GemvKernel kernel, DType type) {
 
 void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream, GemvKernel kernel,
           const GemvTuning& tuning) {
-  if (args.tokens < 1 || args.tokens > gemv_max_tokens(kernel, type)) {
-    throw_cuda_error(cudaErrorInvalidValue, "gemv: tokens outside [1, gemv_max_tokens(kernel, type)]", __FILE__,
-                     __LINE__);
-  }
+  if (args.tokens < 1 || args.tokens > gemv_max_tokens(kernel, type))
+    fail("gemv: {} tokens; the {} kernel takes 1 to {} for {}", args.tokens, gemv_kernel_name(kernel),
+         gemv_max_tokens(kernel, type), dtype_name(type));
   if (takes_tensor_cores(kernel, type, args.tokens)) return gemv_tensor_core(epilogue, args, type, stream, tuning);
   switch (type) {
     case DType::F32: launch_typed<float>(epilogue, args, stream); break;

@@ -1,0 +1,396 @@
+// The decode-step matrix-vector kernels (gemv.h), called directly, against a float64 CPU reference: every
+// epilogue, bf16 and fp16, 1 to 16 tokens (1 to 4 for the CUDA-core kernel), the tensor-core kernel in its
+// automatic plan and in forced splits (1, 4 and 16 warps a block, one and two row tiles: the partial-sum
+// reduction, warps without chunks, tiles past the end), on shapes with odd rows (tiles cut short, q/k/v
+// sections that straddle tiles) and odd columns (a tail chunk, rows that do not start on 16 bytes, an odd
+// count). Inputs are rounded to the dtype first and the reference computes from the rounded values.
+// Outputs are poisoned with NaN first and guarded past their end; the KV cache outside the rows the step
+// writes must stay poisoned; NaN never passes. The GPU tests skip where no usable GPU is present.
+#include "gemv.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda_check.h"
+#include "cuda_test_support.h"
+#include "error.h"
+
+namespace llm {
+namespace {
+
+using cuda::GemvArgs;
+using cuda::GemvEpilogue;
+using cuda::GemvKernel;
+using cuda::GemvTuning;
+
+uint16_t to_bits(float v, DType t) {
+  if (t == DType::BF16) return static_cast<__nv_bfloat16_raw>(__float2bfloat16_rn(v)).x;
+  return static_cast<__half_raw>(__float2half_rn(v)).x;
+}
+
+double from_bits(uint16_t bits, DType t) {
+  if (t == DType::BF16) {
+    __nv_bfloat16_raw r;
+    r.x = bits;
+    return __bfloat162float(__nv_bfloat16(r));
+  }
+  __half_raw r;
+  r.x = bits;
+  return __half2float(__half(r));
+}
+
+// A device buffer, freed with its owner.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) { LLM_CUDA_CHECK(cudaMalloc(&p_, bytes)); }
+  ~DeviceBuffer() { cudaFree(p_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void* get() const { return p_; }
+  template <typename V>
+  void upload(const std::vector<V>& v) {
+    LLM_CUDA_CHECK(cudaMemcpy(p_, v.data(), v.size() * sizeof(V), cudaMemcpyHostToDevice));
+  }
+  void poison() { LLM_CUDA_CHECK(cudaMemset(p_, 0xff, bytes_)); }  // NaN in fp32, fp16 and bf16
+  template <typename V>
+  std::vector<V> download() const {
+    std::vector<V> v(bytes_ / sizeof(V));
+    LLM_CUDA_CHECK(cudaMemcpy(v.data(), p_, bytes_, cudaMemcpyDeviceToHost));
+    return v;
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_;
+};
+
+// ||got - want|| / ||want||; infinity when an element of `got` is not finite.
+double rel_l2(const std::vector<double>& got, const std::vector<double>& want) {
+  double e = 0, n = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    e += (got[i] - want[i]) * (got[i] - want[i]);
+    n += want[i] * want[i];
+  }
+  return n > 0 ? std::sqrt(e / n) : std::sqrt(e);
+}
+
+constexpr int kMaxTokens = 16;
+constexpr int kGuard = 67;  // elements past every output, which must stay poisoned
+constexpr int kSlots = 3, kPositions = 24;
+
+// One product: the epilogue, its matrices' rows (QkvRope: q, k, v; Swiglu: W1 and W3 rows[0] each),
+// cols, and (QkvRope) the head dimension.
+struct Shape {
+  GemvEpilogue epilogue;
+  int rows[3];
+  int cols;
+  int head_dim = 0;
+  std::string name() const {
+    static const char* names[] = {"qkv_rope", "swiglu", "add_f32", "store_f32"};
+    std::string s = std::string(names[static_cast<int>(epilogue)]) + " " + std::to_string(rows[0]);
+    if (epilogue == GemvEpilogue::QkvRope) s += "+" + std::to_string(rows[1]) + "+" + std::to_string(rows[2]);
+    return s + "x" + std::to_string(cols);
+  }
+};
+
+// Inputs of one shape in one dtype, on the host (rounded) and the device, and the reference outputs for
+// kMaxTokens tokens (fewer tokens: the first rows of each; token t has the same inputs in every count).
+class Problem {
+ public:
+  Problem(const Shape& s, DType type, std::mt19937& rng) : s_(s), type_(type) {
+    const int n_mats = s.epilogue == GemvEpilogue::QkvRope ? 3 : s.epilogue == GemvEpilogue::Swiglu ? 2 : 1;
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (int m = 0; m < n_mats; ++m) {
+      const int rows = s.epilogue == GemvEpilogue::Swiglu ? s.rows[0] : s.rows[m];
+      std::vector<uint16_t> bits(static_cast<size_t>(rows) * s.cols);
+      w_.emplace_back(bits.size());
+      for (size_t i = 0; i < bits.size(); ++i) bits[i] = to_bits(u(rng), type), w_[m][i] = from_bits(bits[i], type);
+      dw_.push_back(std::make_unique<DeviceBuffer>(bits.size() * 2));
+      dw_.back()->upload(bits);
+    }
+    std::vector<uint16_t> xbits(static_cast<size_t>(kMaxTokens) * s.cols);
+    x_.resize(xbits.size());
+    for (size_t i = 0; i < xbits.size(); ++i) xbits[i] = to_bits(u(rng), type), x_[i] = from_bits(xbits[i], type);
+    dx_ = std::make_unique<DeviceBuffer>(xbits.size() * 2);
+    dx_->upload(xbits);
+    // residual stream (AddF32), positions and slots (distinct (slot, pos) per token), RoPE table
+    y0_.resize(static_cast<size_t>(kMaxTokens) * s.rows[0]);
+    for (float& v : y0_) v = 4 * u(rng);
+    for (int t = 0; t < kMaxTokens; ++t) pos_.push_back(3 + t % 5 + 5 * (t / 15)), slot_.push_back(t % kSlots);
+    if (s.head_dim > 0) {
+      for (int p = 0; p < kPositions; ++p)
+        for (int i = 0; i < s.head_dim / 2; ++i) {
+          const double angle = p * std::pow(10000.0, -2.0 * i / s.head_dim);
+          cos_sin_.push_back(static_cast<float>(std::cos(angle)));
+          cos_sin_.push_back(static_cast<float>(std::sin(angle)));
+        }
+    }
+    reference();
+  }
+
+  // Runs the kernel for `tokens` tokens and returns the worst relative L2 error over its outputs
+  // (infinity where one is not finite, or where an element outside them was written).
+  double run(int tokens, GemvKernel kernel, const GemvTuning& tuning) const {
+    const Shape& s = s_;
+    const size_t e = dtype_size(type_);
+    GemvArgs a;
+    for (size_t m = 0; m < dw_.size(); ++m) a.w[m] = dw_[m]->get();
+    a.rows[0] = s.rows[0], a.rows[1] = s.rows[1], a.rows[2] = s.rows[2];
+    a.cols = s.cols;
+    a.x = dx_->get();
+    a.tokens = tokens;
+    const size_t out_count = static_cast<size_t>(tokens) * s.rows[0];
+    const bool f32_out = s.epilogue == GemvEpilogue::AddF32 || s.epilogue == GemvEpilogue::StoreF32;
+    DeviceBuffer out((out_count + kGuard) * (f32_out ? 4 : e));
+    out.poison();
+    if (s.epilogue == GemvEpilogue::AddF32)
+      LLM_CUDA_CHECK(cudaMemcpy(out.get(), y0_.data(), out_count * 4, cudaMemcpyHostToDevice));
+    a.out = out.get();
+    const size_t cache_count = static_cast<size_t>(kSlots) * kPositions * s.rows[1];
+    DeviceBuffer k_cache((cache_count + kGuard) * e), v_cache((cache_count + kGuard) * e);
+    DeviceBuffer cos_sin(std::max<size_t>(4, cos_sin_.size() * 4)), pos(kMaxTokens * 4), slot(kMaxTokens * 4);
+    if (s.epilogue == GemvEpilogue::QkvRope) {
+      k_cache.poison(), v_cache.poison();
+      cos_sin.upload(cos_sin_), pos.upload(pos_), slot.upload(slot_);
+      a.head_dim = s.head_dim;
+      a.cos_sin = static_cast<const float*>(cos_sin.get());
+      a.pos = static_cast<const int32_t*>(pos.get());
+      a.slot = static_cast<const int32_t*>(slot.get());
+      a.k_cache = k_cache.get(), a.v_cache = v_cache.get();
+      a.seq_stride = static_cast<int64_t>(kPositions) * s.rows[1];
+    }
+    cuda::gemv(s.epilogue, a, type_, nullptr, kernel, tuning);
+    LLM_CUDA_CHECK(cudaDeviceSynchronize());
+
+    // The outputs as doubles, the guard checked.
+    auto read = [&](const DeviceBuffer& b, size_t count, bool f32, bool& guard_ok) {
+      std::vector<double> v;
+      if (f32) {
+        const auto raw = b.download<uint32_t>();
+        for (size_t i = 0; i < count; ++i) {
+          float f;
+          std::memcpy(&f, &raw[i], 4);
+          v.push_back(f);
+        }
+        for (size_t i = count; i < raw.size(); ++i) guard_ok = guard_ok && raw[i] == 0xffffffffu;
+      } else {
+        const auto raw = b.download<uint16_t>();
+        for (size_t i = 0; i < count; ++i) v.push_back(from_bits(raw[i], type_));
+        for (size_t i = count; i < raw.size(); ++i) guard_ok = guard_ok && raw[i] == 0xffffu;
+      }
+      return v;
+    };
+    bool untouched = true;
+    auto first = [&](const std::vector<double>& ref, size_t count) {
+      return std::vector<double>(ref.begin(), ref.begin() + count);
+    };
+    double err = rel_l2(read(out, out_count, f32_out, untouched), first(ref_out_, out_count));
+    if (s.epilogue == GemvEpilogue::QkvRope) {
+      // The rows this step wrote, then every other element still poisoned.
+      for (int c = 0; c < 2; ++c) {
+        const auto raw = (c == 0 ? k_cache : v_cache).download<uint16_t>();
+        std::vector<double> got;
+        std::vector<bool> written(raw.size(), false);
+        for (int t = 0; t < tokens; ++t)
+          for (int r = 0; r < s.rows[1]; ++r) {
+            const size_t i = (static_cast<size_t>(slot_[t]) * kPositions + pos_[t]) * s.rows[1] + r;
+            got.push_back(from_bits(raw[i], type_));
+            written[i] = true;
+          }
+        const auto& ref = c == 0 ? ref_k_ : ref_v_;
+        err = std::max(err, rel_l2(got, first(ref, static_cast<size_t>(tokens) * s.rows[1])));
+        for (size_t i = 0; i < raw.size(); ++i) untouched = untouched && (written[i] || raw[i] == 0xffffu);
+      }
+    }
+    return untouched ? err : INFINITY;
+  }
+
+ private:
+  double dot(const std::vector<double>& w, int r, int t) const {
+    double acc = 0;
+    for (int k = 0; k < s_.cols; ++k)
+      acc += w[static_cast<size_t>(r) * s_.cols + k] * x_[static_cast<size_t>(t) * s_.cols + k];
+    return acc;
+  }
+
+  void reference() {
+    const Shape& s = s_;
+    const int rows = s.rows[0];
+    ref_out_.assign(static_cast<size_t>(kMaxTokens) * rows, 0.0);
+    for (int t = 0; t < kMaxTokens; ++t) {
+      double* out = &ref_out_[static_cast<size_t>(t) * rows];
+      switch (s.epilogue) {
+        case GemvEpilogue::StoreF32:
+          for (int r = 0; r < rows; ++r) out[r] = dot(w_[0], r, t);
+          break;
+        case GemvEpilogue::AddF32:
+          for (int r = 0; r < rows; ++r) out[r] = y0_[static_cast<size_t>(t) * rows + r] + dot(w_[0], r, t);
+          break;
+        case GemvEpilogue::Swiglu:
+          for (int r = 0; r < rows; ++r) {
+            const double g = dot(w_[0], r, t);
+            out[r] = g / (1.0 + std::exp(-g)) * dot(w_[1], r, t);
+          }
+          break;
+        case GemvEpilogue::QkvRope: {
+          auto rotate = [&](const std::vector<double>& w, int n, double* dst) {
+            for (int r = 0; r < n; r += 2) {
+              const double a = dot(w, r, t), b = dot(w, r + 1, t);
+              const float* cs = &cos_sin_[static_cast<size_t>(pos_[t]) * s.head_dim + r % s.head_dim];
+              dst[r] = a * cs[0] - b * cs[1];
+              dst[r + 1] = a * cs[1] + b * cs[0];
+            }
+          };
+          rotate(w_[0], rows, out);
+          ref_k_.resize(static_cast<size_t>(kMaxTokens) * s.rows[1]);
+          ref_v_.resize(ref_k_.size());
+          rotate(w_[1], s.rows[1], &ref_k_[static_cast<size_t>(t) * s.rows[1]]);
+          for (int r = 0; r < s.rows[2]; ++r) ref_v_[static_cast<size_t>(t) * s.rows[1] + r] = dot(w_[2], r, t);
+          break;
+        }
+      }
+    }
+  }
+
+  Shape s_;
+  DType type_;
+  std::vector<std::vector<double>> w_;
+  std::vector<std::unique_ptr<DeviceBuffer>> dw_;
+  std::vector<double> x_;
+  std::unique_ptr<DeviceBuffer> dx_;
+  std::vector<float> y0_, cos_sin_;
+  std::vector<int32_t> pos_, slot_;
+  std::vector<double> ref_out_, ref_k_, ref_v_;
+};
+
+std::vector<Shape> shapes() {
+  using E = GemvEpilogue;
+  return {
+      // rows 18 and 1000 (tiles cut short), cols 40 (a chunk and a tail), 4104 (128 chunks and a tail),
+      // 200, 36 (rows 8-byte aligned: element by element), 33 (odd)
+      {E::StoreF32, {18, 0, 0}, 40},
+      {E::StoreF32, {1000, 0, 0}, 4104},
+      {E::StoreF32, {37, 0, 0}, 33},
+      {E::AddF32, {1000, 0, 0}, 200},
+      {E::AddF32, {18, 0, 0}, 36},
+      {E::AddF32, {64, 0, 0}, 4096},
+      {E::Swiglu, {18, 0, 0}, 40},
+      {E::Swiglu, {1000, 0, 0}, 200},
+      {E::Swiglu, {37, 0, 0}, 4104},
+      {E::Swiglu, {21, 0, 0}, 36},
+      // q, k, v sections that do not end on a 16-row tile: pairs near the seams
+      {E::QkvRope, {18, 6, 6}, 40, 6},
+      {E::QkvRope, {24, 8, 8}, 200, 8},
+      {E::QkvRope, {1024, 256, 256}, 4104, 64},
+      {E::QkvRope, {12, 4, 4}, 36, 4},
+      {E::QkvRope, {64, 64, 64}, 33, 16},
+  };
+}
+
+// Every shape in bf16 and fp16 through `kernel`, for every token count it takes and every tuning.
+void check_kernel(GemvKernel kernel, const std::vector<GemvTuning>& tunings) {
+  std::mt19937 rng(20240611);
+  for (DType type : {DType::BF16, DType::F16}) {
+    const double bound = type == DType::BF16 ? 1e-2 : 1e-3;
+    for (const Shape& s : shapes()) {
+      const Problem problem(s, type, rng);
+      double worst = 0;
+      for (int tokens = 1; tokens <= cuda::gemv_max_tokens(kernel, type); ++tokens)
+        for (const GemvTuning& tuning : tunings) {
+          const double err = problem.run(tokens, kernel, tuning);
+          worst = std::max(worst, std::isnan(err) ? INFINITY : err);
+          EXPECT_LT(err, bound) << dtype_name(type) << " " << s.name() << " tokens " << tokens << " warps "
+                                << tuning.warps << " row tiles " << tuning.row_tiles;
+        }
+      std::printf("%s %-28s worst relative L2 error %.3e (bound %.0e)\n", dtype_name(type), s.name().c_str(), worst,
+                  bound);
+    }
+  }
+}
+
+TEST(Gemv, TensorCoreKernelMatchesAFloat64Reference) {
+  LLM_REQUIRE_GPU();
+  check_kernel(GemvKernel::TensorCore, {GemvTuning{}, GemvTuning{1, 1}, GemvTuning{4, 2}, GemvTuning{16, 1},
+                                        GemvTuning{16, 2}, GemvTuning{2, 1}});
+}
+
+TEST(Gemv, CudaCoreKernelMatchesAFloat64Reference) {
+  LLM_REQUIRE_GPU();
+  check_kernel(GemvKernel::CudaCore, {GemvTuning{}});
+}
+
+TEST(Gemv, AutoPlanFollowsTheTokenCount) {
+  LLM_REQUIRE_GPU();
+  GemvArgs a;
+  a.rows[0] = 4096, a.cols = 4096;
+  for (int tokens = 1; tokens <= cuda::kGemvMaxTokens; ++tokens) {
+    a.tokens = tokens;
+    const GemvTuning plan = cuda::gemv_plan(GemvEpilogue::StoreF32, a, DType::BF16);
+    const bool tensor_cores = tokens > cuda::kGemvAutoCudaCoreMaxTokens;
+    EXPECT_EQ(plan.warps > 0, tensor_cores) << tokens;
+    if (tensor_cores) {
+      EXPECT_EQ(plan.row_tiles, tokens > 8 ? 2 : 1) << tokens;
+      std::printf("4096x4096 bf16, %2d tokens: %d warps a block, %d row tile(s)\n", tokens, plan.warps, plan.row_tiles);
+    }
+    EXPECT_EQ(cuda::gemv_plan(GemvEpilogue::StoreF32, a, DType::F32).warps, 0);  // fp32: CUDA cores
+  }
+}
+
+// What runs without a GPU: the token limits and LLM_GEMV.
+TEST(Gemv, TokenLimitsAndTheLlmGemvVariable) {
+  using cuda::gemv_max_tokens;
+  EXPECT_EQ(gemv_max_tokens(GemvKernel::Auto, DType::BF16), 16);
+  EXPECT_EQ(gemv_max_tokens(GemvKernel::TensorCore, DType::F16), 16);
+  EXPECT_EQ(gemv_max_tokens(GemvKernel::CudaCore, DType::BF16), 4);
+  EXPECT_EQ(gemv_max_tokens(GemvKernel::TensorCore, DType::F32), 4);
+  EXPECT_EQ(gemv_max_tokens(GemvKernel::Auto, DType::F32), 4);
+  GemvArgs a;
+  a.rows[0] = 16, a.cols = 16;
+  for (auto [kernel, type, tokens] : {std::tuple{GemvKernel::Auto, DType::BF16, 17},
+                                      {GemvKernel::CudaCore, DType::BF16, 5},
+                                      {GemvKernel::Auto, DType::F32, 5},
+                                      {GemvKernel::TensorCore, DType::F16, 0}}) {
+    a.tokens = tokens;
+    EXPECT_THROW(cuda::gemv(GemvEpilogue::StoreF32, a, type, nullptr, kernel), Error) << tokens;
+  }
+
+  const char* saved = std::getenv("LLM_GEMV");
+  const std::string restore = saved ? saved : "";
+  for (auto [value, kernel] : {std::pair{"", GemvKernel::Auto},
+                               {"auto", GemvKernel::Auto},
+                               {"cuda_core", GemvKernel::CudaCore},
+                               {"tensor_core", GemvKernel::TensorCore}}) {
+    setenv("LLM_GEMV", value, 1);
+    EXPECT_EQ(cuda::gemv_kernel_from_env(), kernel) << value;
+    if (*value) {
+      EXPECT_STREQ(cuda::gemv_kernel_name(kernel), value);
+    }
+  }
+  setenv("LLM_GEMV", "tensor-core", 1);
+  try {
+    cuda::gemv_kernel_from_env();
+    ADD_FAILURE() << "LLM_GEMV=tensor-core accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("LLM_GEMV"), std::string::npos) << e.what();
+  }
+  if (saved)
+    setenv("LLM_GEMV", restore.c_str(), 1);
+  else
+    unsetenv("LLM_GEMV");
+}
+
+}  // namespace
+}  // namespace llm
