@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
-#   bash scripts/gpu-suite.sh [tests|bench|attention|profile|fixtures|tp|all]
-#   (bench: end to end; attention: the kernels; profile: per-kernel times of TinyLlama decode steps, ncu;
+#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|fixtures|tp|all]
+#   (bench: end to end; attention: the kernels; gemv: the decode-step matrix-vector kernels beside cuBLAS,
+#    then end-to-end decode at batch 1 and 8 with each kernel; profile: per-kernel times of TinyLlama decode steps, ncu;
 #    tp: tensor parallelism over every GPU present: its tests, llm-runner, and decode of the Llama-2-7B
 #    and Llama-2-70B shapes at 1, 2 and 4 GPUs where present; TP_SHAPES overrides the shapes)
 set -uo pipefail
@@ -49,6 +50,14 @@ if [ "$what" = attention ] || [ "$what" = all ]; then
   build/bin/attention_bench ${ATTN_ARGS:-} 2>"$out/attention_bench.err" | tee "$out/attention_bench.md" || status=1
   PYTHONUNBUFFERED=1 python3 benches/torch_attention_bench.py ${TORCH_ATTN_ARGS:-} 2>"$out/torch_attention_bench.err" \
     | tee "$out/torch_attention_bench.md" || status=1
+fi
+if [ "$what" = gemv ] || [ "$what" = all ]; then
+  echo "== decode-step matrix-vector kernels: CUDA cores, tensor cores, cuBLAS (gemv_bench)"
+  build/bin/gemv_bench ${GEMV_ARGS:-} 2>"$out/gemv_bench.err" | tee "$out/gemv_bench.md" || status=1
+  echo "== decode with each matrix-vector kernel (gpu_decode_bench --products)"
+  build/bin/gpu_decode_bench --shapes ${GEMV_SHAPES:-stories110M,tinyllama,llama2-7b} --batches ${GEMV_BATCHES:-1,8,16} \
+    --backends flash_cuda,mha_cuda --products cuda_core,tensor_core,cublas --prompt-len 128 --new-tokens 128 \
+    --work-dir ${GEMV_WORK_DIR:-/tmp/llm-gpu-bench} 2>"$out/gemv_decode.err" | tee "$out/gemv_decode.md" || status=1
 fi
 if [ "$what" = fixtures ]; then
   echo "== Hugging Face reference fixtures (transformers models and logits, a tokenizers BPE): tests/data/hf"
