@@ -80,7 +80,8 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const T* x, in
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
-        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * cols) + c + u * 32);
+        const uint4 xv =
+            load_activation16(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * cols) + c + u * 32);
         acc[0][t] = dot16<T>(wa[u], xv, acc[0][t]);
         acc[1][t] = dot16<T>(wb[u], xv, acc[1][t]);
       }
@@ -93,7 +94,7 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const T* x, in
     const uint4 wb = load_stream(b + static_cast<int64_t>(c) * kPer);
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
-      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * cols) + c);
+      const uint4 xv = load_activation16(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * cols) + c);
       acc[0][t] = dot16<T>(wa, xv, acc[0][t]);
       acc[1][t] = dot16<T>(wb, xv, acc[1][t]);
     }

@@ -49,17 +49,23 @@ constexpr int kLoadsInFlight = 8;  // 16-byte weight loads in flight per lane
 // Little's law at ~4 TB/s and ~1 us of loaded latency asks for ~30 KiB): the plan aims the grid at this.
 constexpr int kSaturatingWarpsPerSm = 16;
 
-// 8 elements of T at row[k0..k0+8), those at or past `cols` as zeros, by 2-byte loads (any alignment).
-template <typename T>
+// 8 elements of T at row[k0..k0+8), those at or past `cols` as zeros, by 2-byte loads (any alignment):
+// weights through the read-only path, activations (written by the kernel before) with coherent loads.
+template <bool kActivation, typename T>
 __device__ __forceinline__ uint4 load8_checked(const T* row, int k0, int cols) {
   const auto* s = reinterpret_cast<const unsigned short*>(row);
+  auto load = [&](int k) -> uint32_t {
+    if (k >= cols) return 0u;
+    if constexpr (kActivation)
+      return load_activation2(s + k);
+    else
+      return __ldg(s + k);
+  };
   uint32_t w[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int k = k0 + 2 * j;
-    const uint32_t lo = k < cols ? __ldg(s + k) : 0u;
-    const uint32_t hi = k + 1 < cols ? __ldg(s + k + 1) : 0u;
-    w[j] = lo | hi << 16;
+    w[j] = load(k) | load(k + 1) << 16;
   }
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
@@ -145,12 +151,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_tc_kernel(const GemvArgs 
   auto load_x = [&](int u, int c) {
     const int off = c * kChunk + 8 * t;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) xv[u][j] = __ldg(reinterpret_cast<const uint4*>(xrow[j] + off));
+    for (int j = 0; j < NT; ++j) xv[u][j] = load_activation16(xrow[j] + off);
   };
 #pragma unroll
   for (int u = 0; u < U; ++u)
     if (u < n) load_w(u, c0 + u);
-  // The first weights are on their way; x (and the outputs) may still be in the previous kernel's hands.
+  // The first weights are on their way; x (and the outputs) may still be in the previous kernel's hands:
+  // x is read with coherent loads only (load_activation16, mma.cuh), which stay below the wait.
   wait_for_previous_kernel();
 #pragma unroll
   for (int u = 0; u < U; ++u)
@@ -182,11 +189,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_tc_kernel(const GemvArgs 
     uint4 w[MT][2], x[NT];
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      w[m][0] = load8_checked(wrow[m][0], k0, cols);
-      w[m][1] = load8_checked(wrow[m][1], k0, cols);
+      w[m][0] = load8_checked<false>(wrow[m][0], k0, cols);
+      w[m][1] = load8_checked<false>(wrow[m][1], k0, cols);
     }
 #pragma unroll
-    for (int j = 0; j < NT; ++j) x[j] = load8_checked(xrow[j], k0, cols);
+    for (int j = 0; j < NT; ++j) x[j] = load8_checked<true>(xrow[j], k0, cols);
     mma_chunk<T, MT, NT>(w, x, acc);
   }
 

@@ -19,6 +19,14 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return v;
 }
 
+// Data that the kernel before may still be writing (activations: x of a product, read after
+// wait_for_previous_kernel()): ordinary, coherent loads, never ld.global.nc (__ldg). .nc promises that the
+// data is read-only for the whole life of the kernel, so ptxas may schedule such a load above
+// griddepcontrol.wait: it did, in gemv_tc_kernel<T, 2, 1, *> (a 16-byte x load moved above the wait, read
+// while the RMSNorm before was still writing x). tools/pdl_check verifies the order in the SASS.
+__device__ __forceinline__ uint4 load_activation16(const void* p) { return *static_cast<const uint4*>(p); }
+__device__ __forceinline__ uint32_t load_activation2(const void* p) { return *static_cast<const unsigned short*>(p); }
+
 // d += a b for one m16n8k16 tile, fp32 accumulation; T (__nv_bfloat16 or __half) is the type of a and b.
 // Fragments, g = lane / 4, t = lane % 4, each register two elements of T (the lower k in the low half):
 //   a[0] = A(g, 2t..2t+1), a[1] = A(g+8, 2t..2t+1), a[2] = A(g, 2t+8..2t+9), a[3] = A(g+8, 2t+8..2t+9);

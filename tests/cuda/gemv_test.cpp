@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cuda_check.h"
+#include "cuda_kernels.h"
 #include "cuda_test_support.h"
 #include "error.h"
 
@@ -106,6 +107,44 @@ struct Shape {
   }
 };
 
+// x written by the kernel just before the product, as in the model's forward (an RMSNorm, then the
+// product that reads its output): a kernel launched with PDL may start before the one ahead of it has
+// finished, and must read nothing that kernel writes before wait_for_previous_kernel(). Here x is poisoned
+// (NaN), a long RMSNorm runs, then the RMSNorm that writes x (PDL: it starts early and waits for the long
+// one), then the product (PDL: it starts as soon as every block of the x RMSNorm has started, so for the
+// long one's whole tail): a load of x that the compiler moved above the wait reads NaN, as the
+// ld.global.nc (__ldg) loads of x that ptxas had scheduled above griddepcontrol.wait in
+// gemv_tc_kernel<T, 2, 1, *> would have.
+struct XProducer {
+  static constexpr int kLongRows = 1024, kLongDim = 8192, kMaxCols = 256;
+  cudaStream_t stream = nullptr;
+  DeviceBuffer long_in{size_t{kLongRows} * kLongDim * 4}, long_out{size_t{kLongRows} * kLongDim * 4};
+  DeviceBuffer gain{size_t{kLongDim} * 4}, source{size_t{kMaxTokens} * kMaxCols * 4};
+
+  explicit XProducer(std::mt19937& rng) {
+    LLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    LLM_CUDA_CHECK(cudaMemset(long_in.get(), 0, size_t{kLongRows} * kLongDim * 4));
+    gain.upload(std::vector<float>(kLongDim, 1.0f));
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> v(size_t{kMaxTokens} * kMaxCols);
+    for (float& f : v) f = u(rng);
+    source.upload(v);
+  }
+  ~XProducer() { cudaStreamDestroy(stream); }
+  XProducer(const XProducer&) = delete;
+  XProducer& operator=(const XProducer&) = delete;
+
+  // Enqueues on `stream`: x poisoned, the long RMSNorm, x = RMSNorm(source rows) for `tokens` rows.
+  void write_x(DeviceBuffer& x, int cols, int tokens, DType type) const {
+    if (cols > kMaxCols) fail("XProducer: {} columns; at most {}", cols, kMaxCols);
+    LLM_CUDA_CHECK(cudaMemsetAsync(x.get(), 0xff, size_t{kMaxTokens} * cols * dtype_size(type), stream));
+    cuda::rmsnorm(static_cast<const float*>(long_in.get()), nullptr, kLongRows, static_cast<const float*>(gain.get()),
+                  kLongDim, 1e-5f, long_out.get(), type, stream);
+    cuda::rmsnorm(static_cast<const float*>(source.get()), nullptr, tokens, static_cast<const float*>(gain.get()), cols,
+                  1e-5f, x.get(), type, stream);
+  }
+};
+
 // Inputs of one shape in one dtype, on the host (rounded) and the device, and the reference outputs for
 // kMaxTokens tokens (fewer tokens: the first rows of each; token t has the same inputs in every count).
 class Problem {
@@ -142,8 +181,10 @@ class Problem {
   }
 
   // Runs the kernel for `tokens` tokens and returns the worst relative L2 error over its outputs
-  // (infinity where one is not finite, or where an element outside them was written).
-  double run(int tokens, GemvKernel kernel, const GemvTuning& tuning) const {
+  // (infinity where one is not finite, or where an element outside them was written). With an XProducer,
+  // x is not uploaded but written on `stream` just before the product by an RMSNorm that overlaps it
+  // (PDL), as in the model (see XProducer); the reference then follows the x it wrote.
+  double run(int tokens, GemvKernel kernel, const GemvTuning& tuning, const XProducer* producer = nullptr) {
     const Shape& s = s_;
     const size_t e = dtype_size(type_);
     GemvArgs a;
@@ -172,8 +213,19 @@ class Problem {
       a.k_cache = k_cache.get(), a.v_cache = v_cache.get();
       a.seq_stride = static_cast<int64_t>(kPositions) * s.rows[1];
     }
-    cuda::gemv(s.epilogue, a, type_, nullptr, kernel, tuning);
+    cudaStream_t stream = nullptr;
+    if (producer) {
+      LLM_CUDA_CHECK(cudaDeviceSynchronize());  // the uploads and poisoning above (legacy stream) done
+      stream = producer->stream;
+      producer->write_x(*dx_, s.cols, tokens, type_);
+    }
+    cuda::gemv(s.epilogue, a, type_, stream, kernel, tuning);
     LLM_CUDA_CHECK(cudaDeviceSynchronize());
+    if (producer) {  // the reference from the x the RMSNorm wrote (rows past `tokens` stay NaN, unread)
+      const auto xbits = dx_->download<uint16_t>();
+      for (size_t i = 0; i < xbits.size(); ++i) x_[i] = from_bits(xbits[i], type_);
+      reference();
+    }
 
     // The outputs as doubles, the guard checked.
     auto read = [&](const DeviceBuffer& b, size_t count, bool f32, bool& guard_ok) {
@@ -306,7 +358,7 @@ void check_kernel(GemvKernel kernel, const std::vector<GemvTuning>& tunings) {
   for (DType type : {DType::BF16, DType::F16}) {
     const double bound = type == DType::BF16 ? 1e-2 : 1e-3;
     for (const Shape& s : shapes()) {
-      const Problem problem(s, type, rng);
+      Problem problem(s, type, rng);
       double worst = 0;
       for (int tokens = 1; tokens <= cuda::gemv_max_tokens(kernel, type); ++tokens)
         for (const GemvTuning& tuning : tunings) {
@@ -325,6 +377,43 @@ TEST(Gemv, TensorCoreKernelMatchesAFloat64Reference) {
   LLM_REQUIRE_GPU();
   check_kernel(GemvKernel::TensorCore, {GemvTuning{}, GemvTuning{1, 1}, GemvTuning{4, 2}, GemvTuning{16, 1},
                                         GemvTuning{16, 2}, GemvTuning{2, 1}});
+}
+
+// stories260K's products (dim 64, 8 heads of 8 and 4 kv heads, hidden 172: rows of 172 columns that do
+// not start on 16 bytes, vocab 512), each reading an x that an RMSNorm writes just before it under PDL
+// (XProducer), every token count, both kernels: the model's decode steps in miniature. The
+// tensor-core kernel read x before the RMSNorm had written it at 1 to 8 tokens (SwiGLU, and every epilogue
+// with two row tiles): garbage logits at batch 8, wrong prefills of up to 8 tokens.
+TEST(Gemv, ReadsXOnlyOnceTheKernelBeforeHasWrittenIt) {
+  LLM_REQUIRE_GPU();
+  using E = GemvEpilogue;
+  std::mt19937 rng(20240612);
+  const XProducer producer(rng);
+  const std::vector<Shape> model = {
+      {E::QkvRope, {64, 32, 32}, 64, 8}, {E::AddF32, {64, 0, 0}, 64},    {E::Swiglu, {172, 0, 0}, 64},
+      {E::AddF32, {64, 0, 0}, 172},      {E::StoreF32, {512, 0, 0}, 64},
+  };
+  for (DType type : {DType::BF16, DType::F16}) {
+    const double bound = type == DType::BF16 ? 1e-2 : 1e-3;
+    for (const Shape& s : model) {
+      Problem problem(s, type, rng);
+      double worst = 0;
+      for (GemvKernel kernel : {GemvKernel::TensorCore, GemvKernel::CudaCore})
+        for (int tokens = 1; tokens <= cuda::gemv_max_tokens(kernel, type); ++tokens)
+          for (const GemvTuning& tuning : {GemvTuning{}, GemvTuning{1, 2}, GemvTuning{2, 1}}) {
+            if (kernel == GemvKernel::CudaCore && tuning.warps) continue;
+            for (int round = 0; round < 3; ++round) {
+              const double err = problem.run(tokens, kernel, tuning, &producer);
+              worst = std::max(worst, std::isnan(err) ? INFINITY : err);
+              EXPECT_LT(err, bound) << dtype_name(type) << " " << s.name() << " " << cuda::gemv_kernel_name(kernel)
+                                    << " tokens " << tokens << " warps " << tuning.warps << " row tiles "
+                                    << tuning.row_tiles << " round " << round;
+            }
+          }
+      std::printf("%s %-28s x from a PDL RMSNorm: worst relative L2 error %.3e (bound %.0e)\n", dtype_name(type),
+                  s.name().c_str(), worst, bound);
+    }
+  }
 }
 
 TEST(Gemv, CudaCoreKernelMatchesAFloat64Reference) {

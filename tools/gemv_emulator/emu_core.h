@@ -56,15 +56,21 @@ inline Block* g_block = nullptr;
 struct Range {
   const char* lo;
   size_t n;
+  bool activation = false;  // written by the kernel before (x): coherent loads after the PDL wait only
 };
 inline std::vector<Range> g_ranges;  // readable memory
-inline long g_oob = 0, g_misaligned = 0, g_reads_before_wait = 0;
+// g_nc_activation: activations read through the read-only path (__ldg, ld.global.nc), which promises
+// data that no one writes while the kernel runs: ptxas may then hoist the load above griddepcontrol.wait
+// (it did), so the program order the emulator sees would not protect it.
+inline long g_oob = 0, g_misaligned = 0, g_reads_before_wait = 0, g_nc_activation = 0;
 
-inline void check_read(const void* p, size_t n) {
+// The range holding [p, p + n) (nullptr, counted as out of bounds, where none does).
+inline const Range* check_read(const void* p, size_t n) {
   const char* c = static_cast<const char*>(p);
   for (const Range& r : g_ranges)
-    if (c >= r.lo && c + n <= r.lo + r.n) return;
+    if (c >= r.lo && c + n <= r.lo + r.n) return &r;
   if (g_oob++ < 5) std::fprintf(stderr, "OOB read %p (%zu bytes)\n", p, n);
+  return nullptr;
 }
 inline Fiber& me() { return g_block->fibers[g_block->current]; }
 inline void yield() { swapcontext(&me().ctx, &g_block->sched); }
@@ -99,6 +105,20 @@ T ldg(const T* p) {
   if (!me().waited) ++g_reads_before_wait;
   if (reinterpret_cast<uintptr_t>(p) % alignof(T)) {
     if (g_misaligned++ < 5) std::fprintf(stderr, "misaligned ldg %p\n", (const void*)p);
+  }
+  const Range* r = check_read(p, sizeof(T));
+  if (r && r->activation && g_nc_activation++ < 5)
+    std::fprintf(stderr, "activation read with __ldg %p\n", (const void*)p);
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+// A coherent load of an activation (mma.cuh's load_activation16/2): after the PDL wait only.
+template <typename T>
+T load_activation(const void* p) {
+  if (!me().waited) ++g_reads_before_wait;
+  if (reinterpret_cast<uintptr_t>(p) % alignof(T)) {
+    if (g_misaligned++ < 5) std::fprintf(stderr, "misaligned activation load %p\n", p);
   }
   check_read(p, sizeof(T));
   T v;
