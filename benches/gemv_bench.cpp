@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "copy_bandwidth.h"
 #include "cuda_check.h"
 #include "cuda_device.h"
 #include "dtype.h"
@@ -49,32 +50,8 @@ using llm::cuda::GemvTuning;
 constexpr int kMaxTokens = llm::cuda::kGemvMaxTokens;
 constexpr int kSlots = 16, kPositions = 64;
 
-// Device-to-device copy bandwidth, counting bytes read plus bytes written, best of 5 copies of 2 GiB.
-double copy_bandwidth() {
-  const size_t bytes = size_t{2} << 30;
-  void *a = nullptr, *b = nullptr;
-  LLM_CUDA_CHECK(cudaMalloc(&a, bytes));
-  LLM_CUDA_CHECK(cudaMalloc(&b, bytes));
-  LLM_CUDA_CHECK(cudaMemset(a, 1, bytes));
-  cudaEvent_t start, stop;
-  LLM_CUDA_CHECK(cudaEventCreate(&start));
-  LLM_CUDA_CHECK(cudaEventCreate(&stop));
-  float best = 1e30f;
-  for (int i = 0; i < 5; ++i) {
-    LLM_CUDA_CHECK(cudaEventRecord(start));
-    LLM_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-    LLM_CUDA_CHECK(cudaEventRecord(stop));
-    LLM_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    LLM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    best = std::min(best, ms);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  cudaFree(a);
-  cudaFree(b);
-  return 2.0 * bytes / (best * 1e-3) / 1e9;
-}
+// Device-to-device copy bandwidth (copy_bandwidth.h), GB/s.
+double copy_bandwidth() { return copy_bandwidth_gbs(size_t{2} << 30, 5); }
 
 // A device allocation freed with its owner.
 struct DeviceMemory {

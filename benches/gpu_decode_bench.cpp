@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <random>
 
+#include "copy_bandwidth.h"
 #include "cuda_check.h"
 #include "engine.h"
 #include "llama_cuda.h"
@@ -30,32 +31,8 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Device-to-device copy bandwidth, counting bytes read plus bytes written, best of 10 copies of 1 GiB.
-double copy_bandwidth() {
-  const size_t bytes = size_t{1} << 30;
-  void *a = nullptr, *b = nullptr;
-  LLM_CUDA_CHECK(cudaMalloc(&a, bytes));
-  LLM_CUDA_CHECK(cudaMalloc(&b, bytes));
-  LLM_CUDA_CHECK(cudaMemset(a, 1, bytes));
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  float best = 1e30f;
-  for (int i = 0; i < 10; ++i) {
-    cudaEventRecord(start);
-    LLM_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
-    best = std::min(best, ms);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  cudaFree(a);
-  cudaFree(b);
-  return 2.0 * bytes / (best * 1e-3) / 1e9;
-}
+// Device-to-device copy bandwidth (copy_bandwidth.h), GB/s.
+double copy_bandwidth() { return copy_bandwidth_gbs(size_t{1} << 30, 10); }
 
 size_t bf16_weight_bytes(const llm::ModelConfig& c) {
   const size_t d = c.dim, kv = c.kv_dim(), h = c.hidden_dim, v = c.vocab_size;
