@@ -237,7 +237,7 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
     p.workspace_floats = ctx->workspace_floats;
     cudaError_t e;
     if (decode) {
-      p.num_splits = flash_cuda::decode_splits(p, a.max_kv_len, ctx->sms, ctx->workspace_floats);
+      p.num_splits = flash_cuda::decode_splits(p, ctx->sms, ctx->workspace_floats);
       e = flash_cuda::launch_decode(p, static_cast<cudaStream_t>(a.stream));
     } else {
       p.num_splits = 1;

@@ -207,12 +207,12 @@ cudaError_t configure_dim(int head_dim) {
 
 }  // namespace
 
-int decode_splits(const Params& p, int max_kv_len, int sms, size_t workspace_floats) {
+int decode_splits(const Params& p, int sms, size_t workspace_floats) {
   const int64_t row_tiles = (p.group + kRows - 1) / kRows;
   const int64_t base = static_cast<int64_t>(p.num_seqs) * p.num_kv_heads * row_tiles;
   const int64_t target = 4 * static_cast<int64_t>(std::max(sms, 1));
   int64_t splits = (target + base - 1) / base;
-  splits = std::min<int64_t>(splits, (static_cast<int64_t>(max_kv_len) + kBN - 1) / kBN);
+  splits = std::min<int64_t>(splits, (static_cast<int64_t>(p.max_kv_len) + kBN - 1) / kBN);
   splits = std::min<int64_t>(splits, kMaxSplits);
   const int64_t per_split = static_cast<int64_t>(p.num_seqs) * p.num_q_heads * (kernel_dim(p.head_dim) + 2);
   splits = std::min<int64_t>(splits, static_cast<int64_t>(workspace_floats) / std::max<int64_t>(per_split, 1));

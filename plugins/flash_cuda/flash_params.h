@@ -61,9 +61,9 @@ cudaError_t launch_prefill_sm90(const Params& p, cudaStream_t stream);
 cudaError_t configure_prefill_sm90(bool fp16, int head_dim);
 
 // Decode plan: how many key splits a decode call uses so the grid fills `sms` multiprocessors, bounded
-// by the workspace. Host arithmetic only (max_kv_len is an upper bound; the device reads the real lengths).
+// by the workspace. Host arithmetic only (p.max_kv_len is an upper bound; the device reads the real lengths).
 constexpr int kMaxSplits = 32;
-int decode_splits(const Params& p, int max_kv_len, int sms, size_t workspace_floats);
+int decode_splits(const Params& p, int sms, size_t workspace_floats);
 size_t decode_workspace_floats(int head_dim, int num_q_heads, int max_batch);  // head_dim: the real one
 
 // Decode: one query per sequence; p.num_splits from decode_splits.

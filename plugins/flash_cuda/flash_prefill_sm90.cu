@@ -35,11 +35,11 @@ struct Sm90PrefillTraits {
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 * 40 + 256 * 232 <= 64K
   static constexpr uint32_t kQBytes = kBM * D * 2;
   static constexpr uint32_t kKvBytes = kBN * D * 2;  // one K or V tile
-  // Q, kStages stages of K and of V, their barriers, and room to start the tiles on 1024 bytes (the
-  // swizzle's period).
   // K and V stages: as many as fit (the copies run that many tiles ahead of the math, which hides the
   // latency of L2 under load); 227 KiB of shared memory a block at most.
   static constexpr int kStages = D == 64 ? 4 : 3;
+  // Q, kStages stages of K and of V, their barriers, and room to start the tiles on 1024 bytes (the
+  // swizzle's period).
   static constexpr uint32_t kBarriers = kQBytes + 2 * kStages * kKvBytes;
   static constexpr size_t kSmem = kBarriers + 4 * kStages * 8 + 1024;
 };
@@ -334,7 +334,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
 
   // Software pipeline, FlashAttention-3's intra-warpgroup overlap: iteration i issues S_i = Q K_i and
   // O += P_{i-1} V_{i-1} together, then runs the softmax of S_i on the CUDA cores while the tensor cores
-  // do P_{i-1} V_{i-1}. So V trails K by a tile: iteration i loads K_{i+1} and V_i, and reads K_i and V_{i-1}.
+  // do P_{i-1} V_{i-1}. So V trails K by a tile: iteration i reads K_i and V_{i-1}.
   // Each branch below issues and completes its own products (a product issued in one branch and awaited
   // in another makes the compiler serialise every warpgroup MMA).
   // The two math warpgroups take turns to issue their products (FlashAttention-3's ping-pong): one's
@@ -365,11 +365,11 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
     const int ks = i % kStages, vs = (i + kStages - 1) % kStages;  // stages of K_i and V_{i-1}
     if (i < n_tiles) mbar_wait(full_k(ks), (i / kStages) & 1);
     if (i > 0) mbar_wait(full_v(vs), ((i - 1) / kStages) & 1);
-    fence_async_smem();  // the copies landed through the generic proxy; the tensor cores read through the async one
+    fence_async_smem();  // cp.async copies land through the generic proxy; the tensor cores read through the async one
 
     const int key0 = i * kBN;
     const bool scores = i < n_tiles && key0 < wg_hi;   // once false, false for every later tile
-    const bool pending = i > 0 && key0 - kBN < wg_hi;  // pa holds tile i - 1, whose P V is still to do
+    const bool pending = i > 0 && key0 - kBN < wg_hi;  // tile i - 1's P V is still to do
     // (prev: P of tile i - 1; next: where P of tile i goes)
     auto step = [&](const uint32_t(&prev)[kBN / 16][4], uint32_t(&next)[kBN / 16][4]) {
       turn_wait();
