@@ -29,10 +29,13 @@ constexpr uint64_t kCapabilities =
 struct llm_backend_context {
   llm_attention_shape shape{};
   int device = 0;
-  int sms = 1;
   bool sm90_prefill = false;   // prefill on the Hopper kernel (see choose_prefill_kernel)
   float* workspace = nullptr;  // split-KV partials, allocated once here, never inside a call
   size_t workspace_floats = 0;
+  int32_t* split_counters = nullptr;  // zeroed once here; the kernels leave them zero
+  int32_t* schedule = nullptr;        // after them: the Hopper prefill's work counters
+  int sms = 1;
+  int decode_splits_wanted = 0;  // LLM_FLASH_DECODE_SPLITS, 0: chosen per call
   std::string error;
 };
 
@@ -81,9 +84,40 @@ std::string choose_prefill_kernel(const llm_device_info& device, const llm_atten
   return "";
 }
 
+// LLM_FLASH_DECODE_SPLITS=N (1-32) makes decode cut every sequence's keys into N ranges (fewer when the
+// keys or the workspace do not allow N), to measure the plan decode_splits chooses against the others;
+// unset or "auto" lets it choose. Returns a problem, or "".
+std::string wanted_decode_splits(int* wanted) {
+  const char* env = std::getenv("LLM_FLASH_DECODE_SPLITS");
+  *wanted = 0;
+  if (!env || std::string(env) == "auto") return "";
+  char* end = nullptr;
+  const long n = std::strtol(env, &end, 10);
+  if (end == env || *end != '\0' || n < 1 || n > flash_cuda::kMaxSplits)
+    return std::string("LLM_FLASH_DECODE_SPLITS is '") + env + "'; expected auto or a count from 1 to " +
+           std::to_string(flash_cuda::kMaxSplits);
+  *wanted = static_cast<int>(n);
+  return "";
+}
+
+void context_destroy(llm_backend_context* ctx) {
+  if (!ctx) return;
+  if (ctx->workspace || ctx->split_counters) {
+    llm_plugin::DeviceGuard guard(ctx->device);
+    cudaFree(ctx->workspace);
+    cudaFree(ctx->split_counters);
+  }
+  delete ctx;
+}
+
 llm_status create_checked(const llm_device_info& device, const llm_attention_shape& shape, llm_backend_context** out) {
   bool sm90 = false;
+  int splits_wanted = 0;
   if (std::string problem = choose_prefill_kernel(device, shape, &sm90); !problem.empty()) {
+    g_create_error = "context_create: " + problem;
+    return LLM_ERR_INVALID_ARGUMENT;
+  }
+  if (std::string problem = wanted_decode_splits(&splits_wanted); !problem.empty()) {
     g_create_error = "context_create: " + problem;
     return LLM_ERR_INVALID_ARGUMENT;
   }
@@ -122,17 +156,25 @@ llm_status create_checked(const llm_device_info& device, const llm_attention_sha
   }
   ctx->shape = shape;
   ctx->device = device.index;
-  ctx->sms = sms;
   ctx->sm90_prefill = sm90;
+  ctx->sms = sms;
+  ctx->decode_splits_wanted = splits_wanted;
   ctx->workspace_floats = flash_cuda::decode_workspace_floats(shape.head_dim, shape.num_q_heads, shape.max_batch);
-  if ((e = cudaMalloc(reinterpret_cast<void**>(&ctx->workspace), ctx->workspace_floats * sizeof(float))) !=
-      cudaSuccess) {
+  const size_t split_ints = flash_cuda::decode_counter_ints(shape.num_q_heads, shape.num_kv_heads, shape.max_batch);
+  const size_t counter_bytes = (split_ints + flash_cuda::kScheduleInts) * sizeof(int32_t);
+  const size_t workspace_bytes = ctx->workspace_floats * sizeof(float);
+  if ((e = cudaMalloc(reinterpret_cast<void**>(&ctx->workspace), workspace_bytes)) == cudaSuccess &&
+      (e = cudaMalloc(reinterpret_cast<void**>(&ctx->split_counters), counter_bytes)) == cudaSuccess)
+    if ((e = cudaMemset(ctx->split_counters, 0, counter_bytes)) == cudaSuccess)
+      e = cudaStreamSynchronize(nullptr);  // calls come on other streams, which may not wait for this one
+  ctx->schedule = ctx->split_counters ? ctx->split_counters + split_ints : nullptr;
+  if (e != cudaSuccess) {
     cudaGetLastError();
     g_create_error =
-        cuda_message("context_create: cannot allocate the " +
-                         std::to_string(ctx->workspace_floats * sizeof(float) >> 10) + " KiB split-KV workspace",
+        cuda_message("context_create: cannot allocate the " + std::to_string((workspace_bytes + counter_bytes) >> 10) +
+                         " KiB split-KV workspace",
                      e);
-    delete ctx;
+    context_destroy(ctx);
     return LLM_ERR_OUT_OF_MEMORY;
   }
   *out = ctx;
@@ -152,15 +194,6 @@ llm_status context_create(const llm_device_info* device, const llm_attention_sha
     g_create_error = std::string("context_create: ") + e.what();
     return LLM_ERR_INTERNAL;
   }
-}
-
-void context_destroy(llm_backend_context* ctx) {
-  if (!ctx) return;
-  if (ctx->workspace) {
-    llm_plugin::DeviceGuard guard(ctx->device);
-    cudaFree(ctx->workspace);
-  }
-  delete ctx;
 }
 
 // The kernels move 16-byte chunks (8 elements): rows must start on 16-byte boundaries.
@@ -210,6 +243,8 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
     p.max_kv_len = a.max_kv_len;
     p.causal = a.causal != 0;
     p.sm90_prefill = ctx->sm90_prefill;
+    p.sms = ctx->sms;
+    p.schedule = ctx->schedule;
     p.scale_log2 = a.softmax_scale * kLog2e;
     p.q = a.q;
     p.q_token_stride = a.q_token_stride;
@@ -237,7 +272,8 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
     p.workspace_floats = ctx->workspace_floats;
     cudaError_t e;
     if (decode) {
-      p.num_splits = flash_cuda::decode_splits(p, ctx->sms, ctx->workspace_floats);
+      p.split_counters = ctx->split_counters;
+      p.num_splits = flash_cuda::decode_splits(p, ctx->sms, ctx->workspace_floats, ctx->decode_splits_wanted);
       e = flash_cuda::launch_decode(p, static_cast<cudaStream_t>(a.stream));
     } else {
       p.num_splits = 1;

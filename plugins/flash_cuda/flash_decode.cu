@@ -2,13 +2,15 @@
 // the query heads of one kv head's group (16 per row tile), so each K/V byte is read once for the whole
 // group. The keys of a sequence are cut into `num_splits` ranges, one block each, so that a small batch
 // still fills the GPU; inside a block the four warps take interleaved 16-key slices of each 64-key tile
-// (double-buffered through cp.async) and merge their softmax states through shared memory at the end.
-// With several splits every block writes an unnormalised partial (m, l, o) and combine_kernel merges the
-// ranges in split order; the orders are fixed, so results are bitwise reproducible for a launch plan.
+// (kStages tiles in flight through cp.async) and merge their softmax states through shared memory at the end.
+// With several splits every block writes an unnormalised partial (m, l, o), and the last block of a
+// (sequence, kv head, row tile) to finish (counted on a device counter) merges the ranges in split order:
+// one launch, and the orders are fixed, so results are bitwise reproducible for a launch plan.
 // The real kv lengths are read on the device, so one captured launch serves every step of a CUDA graph.
 #include <algorithm>
 
 #include "flash_params.h"
+#include "kernel_dispatch.cuh"
 #include "warp_attention.cuh"
 
 namespace flash_cuda {
@@ -18,10 +20,13 @@ constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kWarpKeys = 16;            // keys per warp per tile
 constexpr int kBN = kWarps * kWarpKeys;  // keys per tile
 constexpr int kRows = 16;                // group heads per row tile
+// Tiles in flight per block: decode is a stream of K and V, and a block's bytes in flight bound its rate
+// (3 stages: 2 blocks of 109 KiB per SM at d=128, which is what the split plan aims for).
+constexpr int kStages = 3;
 
 template <typename T, int D>
 constexpr size_t decode_smem_bytes() {
-  return static_cast<size_t>(kRows + 4 * kBN) * Smem<D>::kStride * sizeof(T);
+  return static_cast<size_t>(kRows + 2 * kStages * kBN) * Smem<D>::kStride * sizeof(T);
 }
 
 // Keys per split: the real length cut into `splits` ranges, rounded up to whole tiles.
@@ -35,8 +40,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
   constexpr int kStride = Smem<D>::kStride;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);
-  T* sk = sq + kRows * kStride;  // [2][kBN][kStride]
-  T* sv = sk + 2 * kBN * kStride;
+  T* sk = sq + kRows * kStride;  // [kStages][kBN][kStride]
+  T* sv = sk + kStages * kBN * kStride;
 
   const int splits = p.num_splits;
   const int split = static_cast<int>(blockIdx.x) % splits, rtile = static_cast<int>(blockIdx.x) / splits;
@@ -46,7 +51,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
   const int r0 = rtile * kRows, nrows = min(kRows, group - r0);
   const int chunk = split_chunk(n_kv, splits);
   const int k_begin = split * chunk, k_end = min(n_kv, k_begin + chunk);
-  if (k_begin >= k_end) return;  // an empty range (short context): combine_kernel skips it
+  // An empty range (short context) writes nothing and is not counted; an empty context still has its
+  // first split write zeros.
+  if (k_begin >= k_end && (split > 0 || n_kv > 0)) return;
   const int n_tiles = (k_end - k_begin + kBN - 1) / kBN;
 
   const T* Q = static_cast<const T*>(p.q);
@@ -57,31 +64,34 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
     const int64_t off = valid ? token * p.q_token_stride + (kv_head * group + r0 + r) * p.q_head_stride + col : 0;
     cp_async_16(sq + r * kStride + col, Q + off, valid);
   }
-  load_kv_tile<T, D, kBN, kThreads>(sk, sv, p.kv, slot, kv_head, k_begin, k_end, p.head_dim);
-  cp_async_commit();
+  // Tiles 0 .. kStages - 2 (Q with the first); then every iteration starts one more and waits for the
+  // oldest. A group is committed every time, also an empty one, so the wait counts stay uniform.
+  auto load = [&](int i) {
+    if (i < n_tiles)
+      load_kv_tile<T, D, kBN, kThreads>(sk + (i % kStages) * kBN * kStride, sv + (i % kStages) * kBN * kStride, p.kv,
+                                        slot, kv_head, k_begin + i * kBN, k_end, p.head_dim);
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) load(i);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int limit[1][2] = {{k_end, k_end}};
   WarpAttention<T, D, 1> w;
   w.init();
   for (int i = 0; i < n_tiles; ++i) {
-    if (i + 1 < n_tiles) {
-      load_kv_tile<T, D, kBN, kThreads>(sk + ((i + 1) & 1) * kBN * kStride, sv + ((i + 1) & 1) * kBN * kStride, p.kv,
-                                        slot, kv_head, k_begin + (i + 1) * kBN, k_end, p.head_dim);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    load(i + kStages - 1);
+    cp_async_wait<kStages - 1>();
     __syncthreads();
     const int key0 = k_begin + i * kBN + warp * kWarpKeys;
     if (key0 < k_end) {
-      const int tile_row = (i & 1) * kBN + warp * kWarpKeys;
+      const int tile_row = (i % kStages) * kBN + warp * kWarpKeys;
       w.template step<kWarpKeys>(sq, sk + tile_row * kStride, sv + tile_row * kStride, key0, limit,
                                  key0 + kWarpKeys > k_end, p.scale_log2);
     }
-    __syncthreads();
+    __syncthreads();  // the stage is free for the next iteration's load
   }
+  cp_async_wait<0>();  // (only empty groups remain: nothing lands in the merge buffers below)
   w.finish();
 
   // Merge the warps' states in warp order, in the (now free) K/V buffers.
@@ -105,6 +115,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
 
   T* out = static_cast<T*>(p.out);
   const int64_t parts = static_cast<int64_t>(p.num_seqs) * p.num_q_heads;
+  // Partials: (m, l) at [split][seq][q head], o after them at [split][seq][q head][D].
+  float* ml = p.workspace;
+  float* po = p.workspace + 2 * splits * parts;
+  const int64_t first = static_cast<int64_t>(seq) * p.num_q_heads + kv_head * group + r0;  // row 0, split 0
   for (int e = threadIdx.x; e < nrows * D; e += kThreads) {
     const int r = e / D, d = e - r * D;
     if (d >= p.head_dim) continue;
@@ -119,43 +133,50 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
       L = fmaf(sm_l[x * kRows + r], wt, L);
       O = fmaf(sm_o[(x * kRows + r) * D + d], wt, O);
     }
-    const int head = kv_head * group + r0 + r;
     if (splits == 1) {
-      out[token * p.out_token_stride + head * p.out_head_stride + d] = static_cast<T>(L > 0.0f ? O / L : 0.0f);
+      out[token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d] =
+          static_cast<T>(L > 0.0f ? O / L : 0.0f);
     } else {
-      const int64_t part = static_cast<int64_t>(split) * parts + static_cast<int64_t>(seq) * p.num_q_heads + head;
+      const int64_t part = split * parts + first + r;
       if (d == 0) {
-        p.workspace[2 * part] = M;
-        p.workspace[2 * part + 1] = L;
+        ml[2 * part] = M;
+        ml[2 * part + 1] = L;
       }
-      p.workspace[2 * splits * parts + part * D + d] = O;
+      po[part * D + d] = O;
     }
   }
-}
+  if (splits == 1) return;
 
-// Merges the non-empty splits of one (sequence, query head) in split order.
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) combine_kernel(const Params p) {
-  const int head = blockIdx.x, seq = blockIdx.y, splits = p.num_splits;
-  const int n_kv = p.kv_len[seq];
-  const int active = min(splits, (n_kv + split_chunk(n_kv, splits) - 1) / split_chunk(n_kv, splits));
-  const int64_t parts = static_cast<int64_t>(p.num_seqs) * p.num_q_heads;
-  const int64_t first = static_cast<int64_t>(seq) * p.num_q_heads + head;  // split s: first + s * parts
-  const float* ml = p.workspace;
-  const float* o = p.workspace + 2 * splits * parts;
-  float M = -INFINITY;
-  for (int s = 0; s < active; ++s) M = fmaxf(M, ml[2 * (first + s * parts)]);
-  T* out = static_cast<T*>(p.out) + p.q_start[seq] * p.out_token_stride + head * p.out_head_stride;
-  for (int d = threadIdx.x; d < p.head_dim; d += kThreads) {
+  // The last block of this (sequence, kv head, row tile) to get here merges the non-empty splits in split
+  // order. Classic threadfence reduction: partials out, fence, count; the last one fences and reads them.
+  __shared__ int is_last;
+  const int active = n_kv == 0 ? 1 : (n_kv + chunk - 1) / chunk;  // the splits with keys (or split 0)
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int row_tiles = static_cast<int>(gridDim.x) / splits;
+    int* counter = p.split_counters + (static_cast<int64_t>(seq) * p.num_kv_heads + kv_head) * row_tiles + rtile;
+    is_last = atomicAdd(counter, 1) == active - 1;
+    if (is_last) *counter = 0;  // every block of this call has counted: ready for the next call
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  for (int e = threadIdx.x; e < nrows * D; e += kThreads) {
+    const int r = e / D, d = e - r * D;
+    if (d >= p.head_dim) continue;
+    float M = -INFINITY;
+    for (int x = 0; x < active; ++x) M = fmaxf(M, __ldcg(ml + 2 * (x * parts + first + r)));
     float L = 0.0f, O = 0.0f;
-    for (int s = 0; s < active; ++s) {
-      const int64_t part = first + s * parts;
-      const float m = ml[2 * part];
+    for (int x = 0; x < active; ++x) {
+      const int64_t part = x * parts + first + r;
+      const float m = __ldcg(ml + 2 * part);
       const float wt = m == -INFINITY ? 0.0f : exp2_approx(m - M);
-      L = fmaf(ml[2 * part + 1], wt, L);
-      O = fmaf(o[part * D + d], wt, O);
+      L = fmaf(__ldcg(ml + 2 * part + 1), wt, L);
+      O = fmaf(__ldcg(po + part * D + d), wt, O);
     }
-    out[d] = static_cast<T>(L > 0.0f ? O / L : 0.0f);
+    out[token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d] =
+        static_cast<T>(L > 0.0f ? O / L : 0.0f);
   }
 }
 
@@ -166,24 +187,7 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.num_splits * row_tiles), static_cast<unsigned>(p.num_kv_heads),
                   static_cast<unsigned>(p.num_seqs));
   decode_kernel<T, D><<<grid, kThreads, decode_smem_bytes<T, D>(), stream>>>(p);
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess || p.num_splits == 1) return e;
-  combine_kernel<T, D>
-      <<<dim3(static_cast<unsigned>(p.num_q_heads), static_cast<unsigned>(p.num_seqs)), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
-}
-
-template <typename T>
-cudaError_t launch_dim(const Params& p, cudaStream_t stream) {
-  switch (kernel_dim(p.head_dim)) {
-    case 16: return launch_typed<T, 16>(p, stream);
-    case 32: return launch_typed<T, 32>(p, stream);
-    case 64: return launch_typed<T, 64>(p, stream);
-    case 96: return launch_typed<T, 96>(p, stream);
-    case 128: return launch_typed<T, 128>(p, stream);
-    case 256: return launch_typed<T, 256>(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
 }
 
 template <typename T, int D>
@@ -192,31 +196,25 @@ cudaError_t configure_typed() {
                               static_cast<int>(decode_smem_bytes<T, D>()));
 }
 
-template <typename T>
-cudaError_t configure_dim(int head_dim) {
-  switch (kernel_dim(head_dim)) {
-    case 16: return configure_typed<T, 16>();
-    case 32: return configure_typed<T, 32>();
-    case 64: return configure_typed<T, 64>();
-    case 96: return configure_typed<T, 96>();
-    case 128: return configure_typed<T, 128>();
-    case 256: return configure_typed<T, 256>();
-    default: return cudaErrorInvalidValue;
-  }
-}
-
 }  // namespace
 
-int decode_splits(const Params& p, int sms, size_t workspace_floats) {
+int decode_splits(const Params& p, int sms, size_t workspace_floats, int wanted) {
   const int64_t row_tiles = (p.group + kRows - 1) / kRows;
-  const int64_t base = static_cast<int64_t>(p.num_seqs) * p.num_kv_heads * row_tiles;
-  const int64_t target = 4 * static_cast<int64_t>(std::max(sms, 1));
-  int64_t splits = (target + base - 1) / base;
-  splits = std::min<int64_t>(splits, (static_cast<int64_t>(p.max_kv_len) + kBN - 1) / kBN);
-  splits = std::min<int64_t>(splits, kMaxSplits);
+  const int64_t base = static_cast<int64_t>(p.num_seqs) * p.num_kv_heads * row_tiles;  // blocks per split
+  const int64_t kv_tiles = std::max<int64_t>((static_cast<int64_t>(p.max_kv_len) + kBN - 1) / kBN, 1);
   const int64_t per_split = static_cast<int64_t>(p.num_seqs) * p.num_q_heads * (kernel_dim(p.head_dim) + 2);
-  splits = std::min<int64_t>(splits, static_cast<int64_t>(workspace_floats) / std::max<int64_t>(per_split, 1));
-  return static_cast<int>(std::max<int64_t>(splits, 1));
+  const int64_t most = std::max<int64_t>(
+      1, std::min<int64_t>(
+             {kMaxSplits, kv_tiles, static_cast<int64_t>(workspace_floats) / std::max<int64_t>(per_split, 1)}));
+  if (wanted > 0) return static_cast<int>(std::min<int64_t>(wanted, most));
+  // About two blocks per SM (two keep an SM's loads streaming; more only add fixed costs), but blocks of
+  // at least four tiles where the GPU stays at least one block per SM without them. From a sweep over
+  // 1-32 splits on the H200 (docs/PERFORMANCE.md): the best or within 7% of it at b = 1, 8, 32 and
+  // 1K-16K keys.
+  const int64_t sm = std::max(sms, 1);
+  int64_t splits = std::min<int64_t>(std::max<int64_t>((2 * sm + base / 2) / base, 1), most);
+  while (splits > 1 && (kv_tiles + splits - 1) / splits < 4 && base * (splits - 1) >= sm) --splits;
+  return static_cast<int>(splits);
 }
 
 size_t decode_workspace_floats(int head_dim, int num_q_heads, int max_batch) {
@@ -224,13 +222,20 @@ size_t decode_workspace_floats(int head_dim, int num_q_heads, int max_batch) {
   return static_cast<size_t>(kMaxSplits) * std::min(max_batch, 16) * num_q_heads * (kernel_dim(head_dim) + 2);
 }
 
+size_t decode_counter_ints(int num_q_heads, int num_kv_heads, int max_batch) {
+  const int group = num_q_heads / std::max(num_kv_heads, 1);
+  return static_cast<size_t>(max_batch) * num_kv_heads * ((group + kRows - 1) / kRows);
+}
+
 cudaError_t launch_decode(const Params& p, cudaStream_t stream) {
   if (p.num_splits < 1 || p.num_splits > kMaxSplits) return cudaErrorInvalidConfiguration;
-  return p.fp16 ? launch_dim<__half>(p, stream) : launch_dim<__nv_bfloat16>(p, stream);
+  return with_any_kernel(p.fp16, p.head_dim,
+                         [&](auto t, auto d) { return launch_typed<decltype(t), decltype(d)::value>(p, stream); });
 }
 
 cudaError_t configure_decode(bool fp16, int head_dim) {
-  return fp16 ? configure_dim<__half>(head_dim) : configure_dim<__nv_bfloat16>(head_dim);
+  return with_any_kernel(fp16, head_dim,
+                         [](auto t, auto d) { return configure_typed<decltype(t), decltype(d)::value>(); });
 }
 
 }  // namespace flash_cuda

@@ -36,6 +36,8 @@ struct Params {
   int32_t num_seqs, max_q_len, max_kv_len;  // max_*: bounds over the batch (the real lengths are on the device)
   int32_t causal;
   int32_t sm90_prefill;  // prefill on the sm_90a kernel (flash_prefill_sm90.cu) rather than the portable one
+  int32_t sms;           // the device's multiprocessors (the sm_90a kernel's persistent grid)
+  int32_t* schedule;     // device, 2 counters, zero between calls: the sm_90a kernel's items drawn, blocks done
   float scale_log2;      // softmax_scale * log2(e): scores go through exp2
   const void* q;
   int64_t q_token_stride, q_head_stride;
@@ -49,6 +51,7 @@ struct Params {
   int32_t num_splits;
   float* workspace;  // partials: [splits][seqs][q heads] of (m, l) then [..][head_dim] of o
   size_t workspace_floats;
+  int32_t* split_counters;  // [seqs][kv heads][row tiles], zero between calls: blocks done per group
 };
 
 // Prefill: any number of queries per sequence, causal or not, after any cached prefix.
@@ -60,11 +63,14 @@ bool sm90_prefill_dim(int head_dim);
 cudaError_t launch_prefill_sm90(const Params& p, cudaStream_t stream);
 cudaError_t configure_prefill_sm90(bool fp16, int head_dim);
 
-// Decode plan: how many key splits a decode call uses so the grid fills `sms` multiprocessors, bounded
-// by the workspace. Host arithmetic only (p.max_kv_len is an upper bound; the device reads the real lengths).
+// Decode plan: how many key splits a decode call uses on a GPU of `sms` multiprocessors, bounded by the
+// workspace and the keys; `wanted` > 0 asks for that many (at most the bound). Host arithmetic only
+// (p.max_kv_len is an upper bound; the device reads the real lengths).
 constexpr int kMaxSplits = 32;
-int decode_splits(const Params& p, int sms, size_t workspace_floats);
+int decode_splits(const Params& p, int sms, size_t workspace_floats, int wanted = 0);
 size_t decode_workspace_floats(int head_dim, int num_q_heads, int max_batch);  // head_dim: the real one
+size_t decode_counter_ints(int num_q_heads, int num_kv_heads, int max_batch);
+constexpr size_t kScheduleInts = 2;  // Params::schedule
 
 // Decode: one query per sequence; p.num_splits from decode_splits.
 cudaError_t launch_decode(const Params& p, cudaStream_t stream);

@@ -4,6 +4,7 @@
 // softmax on its own rows. Causal blocks stop at their last row's limit, and a warp skips tiles its
 // rows cannot see; only tiles that cross a row's limit pay for the mask.
 #include "flash_params.h"
+#include "kernel_dispatch.cuh"
 #include "prefill_rows.cuh"
 #include "warp_attention.cuh"
 
@@ -122,38 +123,12 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T>
-cudaError_t launch_dim(const Params& p, cudaStream_t stream) {
-  switch (kernel_dim(p.head_dim)) {
-    case 16: return launch_typed<T, 16>(p, stream);
-    case 32: return launch_typed<T, 32>(p, stream);
-    case 64: return launch_typed<T, 64>(p, stream);
-    case 96: return launch_typed<T, 96>(p, stream);
-    case 128: return launch_typed<T, 128>(p, stream);
-    case 256: return launch_typed<T, 256>(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
-}
-
 // Lets the kernel use more than 48 KiB of dynamic shared memory (per device: called at context creation,
 // never inside a call, so that launches stay capturable); fails when the device has no image of it.
 template <typename T, int D>
 cudaError_t configure_typed() {
   return cudaFuncSetAttribute(prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                               static_cast<int>(PrefillTraits<D>::template smem_bytes<T>()));
-}
-
-template <typename T>
-cudaError_t configure_dim(int head_dim) {
-  switch (kernel_dim(head_dim)) {
-    case 16: return configure_typed<T, 16>();
-    case 32: return configure_typed<T, 32>();
-    case 64: return configure_typed<T, 64>();
-    case 96: return configure_typed<T, 96>();
-    case 128: return configure_typed<T, 128>();
-    case 256: return configure_typed<T, 256>();
-    default: return cudaErrorInvalidValue;
-  }
 }
 
 }  // namespace
@@ -167,11 +142,13 @@ int kernel_dim(int head_dim) {
 
 cudaError_t launch_prefill(const Params& p, cudaStream_t stream) {
   if (p.sm90_prefill) return launch_prefill_sm90(p, stream);
-  return p.fp16 ? launch_dim<__half>(p, stream) : launch_dim<__nv_bfloat16>(p, stream);
+  return with_any_kernel(p.fp16, p.head_dim,
+                         [&](auto t, auto d) { return launch_typed<decltype(t), decltype(d)::value>(p, stream); });
 }
 
 cudaError_t configure_prefill(bool fp16, int head_dim) {
-  return fp16 ? configure_dim<__half>(head_dim) : configure_dim<__nv_bfloat16>(head_dim);
+  return with_any_kernel(fp16, head_dim,
+                         [](auto t, auto d) { return configure_typed<decltype(t), decltype(d)::value>(); });
 }
 
 int min_built_arch() {

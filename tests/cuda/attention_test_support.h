@@ -416,21 +416,33 @@ class ErrorTable {
 };
 
 // Runs one case, checks it against the reference and returns the error.
-inline double run_case(const Plugin& plugin, const Case& tc, std::mt19937& rng, bool decode) {
+// Runs the case `calls` times on one context (outputs poisoned before each): every call within the
+// tolerance, and every call's bits equal to the first's. Returns the largest error.
+inline double run_case(const Plugin& plugin, const Case& tc, std::mt19937& rng, bool decode, int calls = 1) {
   Problem problem(tc, rng);
   Context ctx(plugin, problem.shape());
   EXPECT_EQ(ctx.status(), LLM_OK) << plugin.iface().last_error(nullptr);
   if (ctx.status() != LLM_OK) return INFINITY;
   Stream stream;
-  problem.out().poison();
-  const llm_status s = ctx.call(problem.args(stream.get()), decode);
-  EXPECT_EQ(s, LLM_OK) << ctx.error();
-  if (s != LLM_OK) return INFINITY;
-  stream.sync();
-  std::string where;
-  const double err = problem.error(problem.out().download(), &where);
-  EXPECT_LT(err, tolerance(tc.dtype)) << describe(tc, decode) << " " << where;
-  return err;
+  double worst = 0;
+  std::vector<uint8_t> first;
+  for (int call = 0; call < calls; ++call) {
+    problem.out().poison();
+    const llm_status s = ctx.call(problem.args(stream.get()), decode);
+    EXPECT_EQ(s, LLM_OK) << ctx.error();
+    if (s != LLM_OK) return INFINITY;
+    stream.sync();
+    std::string where;
+    const std::vector<uint8_t> out = problem.out().download();
+    const double err = problem.error(out, &where);
+    EXPECT_LT(err, tolerance(tc.dtype)) << describe(tc, decode) << " call " << call << " " << where;
+    worst = std::max(worst, err);
+    if (call == 0)
+      first = out;
+    else
+      EXPECT_EQ(out, first) << describe(tc, decode) << ": call " << call << " differs from the first";
+  }
+  return worst;
 }
 
 inline unsigned fresh_seed() {

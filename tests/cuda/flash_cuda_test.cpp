@@ -15,13 +15,17 @@ std::shared_ptr<Plugin> load_flash() { return load_backend("flash_cuda"); }
 
 constexpr int kDtypes[] = {LLM_DTYPE_BF16, LLM_DTYPE_F16};
 
-// Sets LLM_FLASH_PREFILL (which prefill kernel new contexts use) for one scope.
-class PrefillKernel {
+// Sets an environment variable that new contexts read (LLM_FLASH_PREFILL: which prefill kernel;
+// LLM_FLASH_DECODE_SPLITS: how many key ranges decode uses) for one scope.
+class ScopedEnv {
  public:
-  explicit PrefillKernel(const char* value) { ::setenv("LLM_FLASH_PREFILL", value, 1); }
-  ~PrefillKernel() { ::unsetenv("LLM_FLASH_PREFILL"); }
-  PrefillKernel(const PrefillKernel&) = delete;
-  PrefillKernel& operator=(const PrefillKernel&) = delete;
+  ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
+  ~ScopedEnv() { ::unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
 };
 
 TEST(FlashCuda, MatchesFloat64ReferenceOverShapeGrid) {
@@ -123,7 +127,7 @@ TEST(FlashCuda, BothPrefillKernelsMatchTheReference) {
   std::mt19937 rng(fresh_seed());
   ErrorTable table;
   for (const char* kernel : {"sm80", "auto"}) {
-    PrefillKernel choice(kernel);
+    ScopedEnv choice("LLM_FLASH_PREFILL", kernel);
     for (int dtype : kDtypes)
       for (int head_dim : {64, 128})
         for (bool causal : {true, false}) {
@@ -135,6 +139,17 @@ TEST(FlashCuda, BothPrefillKernelsMatchTheReference) {
           Case mqa{head_dim, 16, 1, {77}, {1100}};
           mqa.dtype = dtype, mqa.causal = causal;
           table.add(tag + " MQA 16/1 after prefix", run_case(*plugin, mqa, rng, false));
+          // Far more work items (128-row tiles of a sequence and kv head) than SMs: the Hopper kernel's
+          // persistent blocks take a few each, of different lengths, and carry their pipelines across them.
+          if (std::string(kernel) == "sm80") continue;
+          Case many{head_dim, 8, 1, {}, {}};
+          for (int i = 0; i < 48; ++i) {
+            const int q = i % 7 == 6 ? 0 : 20 + (i * 29) % 131;
+            many.q_lens.push_back(q);
+            many.kv_lens.push_back(q + (i % 3) * 40);
+          }
+          many.dtype = dtype, many.causal = causal, many.paged = head_dim == 128;
+          table.add(tag + " 48 sequences, ~250 items, 3 calls", run_case(*plugin, many, rng, false, 3));
         }
   }
   table.print("prefill kernels: portable (sm80) and chosen (auto: the Hopper kernel on compute 9.0)");
@@ -165,7 +180,29 @@ TEST(FlashCuda, CacheEntriesPastTheLengthNeverReachTheOutput) {
   table.print("NaN in the cache past every sequence's length");
 }
 
-TEST(FlashCuda, PrefillKernelChoiceIsCheckedWithReasons) {  // no GPU needed: refused before the device
+// Every split plan gives the reference's answer, and the same bits call after call: ranges that end
+// inside a tile, sequences shorter than the splits (empty ranges), MQA with two row tiles per kv head.
+TEST(FlashCuda, DecodeMatchesTheReferenceWithEverySplitCount) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(fresh_seed());
+  ErrorTable table;
+  for (const char* splits : {"auto", "1", "2", "3", "7", "32"})
+    for (int dtype : kDtypes) {
+      ScopedEnv plan("LLM_FLASH_DECODE_SPLITS", splits);
+      const std::string tag = std::string("splits=") + splits + " " + dtype_name(dtype);
+      Case gqa{128, 32, 8, {1, 1, 1, 1, 1, 1}, {1, 63, 64, 65, 700, 4099}};
+      gqa.dtype = dtype, gqa.paged = std::string(splits) == "3";
+      table.add(tag + " GQA 32/8, 3 calls", run_case(*plugin, gqa, rng, true, 3));
+      Case mqa{64, 32, 1, {1, 1}, {2, 1500}};
+      mqa.dtype = dtype;
+      table.add(tag + " MQA 32/1", run_case(*plugin, mqa, rng, true));
+    }
+  table.print("decode with every split plan");
+}
+
+TEST(FlashCuda, KernelChoicesAreCheckedWithReasons) {  // no GPU needed: refused before the device
   auto plugin = load_flash();
   ASSERT_NE(plugin, nullptr);
   const auto& t = plugin->iface();
@@ -183,13 +220,20 @@ TEST(FlashCuda, PrefillKernelChoiceIsCheckedWithReasons) {  // no GPU needed: re
     if (ctx) t.context_destroy(ctx);
     return std::string(t.last_error(nullptr));
   };
+  for (const char* bad : {"0", "33", "many", "4x"}) {
+    ScopedEnv plan("LLM_FLASH_DECODE_SPLITS", bad);
+    const std::string e = create_error(ampere, shape);
+    EXPECT_NE(e.find(std::string("LLM_FLASH_DECODE_SPLITS is '") + bad + "'; expected auto or a count from 1 to 32"),
+              std::string::npos)
+        << e;
+  }
   {
-    PrefillKernel choice("fastest");
+    ScopedEnv choice("LLM_FLASH_PREFILL", "fastest");
     const std::string e = create_error(ampere, shape);
     EXPECT_NE(e.find("LLM_FLASH_PREFILL is 'fastest'; expected auto, sm80 or sm90"), std::string::npos) << e;
   }
   {
-    PrefillKernel choice("sm90");
+    ScopedEnv choice("LLM_FLASH_PREFILL", "sm90");
     const std::string e = create_error(ampere, shape);
     EXPECT_NE(e.find("compute capability 9.0 (this device: 8.0)"), std::string::npos) << e;
     llm_device_info hopper = ampere;
