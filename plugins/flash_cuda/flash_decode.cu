@@ -64,8 +64,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
     const int64_t off = valid ? token * p.q_token_stride + (kv_head * group + r0 + r) * p.q_head_stride + col : 0;
     cp_async_16(sq + r * kStride + col, Q + off, valid);
   }
-  // Tiles 0 .. kStages - 2 (Q with the first); then every iteration starts one more and waits for the
-  // oldest. A group is committed every time, also an empty one, so the wait counts stay uniform.
+  // Tiles 0 .. kStages - 2 (Q with the first); then every iteration waits for its tile and starts the one
+  // kStages - 1 on, into the stage the previous iteration read (the barrier between says all are done
+  // with it), so kStages - 1 tiles stream in while one is computed. A group is committed every time, also
+  // an empty one, so the wait counts stay uniform.
   auto load = [&](int i) {
     if (i < n_tiles)
       load_kv_tile<T, D, kBN, kThreads>(sk + (i % kStages) * kBN * kStride, sv + (i % kStages) * kBN * kStride, p.kv,
@@ -80,18 +82,18 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
   WarpAttention<T, D, 1> w;
   w.init();
   for (int i = 0; i < n_tiles; ++i) {
-    load(i + kStages - 1);
-    cp_async_wait<kStages - 1>();
+    cp_async_wait<kStages - 2>();
     __syncthreads();
+    load(i + kStages - 1);
     const int key0 = k_begin + i * kBN + warp * kWarpKeys;
     if (key0 < k_end) {
       const int tile_row = (i % kStages) * kBN + warp * kWarpKeys;
       w.template step<kWarpKeys>(sq, sk + tile_row * kStride, sv + tile_row * kStride, key0, limit,
                                  key0 + kWarpKeys > k_end, p.scale_log2);
     }
-    __syncthreads();  // the stage is free for the next iteration's load
   }
   cp_async_wait<0>();  // (only empty groups remain: nothing lands in the merge buffers below)
+  __syncthreads();     // every warp is done with the stages: they become the merge buffers
   w.finish();
 
   // Merge the warps' states in warp order, in the (now free) K/V buffers.
