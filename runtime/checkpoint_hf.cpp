@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "checkpoint.h"
@@ -40,13 +41,22 @@ T config_value(const nlohmann::json& c, const char* key, const std::string& wher
     if (fallback) return *fallback;
     fail("{}: '{}' is missing (a LlamaForCausalLM config has it)", where, key);
   }
-  try {
-    return c[key].get<T>();
-  } catch (const nlohmann::json::exception&) {
-    fail("{}: '{}' is {}, expected {}", where, key, c[key].dump(),
-         std::is_same_v<T, bool> ? "true or false"
-         : std::is_integral_v<T> ? "an integer"
-                                 : "a number");
+  const nlohmann::json& v = c[key];
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    // get<int>() would wrap 4294967296 and truncate 1e9 silently: only integers that fit
+    const bool fits =
+        v.is_number_integer() && (v.is_number_unsigned() ? v.get<uint64_t>() <= uint64_t{INT64_MAX} : true) &&
+        v.get<int64_t>() >= std::numeric_limits<T>::min() && v.get<int64_t>() <= std::numeric_limits<T>::max();
+    if (!fits)
+      fail("{}: '{}' is {}, expected an integer from {} to {}", where, key, v.dump(), std::numeric_limits<T>::min(),
+           std::numeric_limits<T>::max());
+    return static_cast<T>(v.get<int64_t>());
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const nlohmann::json::exception&) {
+      fail("{}: '{}' is {}, expected {}", where, key, v.dump(), std::is_same_v<T, bool> ? "true or false" : "a number");
+    }
   }
 }
 

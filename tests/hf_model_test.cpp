@@ -138,6 +138,14 @@ TEST(HfModel, BadDirectoriesGetErrorsNamingTheFileAndThePart) {
               HasSubstr("'num_hidden_layers' is missing"));
   EXPECT_THAT(test::checkpoint_error(edit_config("strlayers", [](json& c) { c["num_hidden_layers"] = "five"; })),
               HasSubstr("'num_hidden_layers' is \"five\", expected an integer"));
+  // numbers past int, or written as floats, are refused as they stand (not wrapped or truncated)
+  EXPECT_THAT(test::checkpoint_error(edit_config("huge", [](json& c) { c["intermediate_size"] = 4294967296; })),
+              HasSubstr("'intermediate_size' is 4294967296, expected an integer from -2147483648 to 2147483647"));
+  EXPECT_THAT(test::checkpoint_error(edit_config("float", [](json& c) { c["hidden_size"] = 1e308; })),
+              HasSubstr("'hidden_size' is 1e+308, expected an integer"));
+  EXPECT_THAT(
+      test::checkpoint_error(edit_config("negative", [](json& c) { c["vocab_size"] = -9223372036854775807LL; })),
+      HasSubstr("'vocab_size' is -9223372036854775807, expected an integer"));
   EXPECT_THAT(test::checkpoint_error(edit_config("wide", [](json& c) { c["intermediate_size"] = 180; })),
               HasSubstr("tensor 'model.layers.0.mlp.gate_proj.weight' has shape [172, 64], expected [180, 64]"));
 
