@@ -68,12 +68,17 @@ std::unique_ptr<Tokenizer> parse_checked(const std::string& data, const std::str
   if (v.pattern.empty()) fail("{}: the pre-tokenizer has neither a Split regex nor a ByteLevel regex", path);
   v.ignore_merges = m.value("ignore_merges", false);
   if (!m.contains("vocab") || !m["vocab"].is_object()) fail("{}: 'model.vocab' is missing or not an object", path);
-  auto place = [&](int id, const std::string& text, const char* where) {
-    if (id < 0 || id > (1 << 24)) fail("{}: {} has id {}, out of range", path, where, id);
-    if (v.tokens.size() <= static_cast<size_t>(id)) v.tokens.resize(static_cast<size_t>(id) + 1);
-    v.tokens[static_cast<size_t>(id)] = text;
+  // Ids as written: get<int>() would take true as 1 and wrap 4294967296 to 0, and the error would then
+  // blame the wrong token.
+  auto place = [&](const json& id, const std::string& text, const char* where) {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 24))
+      fail("{}: {} '{}' has id {}, expected an integer from 0 to {}", path, where, text, id.dump(), 1 << 24);
+    const auto i = static_cast<size_t>(id.get<int64_t>());
+    if (v.tokens.size() <= i) v.tokens.resize(i + 1);
+    v.tokens[i] = text;
+    return static_cast<int>(i);
   };
-  for (const auto& [text, id] : m["vocab"].items()) place(id.get<int>(), text, "a vocab entry");
+  for (const auto& [text, id] : m["vocab"].items()) place(id, text, "vocab entry");
   for (const auto& merge : m.value("merges", json::array())) {
     if (merge.is_string())
       v.merges.push_back(merge.get<std::string>());
@@ -82,11 +87,8 @@ std::unique_ptr<Tokenizer> parse_checked(const std::string& data, const std::str
     else
       fail("{}: a merge is neither \"a b\" nor [\"a\", \"b\"]: {}", path, merge.dump());
   }
-  for (const auto& added : j.value("added_tokens", json::array())) {
-    const int id = added.at("id").get<int>();
-    place(id, added.at("content").get<std::string>(), "an added token");
-    v.literal.push_back(id);
-  }
+  for (const auto& added : j.value("added_tokens", json::array()))
+    v.literal.push_back(place(added.at("id"), added.at("content").get<std::string>(), "added token"));
   for (size_t id = 0; id < v.tokens.size(); ++id)
     if (v.tokens[id].empty()) fail("{}: token id {} has no entry (ids must be dense)", path, id);
   guess_bos_eos(v);

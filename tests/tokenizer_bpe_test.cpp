@@ -121,7 +121,20 @@ TEST(ByteLevelBpe, UnsupportedTokenizerJsonFilesAreNamed) {
               HasSubstr("tokenizer model type 'Unigram' is not supported"));
   EXPECT_THAT(
       error_of({{"model", {{"type", "BPE"}, {"vocab", {{"a", "zero"}}}}}, {"pre_tokenizer", {{"type", "ByteLevel"}}}}),
-      HasSubstr("t.json: malformed tokenizer.json"));
+      HasSubstr("t.json: vocab entry 'a' has id \"zero\", expected an integer from 0 to 16777216"));
+  // ids as written, not wrapped (4294967296 is not 0) or converted (true is not 1)
+  for (const json& id : {json(4294967296), json(true), json(-1), json(2.5)})
+    EXPECT_THAT(error_of({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", id}}}}},
+                          {"pre_tokenizer", {{"type", "ByteLevel"}}}}),
+                HasSubstr("vocab entry 'b' has id " + id.dump() + ", expected an integer"));
+  EXPECT_THAT(error_of({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}},
+                        {"pre_tokenizer", {{"type", "ByteLevel"}}},
+                        {"added_tokens", {{{"id", "one"}, {"content", "<s>"}}}}}),
+              HasSubstr("added token '<s>' has id \"one\""));
+  EXPECT_THAT(error_of({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}}}}},
+                        {"pre_tokenizer", {{"type", "ByteLevel"}}},
+                        {"added_tokens", {{{"id", 1}, {"content", 7}}}}}),
+              HasSubstr("t.json: malformed tokenizer.json"));
   EXPECT_THAT(error_of({{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 2}}}}},
                         {"pre_tokenizer", {{"type", "ByteLevel"}}}}),
               HasSubstr("token id 1 has no entry"));
