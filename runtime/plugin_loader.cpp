@@ -67,6 +67,19 @@ std::string missing_members(const llm_backend_iface& t) {
   return missing;
 }
 
+// Why the dynamic loader refuses `path` in its own words ("invalid ELF header", "libfoo.so: cannot open
+// shared object file"): Boost.DLL reports every failure as one error code and clears dlerror(), so ask
+// dlopen again. `fallback` when it loads this time.
+std::string dlopen_error(const fs::path& path, const std::string& fallback) {
+  dlerror();
+  if (void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL)) {
+    dlclose(handle);
+    return fallback;
+  }
+  const char* why = dlerror();
+  return why ? why : fallback;
+}
+
 // Loads one file; returns the plugin or sets `rejection`.
 std::shared_ptr<Plugin> load_one(const fs::path& path, std::string& rejection) {
   boost::dll::shared_library lib;
@@ -79,7 +92,7 @@ std::shared_ptr<Plugin> load_one(const fs::path& path, std::string& rejection) {
                     static_cast<boost::dll::load_mode::type>(RTLD_NODELETE);
   lib.load(path, mode, ec);
   if (ec) {
-    rejection = "not a loadable shared library (" + ec.message() + ")";
+    rejection = "not a loadable shared library: " + dlopen_error(path, ec.message());
     return nullptr;
   }
   if (!lib.has(LLM_BACKEND_ENTRY_SYMBOL)) {

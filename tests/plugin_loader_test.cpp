@@ -63,6 +63,15 @@ TEST(PluginLoader, RejectsFileThatIsNotASharedLibrary) {
   ASSERT_EQ(all.size(), 1u) << "only *.so files are candidates";
   EXPECT_EQ(all[0].plugin, nullptr);
   EXPECT_THAT(all[0].rejection, HasSubstr("not a loadable shared library"));
+  EXPECT_THAT(all[0].rejection, HasSubstr("fake.so: file too short")) << "the dynamic loader's own reason";
+}
+
+TEST(PluginLoader, RejectsLibraryWhoseDependencyIsMissingNamingIt) {
+  auto all = load_plugins({LLM_TEST_PLUGIN_DIR});
+  const PluginCandidate* c = find_candidate(all, "/missing_dep.so");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->plugin, nullptr);
+  EXPECT_THAT(c->rejection, HasSubstr("libvanishing_dep.so: cannot open shared object file"));
 }
 
 TEST(PluginLoader, FirstPluginOfANameWinsLaterOnesAreRejected) {
