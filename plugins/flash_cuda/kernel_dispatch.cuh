@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <type_traits>
+#include <utility>
 
 #include "flash_params.h"
 
@@ -25,10 +26,15 @@ cudaError_t with_kernel(bool fp16, int head_dim, F&& f) {
   return e;
 }
 
-// Every head dim the portable kernels are built for (kKernelDims).
+// Every head dim the portable kernels are built for: kKernelDims.
+template <typename F, size_t... I>
+cudaError_t with_kernel_dims(bool fp16, int head_dim, F&& f, std::index_sequence<I...>) {
+  return with_kernel<kKernelDims[I]...>(fp16, head_dim, static_cast<F&&>(f));
+}
 template <typename F>
 cudaError_t with_any_kernel(bool fp16, int head_dim, F&& f) {
-  return with_kernel<16, 32, 64, 96, 128, 256>(fp16, head_dim, static_cast<F&&>(f));
+  return with_kernel_dims(fp16, head_dim, static_cast<F&&>(f),
+                          std::make_index_sequence<sizeof(kKernelDims) / sizeof(kKernelDims[0])>{});
 }
 
 }  // namespace flash_cuda
