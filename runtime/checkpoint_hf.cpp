@@ -16,6 +16,7 @@
 #include "checkpoint.h"
 #include "error.h"
 #include "half.h"
+#include "json_integer.h"
 #include "log.h"
 #include "safetensors.h"
 
@@ -43,11 +44,7 @@ T config_value(const nlohmann::json& c, const char* key, const std::string& wher
   }
   const nlohmann::json& v = c[key];
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-    // get<int>() would wrap 4294967296 and truncate 1e9 silently: only integers that fit
-    const bool fits =
-        v.is_number_integer() && (v.is_number_unsigned() ? v.get<uint64_t>() <= uint64_t{INT64_MAX} : true) &&
-        v.get<int64_t>() >= std::numeric_limits<T>::min() && v.get<int64_t>() <= std::numeric_limits<T>::max();
-    if (!fits)
+    if (!json_integer_within(v, std::numeric_limits<T>::min(), std::numeric_limits<T>::max()))
       fail("{}: '{}' is {}, expected an integer from {} to {}", where, key, v.dump(), std::numeric_limits<T>::min(),
            std::numeric_limits<T>::max());
     return static_cast<T>(v.get<int64_t>());
@@ -131,7 +128,7 @@ void Checkpoint::load_hf_checked() {
     const nlohmann::json eos = g.value("eos_token_id", nlohmann::json());
     if (eos.is_null()) continue;
     for (const auto& id : eos.is_array() ? eos : nlohmann::json::array({eos})) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= c.vocab_size)
+      if (!json_integer_within(id, 0, c.vocab_size - 1))
         fail("{}: eos_token_id {} is not a token id below vocab_size {}", (dir / file).string(), eos.dump(),
              c.vocab_size);
       eos_ids_.push_back(id.get<int>());

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "error.h"
+#include "json_integer.h"
 #include "tokenizer_internal.h"
 
 namespace llm::detail {
@@ -68,10 +69,9 @@ std::unique_ptr<Tokenizer> parse_checked(const std::string& data, const std::str
   if (v.pattern.empty()) fail("{}: the pre-tokenizer has neither a Split regex nor a ByteLevel regex", path);
   v.ignore_merges = m.value("ignore_merges", false);
   if (!m.contains("vocab") || !m["vocab"].is_object()) fail("{}: 'model.vocab' is missing or not an object", path);
-  // Ids as written: get<int>() would take true as 1 and wrap 4294967296 to 0, and the error would then
-  // blame the wrong token.
+  // Ids as written (json_integer.h): a wrapped or converted one would make the error blame another token.
   auto place = [&](const json& id, const std::string& text, const char* where) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 24))
+    if (!json_integer_within(id, 0, 1 << 24))
       fail("{}: {} '{}' has id {}, expected an integer from 0 to {}", path, where, text, id.dump(), 1 << 24);
     const auto i = static_cast<size_t>(id.get<int64_t>());
     if (v.tokens.size() <= i) v.tokens.resize(i + 1);
