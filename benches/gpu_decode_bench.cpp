@@ -54,12 +54,14 @@ int main(int argc, char** argv) {
   app.add_option("--prompt-len", prompt_len, "prompt tokens per sequence")->capture_default_str();
   app.add_option("--new-tokens", new_tokens, "decode steps")->capture_default_str();
   app.add_option("--backends", backends, "attention backend chain")->delimiter(',');
-  app.add_option("--products", products,
-                 "matrix products: auto (fused GEMV kernels for steps of up to 16 tokens, cuBLAS otherwise; the "
-                 "kernel LLM_GEMV names, else each where it is faster), cuda_core or tensor_core (that GEMV kernel "
-                 "where it applies), cublas; several: each is timed")
+  app.add_option(
+         "--products", products,
+         "matrix products: auto (fused GEMV kernels for steps of up to 16 tokens, cuBLAS otherwise; the "
+         "kernel LLM_GEMV names, else each where it is faster), cuda_core or tensor_core (that GEMV kernel "
+         "where it applies), cublas, auto_separate_norm (auto with every RMSNorm a kernel of its own, as before the "
+         "CUDA-core products took it in); several: each is timed")
       ->delimiter(',')
-      ->check(CLI::IsMember({"auto", "cuda_core", "tensor_core", "cublas"}));
+      ->check(CLI::IsMember({"auto", "cuda_core", "tensor_core", "cublas", "auto_separate_norm"}));
   app.add_option("--tensor-parallel", tensor_parallel, "GPUs per model (a rank each); several: each is timed")
       ->delimiter(',');
   app.add_option("--dtype", dtype, "bf16, fp16 or fp32")->capture_default_str();
@@ -130,6 +132,7 @@ int main(int argc, char** argv) {
           if (!gpu_model && product != "auto") continue;  // a tensor-parallel group takes the default products
           if (gpu_model) {
             gpu_model->set_gemv_max_tokens(product == "cublas" ? 0 : llm::cuda::kGemvMaxTokens);
+            gpu_model->set_fuse_norm(product != "auto_separate_norm");
             gpu_model->set_gemv_kernel(product == "cuda_core"     ? llm::cuda::GemvKernel::CudaCore
                                        : product == "tensor_core" ? llm::cuda::GemvKernel::TensorCore
                                                                   : env_kernel);

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "cuda_check.h"
 #include "dtype_convert.cuh"
@@ -52,14 +53,81 @@ __device__ __forceinline__ float dot16(const uint4& w, const uint4& x, float acc
   return dot_word<T>(w.w, x.w, acc);
 }
 
+// acc = dot(w, x) over the elements of a 16-byte chunk of T, x already in fp32.
+template <typename T>
+__device__ __forceinline__ float dot16_f32(const uint4& w, const float* x, float acc) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (sizeof(T) == 4) {
+      acc = fmaf(__uint_as_float(words[i]), x[i], acc);
+    } else {
+      float2 f;
+      if constexpr (std::is_same_v<T, __nv_bfloat16>)
+        f = make_float2(__uint_as_float(words[i] << 16), __uint_as_float(words[i] & 0xffff0000u));
+      else
+        f = __half22float2(*reinterpret_cast<const __half2*>(&words[i]));
+      acc = fmaf(f.y, x[2 * i + 1], fmaf(f.x, x[2 * i], acc));
+    }
+  }
+  return acc;
+}
+
+// The activations of a product: rows of T, or (Norm) fp32 residual rows and the RMSNorm's gain, whose
+// squares are summed on the way (ss) and whose scale 1 / rms is applied to the totals at the end.
+template <typename T, bool Norm>
+struct Activations {
+  static constexpr int kPer = 16 / sizeof(T);  // elements per 16-byte chunk of weights
+  const void* x;
+  const float* gain;
+  int cols;
+
+  // Element i of token t, in fp32 (gain applied), its square added to ss.
+  __device__ __forceinline__ float element(int t, int i, float& ss) const {
+    if constexpr (Norm) {
+      const float v = static_cast<const float*>(x)[static_cast<int64_t>(t) * cols + i];
+      ss = fmaf(v, v, ss);
+      return v * gain[i];
+    } else {
+      return to_f32(static_cast<const T*>(x)[static_cast<int64_t>(t) * cols + i]);
+    }
+  }
+
+  // acc[0] += a . x, acc[1] += b . x over chunk c (elements c * kPer ...) of token t.
+  __device__ __forceinline__ void dot_chunk(const uint4& a, const uint4& b, int t, int c, float& acc0, float& acc1,
+                                            float& ss) const {
+    if constexpr (Norm) {
+      const float* xr = static_cast<const float*>(x) + static_cast<int64_t>(t) * cols + c * kPer;
+      float v[kPer];
+#pragma unroll
+      for (int j = 0; j < kPer; j += 4) {
+        const uint4 xv = load_activation16(xr + j);
+        const float4 g = *reinterpret_cast<const float4*>(gain + c * kPer + j);
+        v[j] = __uint_as_float(xv.x), v[j + 1] = __uint_as_float(xv.y);
+        v[j + 2] = __uint_as_float(xv.z), v[j + 3] = __uint_as_float(xv.w);
+        ss = fmaf(v[j], v[j], fmaf(v[j + 1], v[j + 1], fmaf(v[j + 2], v[j + 2], fmaf(v[j + 3], v[j + 3], ss))));
+        v[j] *= g.x, v[j + 1] *= g.y, v[j + 2] *= g.z, v[j + 3] *= g.w;
+      }
+      acc0 = dot16_f32<T>(a, v, acc0);
+      acc1 = dot16_f32<T>(b, v, acc1);
+    } else {
+      const uint4 xv = load_activation16(static_cast<const uint4*>(x) + static_cast<int64_t>(t) * cols / kPer + c);
+      acc0 = dot16<T>(a, xv, acc0);
+      acc1 = dot16<T>(b, xv, acc1);
+    }
+  }
+};
+
 // acc[i][t] = row_i . x[t] for the warp's two rows (a, b), reduced over the warp: every lane ends with
 // the totals. Lanes take 16-byte chunks round-robin, kUnroll of them per row loaded before any is used.
-template <typename T, int NT>
-__device__ __forceinline__ void warp_dot2(const T* a, const T* b, const T* x, int cols, float (&acc)[2][NT]) {
+template <typename T, int NT, bool Norm>
+__device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activations<T, Norm>& x, float eps,
+                                          float (&acc)[2][NT]) {
   constexpr int kPer = 16 / sizeof(T);  // elements per chunk
-  const int lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31, cols = x.cols;
+  float ss[NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = 0.0f;
+  for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = ss[t] = 0.0f;
   // 16-byte chunks need rows that start on 16 bytes: otherwise (an odd shape) every element is a tail.
   const int chunks = cols % kPer == 0 ? cols / kPer : 0;
   int c = lane;
@@ -79,12 +147,7 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const T* x, in
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        const uint4 xv =
-            load_activation16(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * cols) + c + u * 32);
-        acc[0][t] = dot16<T>(wa[u], xv, acc[0][t]);
-        acc[1][t] = dot16<T>(wb[u], xv, acc[1][t]);
-      }
+      for (int t = 0; t < NT; ++t) x.dot_chunk(wa[u], wb[u], t, c + u * 32, acc[0][t], acc[1][t], ss[t]);
     c += kUnroll * 32;
     full = c + (kUnroll - 1) * 32 < chunks;
     if (full) load_batch();
@@ -93,40 +156,42 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const T* x, in
     const uint4 wa = load_stream(a + static_cast<int64_t>(c) * kPer);
     const uint4 wb = load_stream(b + static_cast<int64_t>(c) * kPer);
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const uint4 xv = load_activation16(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * cols) + c);
-      acc[0][t] = dot16<T>(wa, xv, acc[0][t]);
-      acc[1][t] = dot16<T>(wb, xv, acc[1][t]);
-    }
+    for (int t = 0; t < NT; ++t) x.dot_chunk(wa, wb, t, c, acc[0][t], acc[1][t], ss[t]);
   }
   for (int i = chunks * kPer + lane; i < cols; i += 32)  // a tail shorter than a chunk
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
-      const float xv = to_f32(x[static_cast<int64_t>(t) * cols + i]);
+      const float xv = x.element(t, i, ss[t]);
       acc[0][t] = fmaf(to_f32(a[i]), xv, acc[0][t]);
       acc[1][t] = fmaf(to_f32(b[i]), xv, acc[1][t]);
     }
 #pragma unroll
-  for (int t = 0; t < NT; ++t)
+  for (int t = 0; t < NT; ++t) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
       acc[0][t] += __shfl_xor_sync(0xffffffffu, acc[0][t], o);
       acc[1][t] += __shfl_xor_sync(0xffffffffu, acc[1][t], o);
+      if constexpr (Norm) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
     }
+    if constexpr (Norm) {
+      const float inv = rsqrtf(ss[t] / cols + eps);
+      acc[0][t] *= inv, acc[1][t] *= inv;
+    }
+  }
 }
 
-template <typename T, int NT, GemvEpilogue E>
+template <typename T, int NT, GemvEpilogue E, bool Norm>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
   allow_next_kernel();
   const int warp = blockIdx.x * kWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int cols = p.cols;
-  const T* x = static_cast<const T*>(p.x);
+  const Activations<T, Norm> x{p.x, p.norm_gain, cols};
   float acc[2][NT];
   if constexpr (E == GemvEpilogue::Swiglu) {
     const int r = warp;
     if (r >= p.rows[0]) return;
     const int64_t off = static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, cols, acc);
+    warp_dot2<T, NT>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, p.norm_eps, acc);
     if (lane < NT) {  // lane t writes token t (the totals are in every lane; pick with a constant index)
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -147,7 +212,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
     // (selected, not indexed: a run-time index into the parameter array would copy it to local memory)
     const void* wm = m == 0 ? p.w[0] : m == 1 ? p.w[1] : p.w[2];
     const T* w = static_cast<const T*>(wm) + static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT>(w, w + cols, x, cols, acc);
+    warp_dot2<T, NT>(w, w + cols, x, p.norm_eps, acc);
     if (lane < NT) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -176,7 +241,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
     if (r >= rows) return;
     const bool second = r + 1 < rows;  // an odd last row: the warp computes it twice, writes it once
     const T* w = static_cast<const T*>(p.w[0]) + static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT>(w, second ? w + cols : w, x, cols, acc);
+    warp_dot2<T, NT>(w, second ? w + cols : w, x, p.norm_eps, acc);
     if (lane < NT) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -203,11 +268,23 @@ void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
     default: warps = (p.rows[0] + 1) / 2; break;
   }
   const dim3 grid((warps + kWarps - 1) / kWarps), block(kWarps * 32);
+  const bool norm = p.norm_gain != nullptr;
+  auto launch = [&](auto epilogue) {
+    constexpr GemvEpilogue kE = decltype(epilogue)::value;
+    if constexpr (kE == GemvEpilogue::AddF32) {  // the residual add never follows a norm
+      launch_pdl(gemv_kernel<T, NT, kE, false>, grid, block, stream, p);
+    } else {
+      if (norm)
+        launch_pdl(gemv_kernel<T, NT, kE, true>, grid, block, stream, p);
+      else
+        launch_pdl(gemv_kernel<T, NT, kE, false>, grid, block, stream, p);
+    }
+  };
   switch (e) {
-    case GemvEpilogue::QkvRope: launch_pdl(gemv_kernel<T, NT, GemvEpilogue::QkvRope>, grid, block, stream, p); break;
-    case GemvEpilogue::Swiglu: launch_pdl(gemv_kernel<T, NT, GemvEpilogue::Swiglu>, grid, block, stream, p); break;
-    case GemvEpilogue::AddF32: launch_pdl(gemv_kernel<T, NT, GemvEpilogue::AddF32>, grid, block, stream, p); break;
-    case GemvEpilogue::StoreF32: launch_pdl(gemv_kernel<T, NT, GemvEpilogue::StoreF32>, grid, block, stream, p); break;
+    case GemvEpilogue::QkvRope: launch(std::integral_constant<GemvEpilogue, GemvEpilogue::QkvRope>{}); break;
+    case GemvEpilogue::Swiglu: launch(std::integral_constant<GemvEpilogue, GemvEpilogue::Swiglu>{}); break;
+    case GemvEpilogue::AddF32: launch(std::integral_constant<GemvEpilogue, GemvEpilogue::AddF32>{}); break;
+    case GemvEpilogue::StoreF32: launch(std::integral_constant<GemvEpilogue, GemvEpilogue::StoreF32>{}); break;
   }
 }
 
@@ -246,6 +323,10 @@ const char* gemv_kernel_name(GemvKernel kernel) {
   }
 }
 
+bool gemv_normalizes_input(GemvKernel kernel, DType type, int tokens) {
+  return tokens >= 1 && tokens <= gemv_max_tokens(kernel, type) && !takes_tensor_cores(kernel, type, tokens);
+}
+
 int gemv_max_tokens(GemvKernel kernel, DType type) {
   return type == DType::F32 || kernel == GemvKernel::CudaCore ? kGemvCudaCoreMaxTokens : kGemvMaxTokens;
 }
@@ -255,6 +336,10 @@ void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t 
   if (args.tokens < 1 || args.tokens > gemv_max_tokens(kernel, type))
     fail("gemv: {} tokens; the {} kernel takes 1 to {} for {}", args.tokens, gemv_kernel_name(kernel),
          gemv_max_tokens(kernel, type), dtype_name(type));
+  if (args.norm_gain && !gemv_normalizes_input(kernel, type, args.tokens))
+    fail("gemv: a fused RMSNorm needs the CUDA-core kernel ({} tokens, {} kernel, {})", args.tokens,
+         gemv_kernel_name(kernel), dtype_name(type));
+  if (args.norm_gain && epilogue == GemvEpilogue::AddF32) fail("gemv: no fused RMSNorm before a residual add");
   if (takes_tensor_cores(kernel, type, args.tokens)) return gemv_tensor_core(epilogue, args, type, stream, tuning);
   switch (type) {
     case DType::F32: launch_typed<float>(epilogue, args, stream); break;

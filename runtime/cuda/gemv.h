@@ -8,6 +8,10 @@
 //   Swiglu:   h = silu(W1 x) * (W3 x) (a warp holds row r of both).
 //   AddF32:   y += W x (the residual stream, fp32).
 //   StoreF32: y = W x (logits, fp32).
+// The CUDA-core kernel can also take the RMSNorm before a product (gemv_normalizes_input): x is then the
+// fp32 residual stream and the product is W (g * x / rms(x)). Every warp reads all of x anyway, so it sums
+// the squares on the way and scales its totals at the end: one launch (and one wait on the kernel before)
+// a norm fewer, which at batch 1 is a large share of a small product's time.
 // The CUDA-core kernel (gemv.cu: a warp per two rows, fp32 multiply-adds) works for every dtype but its
 // unpacking and multiply-adds grow with the tokens while the bytes do not: from about 8 tokens on a 7B
 // shape it is instruction-bound, so it stops at kGemvCudaCoreMaxTokens. The tensor-core kernel (gemv_tc.cu,
@@ -55,7 +59,10 @@ struct GemvArgs {
   const void* w[3] = {nullptr, nullptr, nullptr};
   int rows[3] = {0, 0, 0};
   int cols = 0;
-  const void* x = nullptr;  // [tokens][cols], model dtype
+  const void* x = nullptr;  // [tokens][cols], model dtype; fp32 with norm_gain
+  // The RMSNorm fused in front (CUDA-core kernel only): gain [cols]; x is then the fp32 residual.
+  const float* norm_gain = nullptr;
+  float norm_eps = 0.0f;
   int tokens = 0;
   // outputs
   void* out = nullptr;  // QkvRope: q [tokens][rows[0]]; Swiglu: h [tokens][rows[0]] (dtype); Add/StoreF32: fp32
@@ -73,6 +80,9 @@ struct GemvTuning {
   int warps = 0;      // warps per block, each a slice of the columns (1, 2, 4, 8 or 16)
   int row_tiles = 0;  // 16-row tiles per block (1 or 2; Swiglu: 1, of W1 and of W3 each)
 };
+
+// Whether gemv takes norm_gain (a fused RMSNorm) for a step of `tokens` tokens: the CUDA-core kernel does.
+bool gemv_normalizes_input(GemvKernel kernel, DType type, int tokens);
 
 // Enqueues the product on `stream`; tokens in [1, gemv_max_tokens(kernel, type)].
 void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream,

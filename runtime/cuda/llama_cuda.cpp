@@ -95,6 +95,11 @@ void LlamaCuda::set_gemv_max_tokens(int n) {
   drop_graphs();  // captured with the other path
 }
 
+void LlamaCuda::set_fuse_norm(bool on) {
+  fuse_norm_ = on;
+  drop_graphs();
+}
+
 void LlamaCuda::set_gemv_kernel(GemvKernel kernel) {
   gemv_kernel_ = kernel;
   drop_graphs();
@@ -304,6 +309,9 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
   // fused matrix-vector kernels; longer steps (prefill) go through cuBLAS.
   const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
   const bool gemv_path = tokens <= gemv_tokens && chunks <= gemv_tokens;
+  // The CUDA-core products (batch 1 under LLM_GEMV=auto) take the RMSNorm before them into their own
+  // launch: they read the fp32 residual and the norm's gain instead of a normalized copy.
+  const bool fused_norm = fuse_norm_ && gemv_path && gemv_normalizes_input(gemv_kernel_, dtype_, tokens);
   GemvArgs qkv;
   if (gemv_path) {
     qkv.rows[0] = h.dim, qkv.rows[1] = h.kv_dim(), qkv.rows[2] = h.kv_dim();
@@ -317,11 +325,14 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
     qkv.slot = slot;
     qkv.seq_stride = seq_stride_;
   }
-  // y (+)= W x through whichever path this step takes; y fp32.
-  auto product_f32 = [&](const DeviceMatrix& w, const void* x, int n, float* y, bool add) {
+  // y (+)= W x through whichever path this step takes; y fp32. With norm_gain (fused_norm only), x is the
+  // residual and the product takes the RMSNorm.
+  auto product_f32 = [&](const DeviceMatrix& w, const void* x, int n, float* y, bool add,
+                         const float* norm_gain = nullptr) {
     if (!gemv_path) return gemm(w, x, n, y, true, add ? 1.0f : 0.0f);
     GemvArgs a;
     a.w[0] = w.data, a.rows[0] = w.rows, a.cols = w.cols, a.x = x, a.tokens = n, a.out = y;
+    a.norm_gain = norm_gain, a.norm_eps = c.rms_norm_eps;
     gemv(add ? GemvEpilogue::AddF32 : GemvEpilogue::StoreF32, a, dtype_, stream_, gemv_kernel_);
   };
 
@@ -331,7 +342,11 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
     void* v_cache = static_cast<char*>(v_cache_) + static_cast<size_t>(l) * layer_stride_ * e;
 
     // attention rmsnorm, q/k/v products, RoPE with k and v written into the cache
-    rmsnorm(x_, nullptr, tokens, L.rms_att, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
+    if (fused_norm) {
+      qkv.x = x_, qkv.norm_gain = L.rms_att, qkv.norm_eps = c.rms_norm_eps;
+    } else {
+      rmsnorm(x_, nullptr, tokens, L.rms_att, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
+    }
     if (gemv_path) {
       qkv.w[0] = L.wq.data, qkv.w[1] = L.wk.data, qkv.w[2] = L.wv.data;
       qkv.k_cache = k_cache, qkv.v_cache = v_cache;
@@ -356,11 +371,12 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
     all_reduce(tokens);
 
     // ffn rmsnorm, SwiGLU, down product added into the residual
-    rmsnorm(x_, nullptr, tokens, L.rms_ffn, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
+    if (!fused_norm) rmsnorm(x_, nullptr, tokens, L.rms_ffn, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
     if (gemv_path) {
       GemvArgs a;
       a.w[0] = L.w1.data, a.w[1] = L.w3.data, a.rows[0] = L.w1.rows, a.cols = L.w1.cols;
       a.x = xb_, a.tokens = tokens, a.out = hb_;
+      if (fused_norm) a.x = x_, a.norm_gain = L.rms_ffn, a.norm_eps = c.rms_norm_eps;
       gemv(GemvEpilogue::Swiglu, a, dtype_, stream_, gemv_kernel_);
     } else {
       gemm(L.w1, xb_, tokens, h1_, true, 0.0f);
@@ -372,9 +388,14 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
   }
   if (!head_) return;
 
-  // final rmsnorm of each chunk's last token, classifier, argmax
-  rmsnorm(x_, last, chunks, rms_final_, c.dim, c.rms_norm_eps, last_, dtype_, stream_);
-  product_f32(classifier_, last_, chunks, logits_, false);
+  // final rmsnorm of each chunk's last token, classifier, argmax (fused when every chunk is one token:
+  // the last tokens are then the rows of x as they are)
+  if (fused_norm && tokens == chunks) {
+    product_f32(classifier_, x_, chunks, logits_, false, rms_final_);
+  } else {
+    rmsnorm(x_, last, chunks, rms_final_, c.dim, c.rms_norm_eps, last_, dtype_, stream_);
+    product_f32(classifier_, last_, chunks, logits_, false);
+  }
   argmax_rows(logits_, chunks, c.vocab_size, ids_, stream_);
 }
 

@@ -62,6 +62,8 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   // Which matrix-vector kernel decode steps take (gemv.h); the default comes from LLM_GEMV.
   void set_gemv_kernel(GemvKernel kernel);
   GemvKernel gemv_kernel() const { return gemv_kernel_; }
+  // Whether the CUDA-core products take the RMSNorm before them (default); off only to measure the gain.
+  void set_fuse_norm(bool on);
 
   // AttentionBridge: CPU backends serve a GPU model through a host mirror of the KV cache (fp32, filled
   // incrementally: only positions not mirrored yet are copied), the queries copied down and the output up.
@@ -148,6 +150,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   bool use_graphs_ = true;
   int gemv_max_tokens_ = kGemvMaxTokens;
   GemvKernel gemv_kernel_ = GemvKernel::Auto;
+  bool fuse_norm_ = true;
   std::vector<Graph> graphs_;  // by chunk count, decode only
   std::string graph_backend_;  // the backend the graphs were captured with
   int graph_replays_ = 0;

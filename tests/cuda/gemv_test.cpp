@@ -147,9 +147,13 @@ struct XProducer {
 
 // Inputs of one shape in one dtype, on the host (rounded) and the device, and the reference outputs for
 // kMaxTokens tokens (fewer tokens: the first rows of each; token t has the same inputs in every count).
+// With `norm`, the product takes a fused RMSNorm (GemvArgs::norm_gain): x is an fp32 residual of a few
+// units and the reference normalizes it, with a gain of 0.5 to 1.5, in float64.
 class Problem {
  public:
-  Problem(const Shape& s, DType type, std::mt19937& rng) : s_(s), type_(type) {
+  static constexpr float kEps = 1e-5f;
+
+  Problem(const Shape& s, DType type, std::mt19937& rng, bool norm = false) : s_(s), type_(type), norm_(norm) {
     const int n_mats = s.epilogue == GemvEpilogue::QkvRope ? 3 : s.epilogue == GemvEpilogue::Swiglu ? 2 : 1;
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     for (int m = 0; m < n_mats; ++m) {
@@ -160,11 +164,22 @@ class Problem {
       dw_.push_back(std::make_unique<DeviceBuffer>(bits.size() * 2));
       dw_.back()->upload(bits);
     }
-    std::vector<uint16_t> xbits(static_cast<size_t>(kMaxTokens) * s.cols);
-    x_.resize(xbits.size());
-    for (size_t i = 0; i < xbits.size(); ++i) xbits[i] = to_bits(u(rng), type), x_[i] = from_bits(xbits[i], type);
-    dx_ = std::make_unique<DeviceBuffer>(xbits.size() * 2);
-    dx_->upload(xbits);
+    if (norm_) {
+      residual_.resize(static_cast<size_t>(kMaxTokens) * s.cols);
+      for (float& v : residual_) v = 3 * u(rng);
+      for (int i = 0; i < s.cols; ++i) gain_.push_back(1.0f + 0.5f * u(rng));
+      dx_ = std::make_unique<DeviceBuffer>(residual_.size() * 4);
+      dx_->upload(residual_);
+      dgain_ = std::make_unique<DeviceBuffer>(gain_.size() * 4);
+      dgain_->upload(gain_);
+      normalize();
+    } else {
+      std::vector<uint16_t> xbits(static_cast<size_t>(kMaxTokens) * s.cols);
+      x_.resize(xbits.size());
+      for (size_t i = 0; i < xbits.size(); ++i) xbits[i] = to_bits(u(rng), type), x_[i] = from_bits(xbits[i], type);
+      dx_ = std::make_unique<DeviceBuffer>(xbits.size() * 2);
+      dx_->upload(xbits);
+    }
     // residual stream (AddF32), positions and slots (distinct (slot, pos) per token), RoPE table
     y0_.resize(static_cast<size_t>(kMaxTokens) * s.rows[0]);
     for (float& v : y0_) v = 4 * u(rng);
@@ -193,6 +208,7 @@ class Problem {
     a.cols = s.cols;
     a.x = dx_->get();
     a.tokens = tokens;
+    if (norm_) a.norm_gain = static_cast<const float*>(dgain_->get()), a.norm_eps = kEps;
     const size_t out_count = static_cast<size_t>(tokens) * s.rows[0];
     const bool f32_out = s.epilogue == GemvEpilogue::AddF32 || s.epilogue == GemvEpilogue::StoreF32;
     DeviceBuffer out((out_count + kGuard) * (f32_out ? 4 : e));
@@ -217,13 +233,18 @@ class Problem {
     if (producer) {
       LLM_CUDA_CHECK(cudaDeviceSynchronize());  // the uploads and poisoning above (legacy stream) done
       stream = producer->stream;
-      producer->write_x(*dx_, s.cols, tokens, type_);
+      producer->write_x(*dx_, s.cols, tokens, norm_ ? DType::F32 : type_);
     }
     cuda::gemv(s.epilogue, a, type_, stream, kernel, tuning);
     LLM_CUDA_CHECK(cudaDeviceSynchronize());
     if (producer) {  // the reference from the x the RMSNorm wrote (rows past `tokens` stay NaN, unread)
-      const auto xbits = dx_->download<uint16_t>();
-      for (size_t i = 0; i < xbits.size(); ++i) x_[i] = from_bits(xbits[i], type_);
+      if (norm_) {
+        residual_ = dx_->download<float>();
+        normalize();
+      } else {
+        const auto xbits = dx_->download<uint16_t>();
+        for (size_t i = 0; i < xbits.size(); ++i) x_[i] = from_bits(xbits[i], type_);
+      }
       reference();
     }
 
@@ -271,6 +292,19 @@ class Problem {
   }
 
  private:
+  // x_ = the RMSNorm of residual_ with gain_, in float64.
+  void normalize() {
+    const int cols = s_.cols;
+    x_.assign(residual_.size(), 0.0);
+    for (int t = 0; t < kMaxTokens; ++t) {
+      const float* r = &residual_[static_cast<size_t>(t) * cols];
+      double ss = 0;
+      for (int i = 0; i < cols; ++i) ss += static_cast<double>(r[i]) * r[i];
+      const double inv = 1.0 / std::sqrt(ss / cols + kEps);
+      for (int i = 0; i < cols; ++i) x_[static_cast<size_t>(t) * cols + i] = gain_[i] * (r[i] * inv);
+    }
+  }
+
   double dot(const std::vector<double>& w, int r, int t) const {
     double acc = 0;
     for (int k = 0; k < s_.cols; ++k)
@@ -319,6 +353,9 @@ class Problem {
 
   Shape s_;
   DType type_;
+  bool norm_;
+  std::vector<float> residual_, gain_;
+  std::unique_ptr<DeviceBuffer> dgain_;
   std::vector<std::vector<double>> w_;
   std::vector<std::unique_ptr<DeviceBuffer>> dw_;
   std::vector<double> x_;
@@ -352,13 +389,15 @@ std::vector<Shape> shapes() {
   };
 }
 
-// Every shape in bf16 and fp16 through `kernel`, for every token count it takes and every tuning.
-void check_kernel(GemvKernel kernel, const std::vector<GemvTuning>& tunings) {
+// Every shape in bf16 and fp16 through `kernel`, for every token count it takes and every tuning; with
+// `norm`, every shape but the residual add, through a fused RMSNorm.
+void check_kernel(GemvKernel kernel, const std::vector<GemvTuning>& tunings, bool norm = false) {
   std::mt19937 rng(20240611);
   for (DType type : {DType::BF16, DType::F16}) {
     const double bound = type == DType::BF16 ? 1e-2 : 1e-3;
     for (const Shape& s : shapes()) {
-      Problem problem(s, type, rng);
+      if (norm && s.epilogue == GemvEpilogue::AddF32) continue;
+      Problem problem(s, type, rng, norm);
       double worst = 0;
       for (int tokens = 1; tokens <= cuda::gemv_max_tokens(kernel, type); ++tokens)
         for (const GemvTuning& tuning : tunings) {
@@ -367,8 +406,8 @@ void check_kernel(GemvKernel kernel, const std::vector<GemvTuning>& tunings) {
           EXPECT_LT(err, bound) << dtype_name(type) << " " << s.name() << " tokens " << tokens << " warps "
                                 << tuning.warps << " row tiles " << tuning.row_tiles;
         }
-      std::printf("%s %-28s worst relative L2 error %.3e (bound %.0e)\n", dtype_name(type), s.name().c_str(), worst,
-                  bound);
+      std::printf("%s %-28s%s worst relative L2 error %.3e (bound %.0e)\n", dtype_name(type), s.name().c_str(),
+                  norm ? " RMSNorm fused:" : "", worst, bound);
     }
   }
 }
@@ -421,6 +460,36 @@ TEST(Gemv, CudaCoreKernelMatchesAFloat64Reference) {
   check_kernel(GemvKernel::CudaCore, {GemvTuning{}});
 }
 
+// The RMSNorm fused into the CUDA-core products (the model's batch-1 step): q/k/v, SwiGLU and the
+// classifier read the fp32 residual; tails, odd columns and 1 to 4 tokens as above.
+TEST(Gemv, CudaCoreKernelFusesTheRmsNormBeforeIt) {
+  LLM_REQUIRE_GPU();
+  check_kernel(GemvKernel::CudaCore, {GemvTuning{}}, true);
+}
+
+// The same with the residual written just before the product by a kernel it overlaps (PDL), as the
+// residual add before it does in the model: the sum of squares and the products must both see it whole.
+TEST(Gemv, FusedRmsNormReadsTheResidualOnlyOnceItIsWritten) {
+  LLM_REQUIRE_GPU();
+  using E = GemvEpilogue;
+  std::mt19937 rng(20240613);
+  const XProducer producer(rng);
+  for (DType type : {DType::BF16, DType::F16}) {
+    const double bound = type == DType::BF16 ? 1e-2 : 1e-3;
+    for (const Shape& s : std::vector<Shape>{{E::QkvRope, {64, 32, 32}, 64, 8},
+                                             {E::Swiglu, {172, 0, 0}, 64},
+                                             {E::StoreF32, {512, 0, 0}, 64},
+                                             {E::StoreF32, {512, 0, 0}, 36}}) {
+      Problem problem(s, type, rng, true);
+      for (int tokens = 1; tokens <= cuda::kGemvCudaCoreMaxTokens; ++tokens)
+        for (int round = 0; round < 3; ++round) {
+          const double err = problem.run(tokens, GemvKernel::CudaCore, {}, &producer);
+          EXPECT_LT(err, bound) << dtype_name(type) << " " << s.name() << " tokens " << tokens << " round " << round;
+        }
+    }
+  }
+}
+
 TEST(Gemv, AutoPlanFollowsTheTokenCount) {
   LLM_REQUIRE_GPU();
   GemvArgs a;
@@ -455,6 +524,21 @@ TEST(Gemv, TokenLimitsAndTheLlmGemvVariable) {
     a.tokens = tokens;
     EXPECT_THROW(cuda::gemv(GemvEpilogue::StoreF32, a, type, nullptr, kernel), Error) << tokens;
   }
+  // A fused RMSNorm: the CUDA-core kernel's, never before a residual add.
+  EXPECT_TRUE(cuda::gemv_normalizes_input(GemvKernel::Auto, DType::BF16, 1));
+  EXPECT_FALSE(cuda::gemv_normalizes_input(GemvKernel::Auto, DType::BF16, 2));
+  EXPECT_TRUE(cuda::gemv_normalizes_input(GemvKernel::Auto, DType::F32, 4));
+  EXPECT_TRUE(cuda::gemv_normalizes_input(GemvKernel::CudaCore, DType::F16, 4));
+  EXPECT_FALSE(cuda::gemv_normalizes_input(GemvKernel::TensorCore, DType::BF16, 1));
+  const float gain = 1.0f;
+  a.norm_gain = &gain;
+  for (auto [epilogue, kernel, tokens] : {std::tuple{GemvEpilogue::StoreF32, GemvKernel::TensorCore, 1},
+                                          {GemvEpilogue::StoreF32, GemvKernel::Auto, 8},
+                                          {GemvEpilogue::AddF32, GemvKernel::CudaCore, 1}}) {
+    a.tokens = tokens;
+    EXPECT_THROW(cuda::gemv(epilogue, a, DType::BF16, nullptr, kernel), Error) << tokens;
+  }
+  a.norm_gain = nullptr;
 
   const char* saved = std::getenv("LLM_GEMV");
   const std::string restore = saved ? saved : "";
