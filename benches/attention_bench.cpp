@@ -64,14 +64,16 @@ void fill_random(void* dst, size_t n, std::mt19937& rng) {
 }
 
 // One problem instance on the device: q, out, a contiguous KV cache (one slot per sequence) and the
-// per-sequence arrays.
+// per-sequence arrays. The cache is token-major within a slot ([position][kv head][d], the runtime's
+// layout) or, with head_major, [kv head][position][d] (PyTorch's [batch, heads, length, d]): a kv head's
+// keys are then one run of memory rather than head_dim-sized pieces a token apart.
 struct Instance {
   void *q = nullptr, *out = nullptr, *k = nullptr, *v = nullptr;
   int32_t *q_start = nullptr, *kv_len = nullptr, *slot = nullptr;
   llm_kv_cache_view view{};
   size_t bytes = 0;
 
-  Instance(const Shape& s, std::mt19937& rng) {
+  Instance(const Shape& s, bool head_major, std::mt19937& rng) {
     const size_t tokens = static_cast<size_t>(s.batch) * s.q_len;
     const size_t q_elems = tokens * s.q_heads * s.head_dim;
     const size_t kv_elems = static_cast<size_t>(s.batch) * s.kv_len * s.kv_heads * s.head_dim;
@@ -98,9 +100,9 @@ struct Instance {
     view.device_kind = LLM_DEVICE_CUDA;
     view.k = k;
     view.v = v;
-    view.token_stride = static_cast<int64_t>(s.kv_heads) * s.head_dim;
-    view.head_stride = s.head_dim;
-    view.seq_stride = static_cast<int64_t>(s.kv_len) * view.token_stride;
+    view.token_stride = head_major ? s.head_dim : static_cast<int64_t>(s.kv_heads) * s.head_dim;
+    view.head_stride = head_major ? static_cast<int64_t>(s.kv_len) * s.head_dim : s.head_dim;
+    view.seq_stride = static_cast<int64_t>(s.kv_len) * s.kv_heads * s.head_dim;
   }
   ~Instance() {
     for (void* p : {q, out, k, v, static_cast<void*>(q_start), static_cast<void*>(kv_len), static_cast<void*>(slot)})
@@ -135,8 +137,8 @@ struct Instance {
 };
 
 // Median milliseconds per call of `plugin` on `s`, or a negative value with `why` set.
-double time_plugin(const llm::Plugin& plugin, const llm_device_info& device, const Shape& s, int iters, int reps,
-                   std::string* why) {
+double time_plugin(const llm::Plugin& plugin, const llm_device_info& device, const Shape& s, bool head_major, int iters,
+                   int reps, std::string* why) {
   const auto& t = plugin.iface();
   llm_attention_shape shape{};
   shape.struct_size = sizeof(shape);
@@ -161,7 +163,7 @@ double time_plugin(const llm::Plugin& plugin, const llm_device_info& device, con
   std::mt19937 rng(1234);
   // Enough copies that one pass over them does not fit in the 50 MB L2 (at most 8).
   std::vector<std::unique_ptr<Instance>> sets;
-  do sets.push_back(std::make_unique<Instance>(s, rng));
+  do sets.push_back(std::make_unique<Instance>(s, head_major, rng));
   while (sets.size() < 8 && sets.size() * sets[0]->bytes < (256u << 20));
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -211,10 +213,16 @@ int main(int argc, char** argv) {
   std::string plugin_dir = LLM_PLUGIN_DIR;
   std::string what = "all";
   int reps = 7;
+  std::string kv_layout = "token_major";
   app.add_option("--backends", backends, "plugins to time")->delimiter(',');
   app.add_option("--plugin-dir", plugin_dir, "where the plugins are")->capture_default_str();
   app.add_option("--what", what, "prefill, decode or all")->capture_default_str();
   app.add_option("--reps", reps, "timings per figure (median)")->capture_default_str();
+  app.add_option("--kv-layout", kv_layout,
+                 "the KV cache within a slot: token_major ([position][kv head][d], the runtime's) or head_major "
+                 "([kv head][position][d], PyTorch's)")
+      ->check(CLI::IsMember({"token_major", "head_major"}))
+      ->capture_default_str();
   std::vector<int> dims{64, 128}, lens{512, 2048, 8192, 16384};
   app.add_option("--dims", dims, "prefill head dims")->delimiter(',')->capture_default_str();
   app.add_option("--lens", lens, "prefill sequence lengths (batch * length = 16K)")
@@ -242,7 +250,8 @@ int main(int argc, char** argv) {
     for (int b : {1, 8, 32})
       for (int kv : {1024, 4096, 16384}) shapes.push_back({true, b, 1, kv, 32, 8, 128, true});
 
-  std::printf("## attention_bench (%s, bf16)\n\n", status.name.c_str());
+  const bool head_major = kv_layout == "head_major";
+  std::printf("## attention_bench (%s, bf16, KV cache %s)\n\n", status.name.c_str(), kv_layout.c_str());
   std::printf("| call | d | causal | batch | q len | kv len | heads q/kv |");
   for (const auto& p : plugins) std::printf(" %s |", p->name().c_str());
   std::printf(" unit |\n|---|---:|---|---:|---:|---:|---|");
@@ -255,7 +264,7 @@ int main(int argc, char** argv) {
       std::string why;
       const int iters =
           s.decode ? 200 : std::max(3, static_cast<int>(2e4 / (s.kv_len / 512.0 * s.kv_len / 512.0 * 16)));
-      const double ms = time_plugin(*p, device, s, iters, reps, &why);
+      const double ms = time_plugin(*p, device, s, head_major, iters, reps, &why);
       if (ms < 0) {
         std::printf(" n/a |");
         std::fprintf(stderr, "%s: %s\n", p->name().c_str(), why.c_str());

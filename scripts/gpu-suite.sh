@@ -3,7 +3,8 @@
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
 #   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|fixtures|tp|all]
 #   (bench: end to end; attention: the kernels; gemv: the decode-step matrix-vector kernels beside cuBLAS,
-#    then end-to-end decode at batch 1 and 8 with each kernel; profile: per-kernel times of TinyLlama decode steps, ncu;
+#    then end-to-end decode at batch 1 and 8 with each kernel; profile: per-kernel times of decode steps, ncu
+#    (PROFILE_SHAPE, default tinyllama);
 #    tp: tensor parallelism over every GPU present: its tests, llm-runner, and decode of the Llama-2-7B
 #    and Llama-2-70B shapes at 1, 2 and 4 GPUs where present; TP_SHAPES overrides the shapes)
 set -uo pipefail
@@ -92,14 +93,17 @@ if [ "$what" = tp ] || [ "$what" = all ]; then
   done
 fi
 if [ "$what" = profile ]; then
-  echo "== per-kernel device time over decode steps (TinyLlama shape, batch 1, ncu, clocks left alone)"
-  build/bin/make_checkpoint --preset tinyllama --format q80 --out /tmp/tinyllama.bin >/dev/null || status=1
-  # Skip the load and the prefill; profile ~2 decode steps' kernels (22 layers, graph nodes one by one).
+  shape=${PROFILE_SHAPE:-tinyllama}
+  echo "== per-kernel device time over decode steps ($shape shape, batch 1, ncu, clocks left alone)"
+  build/bin/make_checkpoint --preset "$shape" --format q80 --out "/tmp/$shape.bin" >/dev/null || status=1
+  # Skip the load and the prefill; profile ~2 decode steps' kernels (graph nodes one by one). ncu runs
+  # them one at a time (no overlap, no launch gaps) and by default flushes the caches before each.
   ncu --clock-control none --launch-skip ${PROFILE_SKIP:-1200} --launch-count ${PROFILE_COUNT:-400} \
-    --metrics gpu__time_duration.sum --csv \
-    build/bin/llm-runner --model /tmp/tinyllama.bin --tokenizer llama2-tokenizer.bin --device cuda --dtype bf16 \
-    --prompt "Once upon a time" --max-tokens 40 ${PROFILE_ARGS:-} >"$out/profile.csv" 2>"$out/profile.err" || status=1
-  python3 - "$out/profile.csv" <<'PY' | tee "$out/profile.md"
+    --metrics gpu__time_duration.sum --csv ${PROFILE_NCU_ARGS:-} \
+    build/bin/llm-runner --model "/tmp/$shape.bin" --tokenizer llama2-tokenizer.bin --device cuda --dtype bf16 \
+    --prompt "Once upon a time" --max-tokens 40 ${PROFILE_ARGS:-} >"$out/profile_$shape.csv" 2>"$out/profile_$shape.err" \
+    || status=1
+  python3 - "$out/profile_$shape.csv" <<'PY' | tee "$out/profile_$shape.md"
 import csv, sys
 from collections import defaultdict
 rows = list(csv.reader(line for line in open(sys.argv[1]) if line.startswith('"')))
