@@ -4,9 +4,9 @@
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstddef>
 
+#include "best_event_time.h"
 #include "cuda_check.h"
 
 inline double copy_bandwidth_gbs(size_t bytes, int rounds) {
@@ -14,21 +14,8 @@ inline double copy_bandwidth_gbs(size_t bytes, int rounds) {
   LLM_CUDA_CHECK(cudaMalloc(&a, bytes));
   LLM_CUDA_CHECK(cudaMalloc(&b, bytes));
   LLM_CUDA_CHECK(cudaMemset(a, 1, bytes));
-  cudaEvent_t start, stop;
-  LLM_CUDA_CHECK(cudaEventCreate(&start));
-  LLM_CUDA_CHECK(cudaEventCreate(&stop));
-  float best = 1e30f;
-  for (int i = 0; i < rounds; ++i) {
-    LLM_CUDA_CHECK(cudaEventRecord(start));
-    LLM_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-    LLM_CUDA_CHECK(cudaEventRecord(stop));
-    LLM_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    LLM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    best = std::min(best, ms);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
+  const float best =
+      best_event_ms(rounds, nullptr, [&] { LLM_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); });
   cudaFree(a);
   cudaFree(b);
   return 2.0 * static_cast<double>(bytes) / (best * 1e-3) / 1e9;

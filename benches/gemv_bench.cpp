@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "best_event_time.h"
 #include "copy_bandwidth.h"
 #include "cuda_check.h"
 #include "cuda_device.h"
@@ -240,22 +241,8 @@ class Bench {
     LLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
     LLM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     LLM_CUDA_CHECK(cudaGraphDestroy(graph));
-    cudaEvent_t start, stop;
-    LLM_CUDA_CHECK(cudaEventCreate(&start));
-    LLM_CUDA_CHECK(cudaEventCreate(&stop));
     LLM_CUDA_CHECK(cudaGraphLaunch(exec, stream_));  // warm-up
-    float best = 1e30f;
-    for (int r = 0; r < o_.rounds; ++r) {
-      LLM_CUDA_CHECK(cudaEventRecord(start, stream_));
-      LLM_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
-      LLM_CUDA_CHECK(cudaEventRecord(stop, stream_));
-      LLM_CUDA_CHECK(cudaEventSynchronize(stop));
-      float ms = 0;
-      LLM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      best = std::min(best, ms);
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
+    const float best = best_event_ms(o_.rounds, stream_, [&] { LLM_CUDA_CHECK(cudaGraphLaunch(exec, stream_)); });
     cudaGraphExecDestroy(exec);
     return 1e3 * best / calls;
   }
