@@ -445,6 +445,58 @@ inline double run_case(const Plugin& plugin, const Case& tc, std::mt19937& rng, 
   return worst;
 }
 
+// Decode through `plugin` in `dtype` is graph-safe and deterministic: two direct calls give the same bits
+// (within the tolerance of the reference); a call captured in a CUDA graph gives them again on replay (no
+// host synchronisation or allocation inside a call, or capture fails); and a replay after the contexts grow
+// (the next decode step) equals a direct call on the same data, so the graph reads fresh device arrays.
+inline void expect_decode_capturable_and_deterministic(const Plugin& plugin, int dtype, std::mt19937& rng) {
+  SCOPED_TRACE(std::string(plugin.name()) + " " + dtype_name(dtype));
+  Case tc{128, 16, 4, {1, 1, 1}, {700, 33, 2000}};
+  tc.dtype = dtype, tc.paged = true, tc.loose_bounds = true;
+  Problem problem(tc, rng);
+  Context ctx(plugin, problem.shape());
+  ASSERT_EQ(ctx.status(), LLM_OK) << plugin.iface().last_error(nullptr);
+  Stream stream;
+  const llm_attention_args a = problem.args(stream.get());
+
+  problem.out().poison();
+  ASSERT_EQ(ctx.call(a, true), LLM_OK) << ctx.error();
+  stream.sync();
+  const std::vector<uint8_t> direct = problem.out().download();
+  problem.out().poison();
+  ASSERT_EQ(ctx.call(a, true), LLM_OK) << ctx.error();
+  stream.sync();
+  EXPECT_EQ(problem.out().download(), direct) << "two direct calls differ";
+  std::string where;
+  EXPECT_LT(problem.error(direct, &where), tolerance(dtype)) << where;
+
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal), cudaSuccess);
+  const llm_status captured = ctx.call(a, true);
+  const cudaError_t end = cudaStreamEndCapture(stream.get(), &graph);
+  ASSERT_EQ(captured, LLM_OK) << ctx.error();
+  ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  problem.out().poison();
+  ASSERT_EQ(cudaGraphLaunch(exec, stream.get()), cudaSuccess);
+  stream.sync();
+  EXPECT_EQ(problem.out().download(), direct) << "the graph's output differs from the direct call's";
+
+  problem.set_kv_lens({701, 34, 2001});
+  problem.out().poison();
+  ASSERT_EQ(cudaGraphLaunch(exec, stream.get()), cudaSuccess);
+  stream.sync();
+  const std::vector<uint8_t> replayed = problem.out().download();
+  EXPECT_LT(problem.error(replayed, &where), tolerance(dtype)) << where;
+  problem.out().poison();
+  ASSERT_EQ(ctx.call(a, true), LLM_OK) << ctx.error();
+  stream.sync();
+  EXPECT_EQ(problem.out().download(), replayed) << "replay with new lengths differs from a direct call";
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
 inline unsigned fresh_seed() {
   const unsigned seed = std::random_device{}();
   std::printf("random seed %u\n", seed);

@@ -100,56 +100,7 @@ TEST(MhaCuda, DecodeIsCapturableInACudaGraphAndDeterministic) {
   auto plugin = load_mha_cuda();
   ASSERT_NE(plugin, nullptr);
   std::mt19937 rng(fresh_seed());
-  for (int dtype : {LLM_DTYPE_F32, LLM_DTYPE_BF16}) {
-    Case tc{128, 16, 4, {1, 1, 1}, {700, 33, 2000}};
-    tc.dtype = dtype, tc.paged = true, tc.loose_bounds = true;
-    Problem problem(tc, rng);
-    Context ctx(*plugin, problem.shape());
-    ASSERT_EQ(ctx.status(), LLM_OK) << plugin->iface().last_error(nullptr);
-    Stream stream;
-    const llm_attention_args a = problem.args(stream.get());
-
-    // Direct calls, twice: bitwise the same.
-    problem.out().poison();
-    ASSERT_EQ(ctx.call(a, true), LLM_OK) << ctx.error();
-    stream.sync();
-    const std::vector<uint8_t> direct = problem.out().download();
-    problem.out().poison();
-    ASSERT_EQ(ctx.call(a, true), LLM_OK) << ctx.error();
-    stream.sync();
-    EXPECT_EQ(problem.out().download(), direct) << "two direct calls differ";
-    std::string where;
-    EXPECT_LT(problem.error(direct, &where), tolerance(dtype)) << where;
-
-    // Captured: no host synchronisation or allocation inside the call, or capture fails.
-    cudaGraph_t graph = nullptr;
-    ASSERT_EQ(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal), cudaSuccess);
-    const llm_status captured = ctx.call(a, true);
-    const cudaError_t end = cudaStreamEndCapture(stream.get(), &graph);
-    ASSERT_EQ(captured, LLM_OK) << ctx.error();
-    ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
-    cudaGraphExec_t exec = nullptr;
-    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-    problem.out().poison();
-    ASSERT_EQ(cudaGraphLaunch(exec, stream.get()), cudaSuccess);
-    stream.sync();
-    EXPECT_EQ(problem.out().download(), direct) << "the graph's output differs from the direct call's";
-
-    // Replay reads fresh device arrays: the next decode step (longer contexts) through the same graph
-    // equals a direct call on the same data.
-    problem.set_kv_lens({701, 34, 2001});
-    problem.out().poison();
-    ASSERT_EQ(cudaGraphLaunch(exec, stream.get()), cudaSuccess);
-    stream.sync();
-    const std::vector<uint8_t> replayed = problem.out().download();
-    EXPECT_LT(problem.error(replayed, &where), tolerance(dtype)) << where;
-    problem.out().poison();
-    ASSERT_EQ(ctx.call(a, true), LLM_OK) << ctx.error();
-    stream.sync();
-    EXPECT_EQ(problem.out().download(), replayed) << "replay with new lengths differs from a direct call";
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-  }
+  for (int dtype : {LLM_DTYPE_F32, LLM_DTYPE_BF16}) expect_decode_capturable_and_deterministic(*plugin, dtype, rng);
 }
 
 TEST(MhaCuda, ProbeRefusesWithReasons) {  // no GPU needed: the probe reads only the device info
