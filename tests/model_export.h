@@ -43,6 +43,28 @@ inline RunConfig cpu_config(const std::string& model, const std::string& tokeniz
 struct PathComparison {
   double max_rel_err = 0;
   int argmax_differs = 0, unexplained = 0;
+
+  // Folds in one step's logits of one sequence. Returns the reference's argmax, or -1 (max_rel_err then
+  // infinite) when a logit of `test` is not finite.
+  int add(const float* ref, const float* test, int vocab) {
+    double e = 0, n = 0, worst_abs = 0;
+    for (int i = 0; i < vocab; ++i) {
+      if (!std::isfinite(test[i])) {
+        max_rel_err = INFINITY;
+        return -1;
+      }
+      e += (test[i] - ref[i]) * double(test[i] - ref[i]);
+      n += double(ref[i]) * ref[i];
+      worst_abs = std::max(worst_abs, std::fabs(double(test[i]) - ref[i]));
+    }
+    max_rel_err = std::max(max_rel_err, std::sqrt(e / n));
+    const int a = ::llm::argmax(ref, vocab), b = ::llm::argmax(test, vocab);
+    if (a != b) {
+      ++argmax_differs;
+      if (ref[a] - ref[b] > 2 * worst_abs) ++unexplained;
+    }
+    return a;
+  }
 };
 
 inline PathComparison compare_along_path(Engine& test, Engine& ref, int steps) {
@@ -55,22 +77,8 @@ inline PathComparison compare_along_path(Engine& test, Engine& ref, int steps) {
     const float* lr = ref.model().forward({SequenceChunk{0, start, feed}});
     std::vector<float> r(lr, lr + vocab);
     const float* lt = test.model().forward({SequenceChunk{0, start, feed}});
-    double e = 0, n = 0, worst_abs = 0;
-    for (int i = 0; i < vocab; ++i) {
-      if (!std::isfinite(lt[i])) {
-        c.max_rel_err = INFINITY;
-        return c;
-      }
-      e += (lt[i] - r[i]) * double(lt[i] - r[i]);
-      n += double(r[i]) * r[i];
-      worst_abs = std::max(worst_abs, std::fabs(double(lt[i]) - r[i]));
-    }
-    c.max_rel_err = std::max(c.max_rel_err, std::sqrt(e / n));
-    const int a = ::llm::argmax(r.data(), vocab), b = ::llm::argmax(lt, vocab);
-    if (a != b) {
-      ++c.argmax_differs;
-      if (r[a] - r[b] > 2 * worst_abs) ++c.unexplained;
-    }
+    const int a = c.add(r.data(), lt, vocab);
+    if (a < 0) return c;
     tokens.push_back(a);
   }
   return c;

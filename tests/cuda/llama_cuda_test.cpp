@@ -275,24 +275,8 @@ test::PathComparison compare_batch_along_path(Engine& test, Engine& ref, const s
     const std::vector<float> r(lr, lr + static_cast<size_t>(n) * vocab);
     const float* lt = test.model().forward(chunks);
     for (int s = 0; s < n; ++s) {
-      const float* rs = r.data() + static_cast<size_t>(s) * vocab;
-      const float* ts = lt + static_cast<size_t>(s) * vocab;
-      double e = 0, norm = 0, worst_abs = 0;
-      for (int i = 0; i < vocab; ++i) {
-        if (!std::isfinite(ts[i])) {
-          c.max_rel_err = INFINITY;
-          return c;
-        }
-        e += (ts[i] - rs[i]) * double(ts[i] - rs[i]);
-        norm += double(rs[i]) * rs[i];
-        worst_abs = std::max(worst_abs, std::fabs(double(ts[i]) - rs[i]));
-      }
-      c.max_rel_err = std::max(c.max_rel_err, std::sqrt(e / norm));
-      const int a = argmax(rs, vocab), b = argmax(ts, vocab);
-      if (a != b) {
-        ++c.argmax_differs;
-        if (rs[a] - rs[b] > 2 * worst_abs) ++c.unexplained;
-      }
+      const int a = c.add(r.data() + static_cast<size_t>(s) * vocab, lt + static_cast<size_t>(s) * vocab, vocab);
+      if (a < 0) return c;
       SequenceChunk& ch = chunks[s];
       ch.start_pos += static_cast<int>(ch.tokens.size());
       ch.tokens = {a};
