@@ -228,6 +228,9 @@ int main(int argc, char** argv) {
   app.add_option("--lens", lens, "prefill sequence lengths (batch * length = 16K)")
       ->delimiter(',')
       ->capture_default_str();
+  std::vector<int> batches{1, 8, 32}, kv_lens{1024, 4096, 16384};
+  app.add_option("--batches", batches, "decode batch sizes")->delimiter(',')->capture_default_str();
+  app.add_option("--kv-lens", kv_lens, "decode kv lengths")->delimiter(',')->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   const llm::cuda::DeviceStatus status = llm::cuda::probe_device(0);
@@ -247,8 +250,8 @@ int main(int argc, char** argv) {
       for (bool causal : {false, true})
         for (int s : lens) shapes.push_back({false, 16384 / s, s, s, 2048 / d, 2048 / d, d, causal});
   if (what == "decode" || what == "all")
-    for (int b : {1, 8, 32})
-      for (int kv : {1024, 4096, 16384}) shapes.push_back({true, b, 1, kv, 32, 8, 128, true});
+    for (int b : batches)
+      for (int kv : kv_lens) shapes.push_back({true, b, 1, kv, 32, 8, 128, true});
 
   const bool head_major = kv_layout == "head_major";
   std::printf("## attention_bench (%s, bf16, KV cache %s)\n\n", status.name.c_str(), kv_layout.c_str());

@@ -21,16 +21,16 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 
 
-def shapes(what):
+def shapes(what, dims=(64, 128), lens=(512, 2048, 8192, 16384), batches=(1, 8, 32), kv_lens=(1024, 4096, 16384)):
     out = []
     if what in ("prefill", "all"):
-        for d in (64, 128):
+        for d in dims:
             for causal in (False, True):
-                for s in (512, 2048, 8192, 16384):
+                for s in lens:
                     out.append(dict(decode=False, b=16384 // s, s=s, kv=s, hq=2048 // d, hkv=2048 // d, d=d, causal=causal))
     if what in ("decode", "all"):
-        for b in (1, 8, 32):
-            for kv in (1024, 4096, 16384):
+        for b in batches:
+            for kv in kv_lens:
                 out.append(dict(decode=True, b=b, s=1, kv=kv, hq=32, hkv=8, d=128, causal=True))
     return out
 
@@ -81,13 +81,23 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--what", default="all", choices=["prefill", "decode", "all"])
     ap.add_argument("--reps", type=int, default=7)
+    ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
+    ap.add_argument("--dims", type=ints, default=(64, 128), help="prefill head dims, e.g. 64,128")
+    ap.add_argument("--lens", type=ints, default=(512, 2048, 8192, 16384), help="prefill lengths")
+    ap.add_argument("--batches", type=ints, default=(1, 8, 32), help="decode batch sizes")
+    ap.add_argument("--kv-lens", type=ints, default=(1024, 4096, 16384), help="decode kv lengths")
+    ap.add_argument("--backends", default="flash,cudnn", help="SDPA backends: flash, cudnn")
     args = ap.parse_args()
+    backends = [b for b in args.backends.split(",") if b in BACKENDS]
     print(f"## torch_attention_bench ({torch.cuda.get_device_name()}, torch {torch.__version__}, bf16)\n")
     print("| call | d | causal | batch | q len | kv len | heads q/kv | sdpa flash | sdpa cudnn | unit |")
     print("|---|---:|---|---:|---:|---:|---|---:|---:|---|")
-    for sh in shapes(args.what):
+    for sh in shapes(args.what, args.dims, args.lens, args.batches, args.kv_lens):
         cells = []
         for backend in BACKENDS:
+            if backend not in backends:
+                cells.append("-")
+                continue
             ms, err = time_backend(sh, backend, args.reps)
             if ms is None:
                 cells.append("n/a")

@@ -35,6 +35,36 @@ __device__ __forceinline__ int split_chunk(int n_kv, int splits) {
   return (per + kBN - 1) / kBN * kBN;
 }
 
+// Stages keys [key0, key0 + kBN) of one kv head into smem K and V tiles with cp.async, as load_kv_tile
+// does. Decode is short of instruction issue (two warps a scheduler, most of a tile's instructions were
+// the copies' address arithmetic and zero-fill checks), so a whole tile of a contiguous cache, the common
+// case, takes a lean path: every thread copies one 16-byte column chunk of every kRowStep-th row, at
+// addresses a fixed stride apart, with no checks.
+template <typename T, int D>
+__device__ __forceinline__ void load_decode_tile(T* sk, T* sv, const KvParams& kv, int slot, int kv_head, int key0,
+                                                 int end, int dim) {
+  constexpr int kChunks = D / 8, kRowStep = kThreads / kChunks;
+  if constexpr (kThreads % kChunks == 0 && kBN % kRowStep == 0) {  // (not d = 96: rows do not divide evenly)
+    if (!kv.paged && key0 + kBN <= end && dim == D) {
+      const int r0 = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8;
+      const int64_t off = static_cast<int64_t>(slot) * kv.seq_stride +
+                          static_cast<int64_t>(key0 + r0) * kv.token_stride +
+                          static_cast<int64_t>(kv_head) * kv.head_stride + col;
+      const T* k = static_cast<const T*>(kv.k) + off;
+      const T* v = static_cast<const T*>(kv.v) + off;
+      const int64_t step = static_cast<int64_t>(kRowStep) * kv.token_stride;
+#pragma unroll
+      for (int j = 0; j < kBN / kRowStep; ++j) {
+        const int r = r0 + j * kRowStep;
+        cp_async_16(sk + r * Smem<D>::kStride + col, k + j * step);
+        cp_async_16(sv + r * Smem<D>::kStride + col, v + j * step);
+      }
+      return;
+    }
+  }
+  load_kv_tile<T, D, kBN, kThreads>(sk, sv, kv, slot, kv_head, key0, end, dim);
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
   constexpr int kStride = Smem<D>::kStride;
@@ -70,8 +100,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
   // an empty one, so the wait counts stay uniform.
   auto load = [&](int i) {
     if (i < n_tiles)
-      load_kv_tile<T, D, kBN, kThreads>(sk + (i % kStages) * kBN * kStride, sv + (i % kStages) * kBN * kStride, p.kv,
-                                        slot, kv_head, k_begin + i * kBN, k_end, p.head_dim);
+      load_decode_tile<T, D>(sk + (i % kStages) * kBN * kStride, sv + (i % kStages) * kBN * kStride, p.kv, slot,
+                             kv_head, k_begin + i * kBN, k_end, p.head_dim);
     cp_async_commit();
   };
 #pragma unroll

@@ -43,11 +43,17 @@ struct Sm90PrefillTraits {
   // K and V stages: as many as fit (the copies run that many tiles ahead of the math, which hides the
   // latency of L2 under load); 227 KiB of shared memory a block at most.
   static constexpr int kStages = D == 64 ? 4 : 3;
-  // Q, kStages stages of K and of V, their barriers (4 a stage, 2 for Q), the number of the item whose Q
-  // is in, and room to start the tiles on 1024 bytes (the swizzle's period).
-  static constexpr uint32_t kBarriers = kQBytes + 2 * kStages * kKvBytes;
-  static constexpr uint32_t kItemSlot = kBarriers + (4 * kStages + 2) * 8;
+  // Q buffers: with two, the next item's Q lands while the math is still on this one's (short items, as
+  // at s = 512, otherwise wait on every Q's copy); d = 128 has room for one only.
+  static constexpr int kQBufs = D == 64 ? 2 : 1;
+  // Q buffers, kStages stages of K and of V, their barriers (4 a stage, 2 a Q buffer), the numbers of the
+  // items whose Q is in (and of the next item drawn), and room to start the tiles on 1024 bytes (the
+  // swizzle's period).
+  static constexpr uint32_t kKvTiles = kQBufs * kQBytes;
+  static constexpr uint32_t kBarriers = kKvTiles + 2 * kStages * kKvBytes;
+  static constexpr uint32_t kItemSlot = kBarriers + (4 * kStages + 2 * kQBufs) * 8;
   static constexpr size_t kSmem = kItemSlot + 16 + 1024;
+  static_assert(kSmem <= 227 * 1024);
 };
 
 // Byte offset of element (r, c) (16-bit elements) in a tile of `rows` rows laid out for the tensor cores:
@@ -153,9 +159,9 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = smem_addr(smem_raw), base = (raw + 1023) & ~1023u;
   unsigned char* smem = smem_raw + (base - raw);
-  const uint32_t sq = base;
-  constexpr int kStages = Tr::kStages;
-  auto k_tile = [&](int stage) { return Tr::kQBytes + stage * 2 * Tr::kKvBytes; };  // offsets from base
+  constexpr int kStages = Tr::kStages, kQBufs = Tr::kQBufs;
+  auto q_tile = [&](int buf) { return base + buf * Tr::kQBytes; };
+  auto k_tile = [&](int stage) { return Tr::kKvTiles + stage * 2 * Tr::kKvBytes; };  // offsets from base
   auto v_tile = [&](int stage) { return k_tile(stage) + Tr::kKvBytes; };
 
   const int group = p.group;
@@ -169,26 +175,30 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
   // threads), empty_k, empty_v (the math threads); q_full (the 128 copying threads, and the first of them
   // once more when it has written the item's number) and q_empty (the math threads, once done with an
   // item's Q). Both sides count K/V tiles and Q loads over all their items alike, which gives every wait
-  // its stage and phase.
+  // its stage and phase (Q load n goes to buffer n % kQBufs).
   const uint32_t bars = base + Tr::kBarriers;
   auto full_k = [&](int stage) { return bars + 8 * stage; };
   auto full_v = [&](int stage) { return bars + 8 * (kStages + stage); };
   auto empty_k = [&](int stage) { return bars + 8 * (2 * kStages + stage); };
   auto empty_v = [&](int stage) { return bars + 8 * (3 * kStages + stage); };
-  const uint32_t q_full = bars + 8 * 4 * kStages, q_empty = q_full + 8;
-  volatile int* item_slot = reinterpret_cast<volatile int*>(smem + Tr::kItemSlot);  // [0]: Q's item, [1]: the next
+  auto q_full = [&](int buf) { return bars + 8 * (4 * kStages + buf); };
+  auto q_empty = [&](int buf) { return bars + 8 * (4 * kStages + kQBufs + buf); };
+  // [buf]: the item whose Q is in buffer buf; [kQBufs]: the next item drawn.
+  volatile int* item_slot = reinterpret_cast<volatile int*>(smem + Tr::kItemSlot);
   if (threadIdx.x == 0) {
     for (int b = 0; b < 2 * kStages; ++b) mbar_init(bars + 8 * b, kTma ? 1 : 128);
     for (int b = 2 * kStages; b < 4 * kStages; ++b) mbar_init(bars + 8 * b, 128 * Tr::kConsumers);
-    mbar_init(q_full, 128 + 1);
-    mbar_init(q_empty, 128 * Tr::kConsumers);
+    for (int b = 0; b < kQBufs; ++b) {
+      mbar_init(q_full(b), 128 + 1);
+      mbar_init(q_empty(b), 128 * Tr::kConsumers);
+    }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
   const int wg = threadIdx.x >> 7;
   if (wg == Tr::kConsumers) {
-    // The copying warpgroup: per item, K_0 and V_0, then Q once the math is done with the previous item's,
+    // The copying warpgroup: per item, K_0 and V_0, then Q once the math is done with what its buffer held,
     // then the other tiles; tile j of all the block's tiles goes to stage j % kStages once the math is
     // done with the tile before there. A full barrier completes when its copies land.
     regs_shrink<Tr::kProducerRegs>();
@@ -215,30 +225,31 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
             atomicExch(p.schedule + 1, 0);
           }
         }
-        item_slot[1] = w;
+        item_slot[kQBufs] = w;
       }
       asm volatile("barrier.sync 5, 128;\n" ::: "memory");
-      const int w = item_slot[1];
+      const int w = item_slot[kQBufs];
       asm volatile("barrier.sync 5, 128;\n" ::: "memory");  // all have read it before it is written again
       return w;
     };
     // Q's barriers carry the item's number to the math: q_full completes once Q has landed and the number
     // is written (-1: no more items).
     auto hand_over = [&](int w, const BlockRows* rows, int kv_head) {
-      if (q_loads > 0) mbar_wait(q_empty, (q_loads - 1) & 1);
+      const int buf = q_loads % kQBufs, use = q_loads / kQBufs;
+      if (use > 0) mbar_wait(q_empty(buf), (use - 1) & 1);
       if (rows) {
         for (int c = pt; c < kBM * kChunks; c += 128) {
           const int r = c / kChunks, col = (c % kChunks) * 8;
           const bool valid = r < rows->count && col < p.head_dim;
           const int64_t off =
               valid ? row_offset(rows->row0 + r, rows->q0, group, kv_head, p.q_token_stride, p.q_head_stride) + col : 0;
-          cp_async_16(smem + tile_offset(r, col, kBM), Q + off, valid);
+          cp_async_16(smem + buf * Tr::kQBytes + tile_offset(r, col, kBM), Q + off, valid);
         }
       }
-      announce(q_full);
+      announce(q_full(buf));
       if (pt == 0) {
-        item_slot[0] = w;
-        mbar_arrive(q_full);
+        item_slot[buf] = w;
+        mbar_arrive(q_full(buf));
       }
       ++q_loads;
     };
@@ -312,7 +323,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
 
   // S = Q K^T over the head dim, 16 at a time: within a 128-byte panel the next 16 columns start 32 bytes
   // on (the hardware applies the swizzle to the address bits).
-  auto issue_scores = [&](float(&s)[kBN / 2], int stage) {
+  auto issue_scores = [&](float(&s)[kBN / 2], uint32_t sq, int stage) {
     wgmma_fence();  // (s is written, not read: the first product overwrites it)
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -351,8 +362,10 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
 
   int tiles_done = 0;
   for (int q_loads = 0;; ++q_loads) {
-    mbar_wait(q_full, q_loads & 1);  // the next item's Q (and number) is in
-    const int w = item_slot[0];
+    const int qb = q_loads % kQBufs;
+    mbar_wait(q_full(qb), (q_loads / kQBufs) & 1);  // the next item's Q (and number) is in
+    const int w = item_slot[qb];
+    const uint32_t sq = q_tile(qb);
     if (w < 0) break;
     const WorkItem item = work_item<kBM, kBN>(p, w, row_tiles);
     const BlockRows& rows = item.rows;
@@ -442,7 +455,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
     // Q is handed back (so that the next item's may come in) after this warpgroup's last S = Q K^T.
     bool q_held = true;
     auto release_q = [&] {
-      if (q_held) mbar_arrive(q_empty);
+      if (q_held) mbar_arrive(q_empty(qb));
       q_held = false;
     };
 
@@ -470,7 +483,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
         turn_wait();
         if (scores && !pending) {  // the first tile
           float s[kBN / 2], alpha[2];
-          issue_scores(s, ks);
+          issue_scores(s, sq, ks);
           turn_pass();
           wgmma_wait<0>();
           mbar_arrive(empty_k(ks));
@@ -479,7 +492,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
           rescale(alpha);
         } else if (scores) {
           float s[kBN / 2], alpha[2];
-          issue_scores(s, ks);
+          issue_scores(s, sq, ks);
           issue_pv(prev, vs);
           turn_pass();
           wgmma_wait<1>();  // S_i is done; P_{i-1} V_{i-1} may still run

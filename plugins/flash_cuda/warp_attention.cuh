@@ -121,21 +121,26 @@ struct WarpAttention {
           mx[e >> 1] = fmaxf(mx[e >> 1], v);
         }
       }
-      float base[2];
+      float base[2], alpha[2];
+      bool moved = false;
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
         mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
         const float m_new = fmaxf(m[mt][i], mx[i]);
         base[i] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays all-zero
-        const float alpha = exp2_approx(m[mt][i] - base[i]);
+        alpha[i] = exp2_approx(m[mt][i] - base[i]);
+        moved |= m_new != m[mt][i];
         m[mt][i] = m_new;
-        l[mt][i] *= alpha;
+        l[mt][i] *= alpha[i];
+      }
+      // O moves to the new maxima only when one moved somewhere in the warp (once the first keys are in,
+      // rarely): otherwise alpha is exp2(0) = 1 for every row and the D / 2 products are skipped.
+      if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          o[mt][j][2 * i] *= alpha;
-          o[mt][j][2 * i + 1] *= alpha;
-        }
+        for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[mt][j][e] *= alpha[e >> 1];
       }
 #pragma unroll
       for (int j = 0; j < NK / 8; ++j) {
