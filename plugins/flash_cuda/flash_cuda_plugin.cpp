@@ -36,6 +36,7 @@ struct llm_backend_context {
   int32_t* schedule = nullptr;        // after them: the Hopper prefill's work counters
   int sms = 1;
   int decode_splits_wanted = 0;  // LLM_FLASH_DECODE_SPLITS, 0: chosen per call
+  bool decode_tma = false;       // decode's K and V through the copy engine (see choose_decode_copy)
   std::string error;
 };
 
@@ -100,6 +101,23 @@ std::string wanted_decode_splits(int* wanted) {
   return "";
 }
 
+// How decode brings K and V into shared memory: through the copy engine (compute capability 9.0 and newer,
+// contiguous caches, head dims whose kernel is a multiple of 64) or with cp.async (any GPU, any cache).
+// LLM_FLASH_DECODE_COPY=cp_async forces cp.async (to compare the two, or to test it on a Hopper GPU),
+// =tma requires a GPU with the copy engine; "auto" or unset chooses. Returns a problem, or "".
+std::string choose_decode_copy(const llm_device_info& device, bool* tma) {
+  const char* env = std::getenv("LLM_FLASH_DECODE_COPY");
+  const std::string want = env ? env : "auto";
+  if (want != "auto" && want != "cp_async" && want != "tma")
+    return "LLM_FLASH_DECODE_COPY is '" + want + "'; expected auto, cp_async or tma";
+  const bool hopper = device.compute_major >= 9;
+  if (want == "tma" && !hopper)
+    return "LLM_FLASH_DECODE_COPY=tma, but the copy engine needs compute capability 9.0 or newer (this device: " +
+           std::to_string(device.compute_major) + "." + std::to_string(device.compute_minor) + ")";
+  *tma = want != "cp_async" && hopper;
+  return "";
+}
+
 void context_destroy(llm_backend_context* ctx) {
   if (!ctx) return;
   if (ctx->workspace || ctx->split_counters) {
@@ -111,9 +129,13 @@ void context_destroy(llm_backend_context* ctx) {
 }
 
 llm_status create_checked(const llm_device_info& device, const llm_attention_shape& shape, llm_backend_context** out) {
-  bool sm90 = false;
+  bool sm90 = false, tma = false;
   int splits_wanted = 0;
   if (std::string problem = choose_prefill_kernel(device, shape, &sm90); !problem.empty()) {
+    g_create_error = "context_create: " + problem;
+    return LLM_ERR_INVALID_ARGUMENT;
+  }
+  if (std::string problem = choose_decode_copy(device, &tma); !problem.empty()) {
     g_create_error = "context_create: " + problem;
     return LLM_ERR_INVALID_ARGUMENT;
   }
@@ -159,6 +181,7 @@ llm_status create_checked(const llm_device_info& device, const llm_attention_sha
   ctx->sm90_prefill = sm90;
   ctx->sms = sms;
   ctx->decode_splits_wanted = splits_wanted;
+  ctx->decode_tma = tma;
   ctx->workspace_floats = flash_cuda::decode_workspace_floats(shape.head_dim, shape.num_q_heads, shape.max_batch);
   const size_t split_ints = flash_cuda::decode_counter_ints(shape.num_q_heads, shape.num_kv_heads, shape.max_batch);
   const size_t counter_bytes = (split_ints + flash_cuda::kScheduleInts) * sizeof(int32_t);
@@ -243,6 +266,7 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
     p.max_kv_len = a.max_kv_len;
     p.causal = a.causal != 0;
     p.sm90_prefill = ctx->sm90_prefill;
+    p.decode_tma = ctx->decode_tma;
     p.sms = ctx->sms;
     p.schedule = ctx->schedule;
     p.scale_log2 = a.softmax_scale * kLog2e;

@@ -49,7 +49,8 @@ struct Params {
   KvParams kv;
   // split-KV decode
   int32_t num_splits;
-  float* workspace;  // partials: [splits][seqs][q heads] of (m, l) then [..][head_dim] of o
+  int32_t decode_tma;  // K and V through the copy engine where the cache allows (compute capability 9.0+)
+  float* workspace;    // partials: [splits][seqs][q heads] of (m, l) then [..][head_dim] of o
   size_t workspace_floats;
   int32_t* split_counters;  // [seqs][kv heads][row tiles], zero between calls: blocks done per group
 };

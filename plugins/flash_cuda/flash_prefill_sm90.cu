@@ -13,15 +13,14 @@
 //     software-pipelined so that the softmax of tile i runs while the tensor cores do P V of tile i - 1.
 // Shared-memory tiles use the hardware's 128-byte swizzle so that both the copies in and the tensor
 // cores' reads are free of bank conflicts. Head dims whose kernel is 64 or 128 only (`sm90_prefill_dim`).
-#include <cuda.h>
-#include <cudaTypedefs.h>
-
 #include <algorithm>
 
 #include "flash_params.h"
 #include "kernel_dispatch.cuh"
+#include "kv_tensor_maps.h"
 #include "prefill_rows.cuh"
 #include "ptx.cuh"
+#include "tma.cuh"
 #include "warp_attention.cuh"
 #include "wgmma.cuh"
 
@@ -56,13 +55,6 @@ struct Sm90PrefillTraits {
   static_assert(kSmem <= 227 * 1024);
 };
 
-// Byte offset of element (r, c) (16-bit elements) in a tile of `rows` rows laid out for the tensor cores:
-// column panels of 64 elements (128 bytes a row) one after the other, each `rows` x 128 bytes, and within
-// every 8 rows of a panel the 16-byte chunks permuted by the row (chunk ^ row % 8): the 128-byte swizzle.
-__device__ __forceinline__ uint32_t tile_offset(int r, int c, int rows) {
-  return static_cast<uint32_t>((c >> 6) * rows * 128 + r * 128 + ((((c & 63) >> 3) ^ (r & 7)) << 4));
-}
-
 // wgmma shared-memory matrix descriptor with the 128-byte swizzle. K-major operands: sbo = 1024, the
 // distance between 8-row groups (lbo unused). N-major (V): lbo = the distance between 64-column panels,
 // sbo = 1024, between groups of 8 keys.
@@ -73,46 +65,6 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint3
 
 // cp.async writes through the generic proxy and wgmma reads through the async proxy: order them.
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// Shared-memory barriers (mbarrier) hand the K and V stages between the copying warpgroup and the math
-// warpgroups: a stage's "full" barrier completes when its copy has landed, its "empty" barrier when every
-// math thread is done reading it. Waits name the phase parity they expect (0, 1, 0, ... per use).
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done;
-  do {
-    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done)
-                 : "r"(bar), "r"(parity)
-                 : "memory");
-  } while (!done);
-}
-
-// The tensor memory accelerator: one instruction copies a box of a tensor (described by a tensor map made
-// on the host) into shared memory, already in the 128-byte swizzle, and completes `bytes` on a barrier.
-__device__ __forceinline__ void mbar_expect_bytes(uint32_t bar, uint32_t bytes) {
-  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" ::"r"(bar),
-               "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,
-                                            uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, "
-      "%5}], [%6];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
-      : "memory");
-}
-
-// K and V of a contiguous cache as 4-d tensors (head dim, kv head, position, slot) for the copy engine.
-struct KvMaps {
-  CUtensorMap k, v;
-};
 
 // Hands registers between the warpgroups of a block (sm_90a): the copier gives its spare ones to the math.
 template <int N>
@@ -192,7 +144,7 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
       mbar_init(q_full(b), 128 + 1);
       mbar_init(q_empty(b), 128 * Tr::kConsumers);
     }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    mbar_init_fence();
   }
   __syncthreads();
 
@@ -543,42 +495,6 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
   }
 }
 
-// Tensor maps of K and V for a contiguous cache: dims (head dim, kv head, position, slot), boxes of 64
-// columns x kBN keys in the 128-byte swizzle. Positions past max_kv_len read as zeros. False when the
-// driver cannot make them (the caller then copies with cp.async).
-bool encode_maps(const Params& p, int bn, KvMaps* maps) {
-  static const auto encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess)
-      fn = nullptr;
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
-  // Positions: up to max_kv_len, and never past the slot's own region (whole boxes are read, also past a
-  // sequence's length: this keeps those reads inside the cache).
-  if (!encode || p.kv.token_stride <= 0 || p.kv.seq_stride < p.kv.token_stride) return false;
-  const int64_t positions = std::min<int64_t>(p.max_kv_len, p.kv.seq_stride / p.kv.token_stride);
-  if (positions < 1) return false;
-  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(p.head_dim), static_cast<cuuint64_t>(p.num_kv_heads),
-                              static_cast<cuuint64_t>(positions), 1u << 16};
-  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(p.kv.head_stride) * 2,
-                                 static_cast<cuuint64_t>(p.kv.token_stride) * 2,
-                                 static_cast<cuuint64_t>(p.kv.seq_stride) * 2};
-  const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(bn), 1};
-  const cuuint32_t unit[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType type = p.fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  for (int i = 0; i < 2; ++i) {
-    CUtensorMap* map = i == 0 ? &maps->k : &maps->v;
-    void* src = const_cast<void*>(i == 0 ? p.kv.k : p.kv.v);
-    if (encode(map, type, 4, src, dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
-      return false;
-  }
-  return true;
-}
-
 template <typename T, int D>
 cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   using Tr = Sm90PrefillTraits<D>;
@@ -588,7 +504,7 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   if (items < 1) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>(items, std::max(p.sms, 1))));  // one block per SM
   KvMaps maps{};
-  if (!p.kv.paged && encode_maps(p, Tr::kBN, &maps))
+  if (encode_kv_maps(p, Tr::kBN, &maps))
     prefill_sm90_kernel<T, D, true><<<grid, Tr::kThreads, Tr::kSmem, stream>>>(p, maps);
   else
     prefill_sm90_kernel<T, D, false><<<grid, Tr::kThreads, Tr::kSmem, stream>>>(p, maps);

@@ -57,6 +57,17 @@ __device__ __forceinline__ void load_kv_tile(T* sk, T* sv, const KvParams& kv, i
   }
 }
 
+// Where element (r, c) of a K or V tile is, in elements from the tile's start: rows padded to
+// Smem<D>::kStride (kPanelRows = 0, the cp.async layout), or the copy engine's 128-byte swizzle over
+// 64-column panels of kPanelRows rows (tma.cuh's tile_offset, in elements).
+template <int D, int kPanelRows>
+__device__ __forceinline__ int kv_elem(int r, int c) {
+  if constexpr (kPanelRows == 0)
+    return r * Smem<D>::kStride + c;
+  else
+    return (c >> 6) * kPanelRows * 64 + r * 64 + ((((c & 63) >> 3) ^ (r & 7)) << 3);
+}
+
 template <typename T, int D, int MT>
 struct WarpAttention {
   static constexpr int kStride = Smem<D>::kStride;
@@ -75,10 +86,11 @@ struct WarpAttention {
 
   // Advances the warp's 16 * MT query rows (sq: their Q rows in shared memory, re-read with ldmatrix at
   // every step rather than held in registers, which leaves the registers to the accumulators) over NK
-  // keys at sk/sv rows [0, NK), the first being key `key0`. Key k is visible to this thread's row i of
-  // m tile mt (0: row g, 1: row g + 8) when k < limit[mt][i]; `masked` false promises every key is
-  // visible to every row (no compares). Every K and V fragment loaded serves all MT m tiles.
-  template <int NK>
+  // keys at sk/sv rows [0, NK) (laid out as kv_elem<D, kPanelRows> says), the first being key `key0`.
+  // Key k is visible to this thread's row i of m tile mt (0: row g, 1: row g + 8) when k < limit[mt][i];
+  // `masked` false promises every key is visible to every row (no compares; a masked score is replaced,
+  // so a NaN key row past the limit never reaches P). Every K and V fragment loaded serves all MT m tiles.
+  template <int NK, int kPanelRows = 0>
   __device__ __forceinline__ void step(const T* sq, const T* sk, const T* sv, int key0, const int (&limit)[MT][2],
                                        bool masked, float scale_log2) {
     const int lane = threadIdx.x & 31, t = lane & 3;
@@ -98,7 +110,7 @@ struct WarpAttention {
 #pragma unroll
         for (int nn = 0; nn < NK / 16; ++nn) {
           uint32_t b[4];
-          ldmatrix_x4(b, sk + (nn * 16 + row) * kStride + kk * 16 + col);
+          ldmatrix_x4(b, sk + kv_elem<D, kPanelRows>(nn * 16 + row, kk * 16 + col));
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
             mma_16816<T>(s[mt][2 * nn], a[mt], b[0], b[1]);
@@ -167,7 +179,7 @@ struct WarpAttention {
 #pragma unroll
       for (int dn = 0; dn < D / 16; ++dn) {
         uint32_t b[4];
-        ldmatrix_x4_trans(b, sv + (kk * 16 + row) * kStride + dn * 16 + col);
+        ldmatrix_x4_trans(b, sv + kv_elem<D, kPanelRows>(kk * 16 + row, dn * 16 + col));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           mma_16816<T>(o[mt][2 * dn], a[mt], b[0], b[1]);

@@ -16,7 +16,8 @@ std::shared_ptr<Plugin> load_flash() { return load_backend("flash_cuda"); }
 constexpr int kDtypes[] = {LLM_DTYPE_BF16, LLM_DTYPE_F16};
 
 // Sets an environment variable that new contexts read (LLM_FLASH_PREFILL: which prefill kernel;
-// LLM_FLASH_DECODE_SPLITS: how many key ranges decode uses) for one scope.
+// LLM_FLASH_DECODE_SPLITS: how many key ranges decode uses; LLM_FLASH_DECODE_COPY: how decode copies K and
+// V in) for one scope.
 class ScopedEnv {
  public:
   ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
@@ -202,6 +203,35 @@ TEST(FlashCuda, DecodeMatchesTheReferenceWithEverySplitCount) {
   table.print("decode with every split plan");
 }
 
+// On Hopper the tests above run decode through the copy engine where they can (contiguous caches, head
+// dims whose kernel is a multiple of 64); this runs decode with cp.async as well, the way other GPUs and
+// paged caches do, and holds both to the reference: a head dim short of its kernel's (120: the engine
+// fills the missing columns with zeros; 80: cp.async only), ranges ending inside a tile, NaN in the cache
+// past the lengths.
+TEST(FlashCuda, BothDecodeCopyPathsMatchTheReference) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(fresh_seed());
+  ErrorTable table;
+  for (const char* copy : {"cp_async", "auto"}) {
+    ScopedEnv path("LLM_FLASH_DECODE_COPY", copy);
+    for (const char* splits : {"1", "auto"}) {
+      ScopedEnv plan("LLM_FLASH_DECODE_SPLITS", splits);
+      for (int dtype : kDtypes)
+        for (int head_dim : {64, 80, 120, 128, 256})
+          for (bool paged : {false, true}) {
+            const std::string tag = std::string(copy) + " splits=" + splits + " " + dtype_name(dtype) +
+                                    " d=" + std::to_string(head_dim) + (paged ? " paged" : " contig");
+            Case decode{head_dim, 16, 4, {1, 1, 1, 1}, {1, 63, 130, 2049}};
+            decode.dtype = dtype, decode.paged = paged, decode.nan_past_end = true;
+            table.add(tag, run_case(*plugin, decode, rng, true, 2));
+          }
+    }
+  }
+  table.print("decode through cp.async and through the copy engine");
+}
+
 TEST(FlashCuda, KernelChoicesAreCheckedWithReasons) {  // no GPU needed: refused before the device
   auto plugin = load_flash();
   ASSERT_NE(plugin, nullptr);
@@ -225,6 +255,17 @@ TEST(FlashCuda, KernelChoicesAreCheckedWithReasons) {  // no GPU needed: refused
     const std::string e = create_error(ampere, shape);
     EXPECT_NE(e.find(std::string("LLM_FLASH_DECODE_SPLITS is '") + bad + "'; expected auto or a count from 1 to 32"),
               std::string::npos)
+        << e;
+  }
+  {
+    ScopedEnv copy("LLM_FLASH_DECODE_COPY", "bulk");
+    const std::string e = create_error(ampere, shape);
+    EXPECT_NE(e.find("LLM_FLASH_DECODE_COPY is 'bulk'; expected auto, cp_async or tma"), std::string::npos) << e;
+  }
+  {
+    ScopedEnv copy("LLM_FLASH_DECODE_COPY", "tma");
+    const std::string e = create_error(ampere, shape);
+    EXPECT_NE(e.find("the copy engine needs compute capability 9.0 or newer (this device: 8.0)"), std::string::npos)
         << e;
   }
   {
