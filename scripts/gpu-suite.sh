@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
-#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|fixtures|tp|all]
+#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|sass|fixtures|tp|all]
 #   (bench: end to end; attention: the kernels; gemv: the decode-step matrix-vector kernels beside cuBLAS,
 #    then end-to-end decode at batch 1 and 8 with each kernel; profile: per-kernel times of decode steps, ncu
-#    (PROFILE_SHAPE, default tinyllama);
+#    (PROFILE_SHAPE, default tinyllama); sass: one kernel's instructions and stalls by SASS line, ncu's source
+#    page summarised by tools/ncu/sass_summary.py (SASS_KERNEL regex, SASS_SKIP launches, SASS_CMD the program:
+#    default flash_cuda decode at batch 32, 4K keys);
 #    tp: tensor parallelism over every GPU present: its tests, llm-runner, and decode of the Llama-2-7B
 #    and Llama-2-70B shapes at 1, 2 and 4 GPUs where present; TP_SHAPES overrides the shapes)
 set -uo pipefail
@@ -121,5 +123,17 @@ print("| kernel | calls | avg us | share |\n|---|---:|---:|---:|")
 for name, (n, us) in sorted(acc.items(), key=lambda kv: -kv[1][1])[:20]:
     print(f"| {name} | {n} | {us / n:.2f} | {100 * us / total:.1f}% |")
 PY
+fi
+if [ "$what" = sass ]; then
+  kernel=${SASS_KERNEL:-decode_kernel}
+  echo "== instructions and stalls by SASS line: $kernel (ncu --set full --import-source yes)"
+  # shellcheck disable=SC2086  # SASS_CMD is a command line
+  ncu -f --set full --import-source yes -k "regex:$kernel" --launch-skip ${SASS_SKIP:-3} --launch-count 1 -o "$out/sass" \
+    ${SASS_CMD:-build/bin/attention_bench --what decode --batches 32 --kv-lens 4096 --reps 1} >"$out/sass_run.txt" 2>&1 \
+    || status=1
+  ncu -i "$out/sass.ncu-rep" --page details >"$out/sass_details.txt" 2>&1 || status=1
+  ncu -i "$out/sass.ncu-rep" --page source --csv --print-source sass >"$out/sass.csv" 2>&1 || status=1
+  python3 tools/ncu/sass_summary.py "$out/sass.csv" | tee "$out/sass.md" || status=1
+  rm -f "$out/sass.ncu-rep"  # (large; the CSV and the details page hold what is read)
 fi
 exit $status
