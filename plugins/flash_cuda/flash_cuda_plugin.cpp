@@ -67,14 +67,23 @@ llm_status probe(const llm_device_info* device, const llm_attention_shape* shape
   }
 }
 
+// The choice in environment variable `name`: "auto" when unset, else one of `a` and `b` (or "auto"). Any
+// other value sets *problem, naming the variable, the value and what was expected.
+std::string env_choice(const char* name, const char* a, const char* b, std::string* problem) {
+  const char* env = std::getenv(name);
+  const std::string want = env ? env : "auto";
+  if (want != "auto" && want != a && want != b)
+    *problem = std::string(name) + " is '" + want + "'; expected auto, " + a + " or " + b;
+  return want;
+}
+
 // Which prefill kernel a context uses: the Hopper one (warpgroup MMAs) on compute capability 9.0 for the
 // head dims it serves, the portable one otherwise. LLM_FLASH_PREFILL=sm80 forces the portable kernel
 // (to compare the two), =sm90 requires the Hopper one; "auto" or unset chooses. Returns a problem, or "".
 std::string choose_prefill_kernel(const llm_device_info& device, const llm_attention_shape& shape, bool* sm90) {
-  const char* env = std::getenv("LLM_FLASH_PREFILL");
-  const std::string want = env ? env : "auto";
-  if (want != "auto" && want != "sm80" && want != "sm90")
-    return "LLM_FLASH_PREFILL is '" + want + "'; expected auto, sm80 or sm90";
+  std::string problem;
+  const std::string want = env_choice("LLM_FLASH_PREFILL", "sm80", "sm90", &problem);
+  if (!problem.empty()) return problem;
   const bool hopper = device.compute_major == 9 && device.compute_minor == 0;
   const bool fits = flash_cuda::sm90_prefill_dim(shape.head_dim);
   if (want == "sm90" && !(hopper && fits))
@@ -106,10 +115,9 @@ std::string wanted_decode_splits(int* wanted) {
 // LLM_FLASH_DECODE_COPY=cp_async forces cp.async (to compare the two, or to test it on a Hopper GPU),
 // =tma requires a GPU with the copy engine; "auto" or unset chooses. Returns a problem, or "".
 std::string choose_decode_copy(const llm_device_info& device, bool* tma) {
-  const char* env = std::getenv("LLM_FLASH_DECODE_COPY");
-  const std::string want = env ? env : "auto";
-  if (want != "auto" && want != "cp_async" && want != "tma")
-    return "LLM_FLASH_DECODE_COPY is '" + want + "'; expected auto, cp_async or tma";
+  std::string problem;
+  const std::string want = env_choice("LLM_FLASH_DECODE_COPY", "cp_async", "tma", &problem);
+  if (!problem.empty()) return problem;
   const bool hopper = device.compute_major >= 9;
   if (want == "tma" && !hopper)
     return "LLM_FLASH_DECODE_COPY=tma, but the copy engine needs compute capability 9.0 or newer (this device: " +
