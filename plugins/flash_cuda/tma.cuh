@@ -64,4 +64,6 @@ __device__ __forceinline__ uint32_t tile_offset(int r, int c, int rows) {
   return static_cast<uint32_t>((c >> 6) * rows * 128 + r * 128 + ((((c & 63) >> 3) ^ (r & 7)) << 4));
 }
 
+#undef FLASH_CUDA_SM90  // (for this header's functions only)
+
 }  // namespace flash_cuda
