@@ -158,8 +158,9 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
     // Each thread copies one 16-byte column chunk of every kRowStep-th row: the shared-memory offsets of
     // its rows differ by whole 8-row swizzle periods, so one offset serves them all.
     constexpr int kRowStep = 128 / kChunks, kPasses = kBN / kRowStep;
+    static_assert(kRowStep % 8 == 0, "a step of whole swizzle periods keeps a lane's swizzled column");
     const int lc = pt % kChunks, lr = pt / kChunks;
-    const uint32_t lane_off = tile_offset(lr, lc * 8, kBN);
+    const uint32_t lane_off = tile_offset(lr, lc * 8, kBN), lane_q_off = tile_offset(lr, lc * 8, kBM);
     const bool col_ok = lc * 8 < p.head_dim;
     // A barrier counting the 128 threads completes when all their copies so far have landed.
     auto announce = [&](uint32_t bar) {
@@ -190,12 +191,20 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
       const int buf = q_loads % kQBufs, use = q_loads / kQBufs;
       if (use > 0) mbar_wait(q_empty(buf), (use - 1) & 1);
       if (rows) {
-        for (int c = pt; c < kBM * kChunks; c += 128) {
-          const int r = c / kChunks, col = (c % kChunks) * 8;
-          const bool valid = r < rows->count && col < p.head_dim;
-          const int64_t off =
-              valid ? row_offset(rows->row0 + r, rows->q0, group, kv_head, p.q_token_stride, p.q_head_stride) + col : 0;
-          cp_async_16(smem + buf * Tr::kQBytes + tile_offset(r, col, kBM), Q + off, valid);
+        // The thread's rows are lr, lr + kRowStep, ... (column chunk lc): row r is the query of head
+        // kv_head * group + j of token q0 + tok, (tok, j) = divmod(row0 + r, group), found once and then
+        // stepped (the division per chunk was a tenth of the block's instructions at s = 512).
+        const int64_t first = rows->row0 + lr;
+        int64_t tok = rows->q0 + first / group;
+        int j = static_cast<int>(first % group);
+        const int tok_step = kRowStep / group, j_step = kRowStep % group;
+        uint32_t dst = buf * Tr::kQBytes + lane_q_off;
+        for (int r = lr; r < kBM; r += kRowStep, dst += kRowStep * 128) {
+          const bool valid = r < rows->count && col_ok;
+          const int64_t off = valid ? tok * p.q_token_stride + (kv_head * group + j) * p.q_head_stride + lc * 8 : 0;
+          cp_async_16(smem + dst, Q + off, valid);
+          tok += tok_step, j += j_step;
+          if (j >= group) j -= group, ++tok;
         }
       }
       announce(q_full(buf));
