@@ -49,12 +49,22 @@ __global__ void __launch_bounds__(PrefillTraits<D>::kThreads) prefill_kernel(con
 
   // Q rows, then the first K/V tile, in one cp.async group.
   constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < kBM * kChunks; c += Tr::kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const int64_t row = row0 + r;
-    const bool valid = r < count && col < p.head_dim;
-    const int64_t off = valid ? row_offset(row, q0, group, kv_head, p.q_token_stride, p.q_head_stride) : 0;
-    cp_async_16(sq + r * kStride + col, Q + off + (valid ? col : 0), valid);
+  if constexpr (Tr::kThreads % kChunks == 0) {  // a thread keeps its column: its rows are walked (RowWalker)
+    constexpr int kRowStep = Tr::kThreads / kChunks;
+    const int lr = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8;
+    RowWalker q(row0 + lr, q0, group, kv_head, kRowStep);
+    for (int r = lr; r < kBM; r += kRowStep, q.next()) {
+      const bool valid = r < count && col < p.head_dim;
+      const int64_t off = valid ? q.offset(p.q_token_stride, p.q_head_stride) + col : 0;
+      cp_async_16(sq + r * kStride + col, Q + off, valid);
+    }
+  } else {
+    for (int c = threadIdx.x; c < kBM * kChunks; c += Tr::kThreads) {
+      const int r = c / kChunks, col = (c % kChunks) * 8;
+      const bool valid = r < count && col < p.head_dim;
+      const int64_t off = valid ? row_offset(row0 + r, q0, group, kv_head, p.q_token_stride, p.q_head_stride) + col : 0;
+      cp_async_16(sq + r * kStride + col, Q + off, valid);
+    }
   }
   if (n_tiles > 0) load_kv_tile<T, D, kBN, Tr::kThreads>(sk, sv, p.kv, slot, kv_head, 0, block_limit, p.head_dim);
   cp_async_commit();

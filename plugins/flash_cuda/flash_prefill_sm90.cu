@@ -191,20 +191,13 @@ __global__ void __launch_bounds__(Sm90PrefillTraits<D>::kThreads, 1)
       const int buf = q_loads % kQBufs, use = q_loads / kQBufs;
       if (use > 0) mbar_wait(q_empty(buf), (use - 1) & 1);
       if (rows) {
-        // The thread's rows are lr, lr + kRowStep, ... (column chunk lc): row r is the query of head
-        // kv_head * group + j of token q0 + tok, (tok, j) = divmod(row0 + r, group), found once and then
-        // stepped (the division per chunk was a tenth of the block's instructions at s = 512).
-        const int64_t first = rows->row0 + lr;
-        int64_t tok = rows->q0 + first / group;
-        int j = static_cast<int>(first % group);
-        const int tok_step = kRowStep / group, j_step = kRowStep % group;
+        // The thread's rows are lr, lr + kRowStep, ... (column chunk lc).
+        RowWalker q(rows->row0 + lr, rows->q0, group, kv_head, kRowStep);
         uint32_t dst = buf * Tr::kQBytes + lane_q_off;
-        for (int r = lr; r < kBM; r += kRowStep, dst += kRowStep * 128) {
+        for (int r = lr; r < kBM; r += kRowStep, dst += kRowStep * 128, q.next()) {
           const bool valid = r < rows->count && col_ok;
-          const int64_t off = valid ? tok * p.q_token_stride + (kv_head * group + j) * p.q_head_stride + lc * 8 : 0;
+          const int64_t off = valid ? q.offset(p.q_token_stride, p.q_head_stride) + lc * 8 : 0;
           cp_async_16(smem + dst, Q + off, valid);
-          tok += tok_step, j += j_step;
-          if (j >= group) j -= group, ++tok;
         }
       }
       announce(q_full(buf));
