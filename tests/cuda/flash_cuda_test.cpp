@@ -140,6 +140,11 @@ TEST(FlashCuda, BothPrefillKernelsMatchTheReference) {
           Case mqa{head_dim, 16, 1, {77}, {1100}};
           mqa.dtype = dtype, mqa.causal = causal;
           table.add(tag + " MQA 16/1 after prefix", run_case(*plugin, mqa, rng, false));
+          // A group of 6: a thread's Q rows (16 or 8 apart) fall at a different head each time and wrap
+          // into the next token (RowWalker), across sequences of other lengths.
+          Case odd_group{head_dim, 12, 2, {45, 130}, {45, 260}};
+          odd_group.dtype = dtype, odd_group.causal = causal;
+          table.add(tag + " group 6", run_case(*plugin, odd_group, rng, false));
           // Far more work items (128-row tiles of a sequence and kv head) than SMs: the Hopper kernel's
           // persistent blocks take a few each, of different lengths, and carry their pipelines across them.
           if (std::string(kernel) == "sm80") continue;
