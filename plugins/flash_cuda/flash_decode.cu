@@ -184,6 +184,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   // Merge the warps' states in warp order, in the (now free) K/V buffers. (The merge of the splits below is
   // the same fold, written out again on purpose: one helper for both measured 10-14% slower at batch 1 on
   // the H200, the compiler then laying out the whole kernel differently; docs/PERFORMANCE.md.)
+  static_assert(
+      (kWarps * kRows * (D + 2) + kMaxSplits * kRows * 2 + kRows) * sizeof(float) <= 2 * kStages * kTile * sizeof(T),
+      "the merges' buffers fit in the K/V stages");
   float* sm_o = reinterpret_cast<float*>(sk);  // [kWarps][kRows][D]
   float* sm_m = sm_o + kWarps * kRows * D;     // [kWarps][kRows]
   float* sm_l = sm_m + kWarps * kRows;
@@ -204,9 +207,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
 
   T* out = static_cast<T*>(p.out);
   const int64_t parts = static_cast<int64_t>(p.num_seqs) * p.num_q_heads;
-  // Partials: (m, l) at [split][seq][q head], o after them at [split][seq][q head][D].
-  float* ml = p.workspace;
-  float* po = p.workspace + 2 * splits * parts;
+  // Partials: o at [split][seq][q head][D] (16-byte aligned for the merge's loads), (m, l) after them at
+  // [split][seq][q head].
+  float* po = p.workspace;
+  float* ml = p.workspace + splits * parts * D;
   const int64_t first = static_cast<int64_t>(seq) * p.num_q_heads + kv_head * group + r0;  // row 0, split 0
   for (int e = threadIdx.x; e < nrows * D; e += kThreads) {
     const int r = e / D, d = e - r * D;
@@ -251,21 +255,57 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   __syncthreads();
   if (!is_last) return;
   __threadfence();
-  for (int e = threadIdx.x; e < nrows * D; e += kThreads) {
-    const int r = e / D, d = e - r * D;
-    if (d >= p.head_dim) continue;
+  // Every split's (m, l) of every row in one round of loads; then each row's weights exp2(m - M) and its
+  // total L; then each thread folds four columns of a row over the splits, kMergeLoads splits' loads in
+  // flight at a time. (A loop over the splits per element was a chain of L2 round trips: at batch 1 it
+  // made a group of 8 with 11 splits slower than with 4.) The order of the sums is the split order.
+  constexpr int kMergeLoads = 8;
+  float* sm_w = sm_l + kWarps * kRows;       // [kMaxSplits][kRows]: each split's m, then its weight
+  float* sm_pl = sm_w + kMaxSplits * kRows;  // [kMaxSplits][kRows]: each split's l
+  float* sm_L = sm_pl + kMaxSplits * kRows;  // [kRows]
+  for (int i = threadIdx.x; i < active * nrows; i += kThreads) {
+    const int x = i / nrows, r = i - x * nrows;
+    const int64_t part = x * parts + first + r;
+    sm_w[x * kRows + r] = __ldcg(ml + 2 * part);
+    sm_pl[x * kRows + r] = __ldcg(ml + 2 * part + 1);
+  }
+  __syncthreads();
+  if (threadIdx.x < nrows) {
+    const int r = threadIdx.x;
     float M = -INFINITY;
-    for (int x = 0; x < active; ++x) M = fmaxf(M, __ldcg(ml + 2 * (x * parts + first + r)));
-    float L = 0.0f, O = 0.0f;
+    for (int x = 0; x < active; ++x) M = fmaxf(M, sm_w[x * kRows + r]);
+    float L = 0.0f;
     for (int x = 0; x < active; ++x) {
-      const int64_t part = x * parts + first + r;
-      const float m = __ldcg(ml + 2 * part);
+      const float m = sm_w[x * kRows + r];
       const float wt = m == -INFINITY ? 0.0f : exp2_approx(m - M);
-      L = fmaf(__ldcg(ml + 2 * part + 1), wt, L);
-      O = fmaf(__ldcg(po + part * D + d), wt, O);
+      L = fmaf(sm_pl[x * kRows + r], wt, L);
+      sm_w[x * kRows + r] = wt;
     }
-    out[token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d] =
-        static_cast<T>(L > 0.0f ? O / L : 0.0f);
+    sm_L[r] = L;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < nrows * (D / 4); e += kThreads) {
+    const int r = e / (D / 4), d = (e - r * (D / 4)) * 4;
+    if (d >= p.head_dim) continue;  // (head dims are multiples of 8: four columns are all in or all out)
+    float O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int x0 = 0; x0 < active; x0 += kMergeLoads) {
+      float4 v[kMergeLoads];
+#pragma unroll
+      for (int j = 0; j < kMergeLoads; ++j)
+        if (x0 + j < active)
+          v[j] = __ldcg(reinterpret_cast<const float4*>(po + ((x0 + j) * parts + first + r) * D + d));
+#pragma unroll
+      for (int j = 0; j < kMergeLoads; ++j)
+        if (x0 + j < active) {
+          const float wt = sm_w[(x0 + j) * kRows + r];
+          O[0] = fmaf(v[j].x, wt, O[0]), O[1] = fmaf(v[j].y, wt, O[1]);
+          O[2] = fmaf(v[j].z, wt, O[2]), O[3] = fmaf(v[j].w, wt, O[3]);
+        }
+    }
+    const float L = sm_L[r];
+    T* o = out + token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) o[c] = static_cast<T>(L > 0.0f ? O[c] / L : 0.0f);
   }
 }
 
@@ -312,14 +352,17 @@ int decode_splits(const Params& p, int sms, size_t workspace_floats, int wanted)
       1, std::min<int64_t>(
              {kMaxSplits, kv_tiles, static_cast<int64_t>(workspace_floats) / std::max<int64_t>(per_split, 1)}));
   if (wanted > 0) return static_cast<int>(std::min<int64_t>(wanted, most));
-  // About two blocks per SM (two keep an SM's loads streaming; more only add fixed costs), but blocks of
-  // at least four tiles where the GPU stays at least one block per SM without them. From a sweep over
-  // 1-32 splits on the H200 (docs/PERFORMANCE.md): the best or within 7% of it at b = 1, 8, 32 and
-  // 1K-16K keys.
+  // At most one block per SM (a second block on an SM makes it the last to finish), but blocks of at
+  // least four tiles where the GPU stays at least one block per SM without them; then no split left
+  // empty by the rounding to whole tiles. From sweeps over 1-32 splits on the H200 (docs/PERFORMANCE.md).
+  // Two blocks per SM were best while the split merge was a chain of L2 round trips per element; with
+  // the merge's loads in flight together, fewer, longer blocks win: b = 1, 4K keys 1.17 -> 1.31 TB/s,
+  // b = 8, 1K 1.97 -> 2.10.
   const int64_t sm = std::max(sms, 1);
-  int64_t splits = std::min<int64_t>(std::max<int64_t>((2 * sm + base / 2) / base, 1), most);
+  int64_t splits = std::min<int64_t>(std::max<int64_t>(sm / base, 1), most);
   while (splits > 1 && (kv_tiles + splits - 1) / splits < 4 && base * (splits - 1) >= sm) --splits;
-  return static_cast<int>(splits);
+  const int64_t tiles_per_split = (kv_tiles + splits - 1) / splits;
+  return static_cast<int>((kv_tiles + tiles_per_split - 1) / tiles_per_split);
 }
 
 size_t decode_workspace_floats(int head_dim, int num_q_heads, int max_batch) {
