@@ -27,8 +27,15 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 
 if [ "$what" = tests ] || [ "$what" = all ]; then
   echo "== unit, GPU and end-to-end tests"
-  build/bin/llm_tests --gtest_brief=1 2>&1 | tee "$out/tests.log" | grep -vE "^\[.*\] \[(info|debug)\]" | tail -40
+  build/bin/llm_tests --gtest_brief=1 --gtest_output="xml:$out/tests.xml" 2>&1 | tee "$out/tests.log" |
+    grep -vE "^\[.*\] \[(info|debug)\]" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  # Where the suite's time goes (device time is short): the ten slowest tests.
+  python3 - "$out/tests.xml" <<'PY' || true
+import sys, xml.etree.ElementTree as ET
+cases = [(float(c.get("time", 0)), c.get("classname") + "." + c.get("name")) for c in ET.parse(sys.argv[1]).iter("testcase")]
+print("slowest tests: " + ", ".join(f"{n} {t:.1f} s" for t, n in sorted(cases, reverse=True)[:10]))
+PY
   echo "== llm-runner checks (CPU)"
   bash tests/cli_test.sh build . 2>&1 | tee "$out/cli.log" | tail -3
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
