@@ -2,10 +2,11 @@
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
 #   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|sass|fixtures|tp|all]
-#   (bench: end to end; attention: the kernels; gemv: the decode-step matrix-vector kernels beside cuBLAS,
-#    then end-to-end decode at batch 1 and 8 with each kernel; profile: per-kernel times of decode steps, ncu
-#    (PROFILE_SHAPE, default tinyllama); sass: one kernel's instructions and stalls by SASS line, ncu's source
-#    page summarised by tools/ncu/sass_summary.py (SASS_KERNEL regex, SASS_SKIP launches, SASS_CMD the program:
+#   (bench: end to end; attention: the kernels beside SDPA, joined with the bars; gemv: the
+#    decode-step matrix-vector kernels beside cuBLAS, then end-to-end decode at batch 1 and 8 with each
+#    kernel; profile: per-kernel times of decode steps, ncu (PROFILE_SHAPE, default tinyllama); sass: one
+#    kernel's instructions and stalls by SASS line, ncu's source page summarised by tools/ncu/sass_summary.py
+#    (SASS_KERNEL regex, SASS_SKIP launches, SASS_CMD the program:
 #    default flash_cuda decode at batch 32, 4K keys);
 #    tp: tensor parallelism over every GPU present: its tests, llm-runner, and decode of the Llama-2-7B
 #    and Llama-2-70B shapes at 1, 2 and 4 GPUs where present; TP_SHAPES overrides the shapes)
@@ -60,6 +61,9 @@ if [ "$what" = attention ] || [ "$what" = all ]; then
   build/bin/attention_bench ${ATTN_ARGS:-} 2>"$out/attention_bench.err" | tee "$out/attention_bench.md" || status=1
   PYTHONUNBUFFERED=1 python3 benches/torch_attention_bench.py ${TORCH_ATTN_ARGS:-} 2>"$out/torch_attention_bench.err" \
     | tee "$out/torch_attention_bench.md" || status=1
+  echo "== side by side, with the flash_cuda issue's bars (prefill >= SDPA flash, decode >= SDPA cuDNN)"
+  python3 benches/compare_attention.py "$out/attention_bench.md" "$out/torch_attention_bench.md" \
+    | tee "$out/attention_compare.md" || status=1
 fi
 if [ "$what" = gemv ] || [ "$what" = all ]; then
   echo "== decode-step matrix-vector kernels: CUDA cores, tensor cores, cuBLAS (gemv_bench)"
