@@ -54,6 +54,8 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     echo "== PyTorch reference, same shapes, same run"
     PYTHONUNBUFFERED=1 python3 benches/torch_decode_bench.py --json "$out/torch_bench.json" ${TORCH_ARGS:-} \
       2>"$out/torch_bench.err" | tee "$out/torch_bench.md" || status=1
+    echo "== side by side, with the GPU issue's bars (ahead of PyTorch; batch-1 shares of the floor)"
+    python3 benches/compare_decode.py "$out/gpu_bench.md" "$out/torch_bench.md" | tee "$out/bench_compare.md" || status=1
   fi
 fi
 if [ "$what" = attention ] || [ "$what" = all ]; then
