@@ -103,6 +103,11 @@ def self_test():
         (parse_table("text\n| a | b |\n|---|---|\n| 1 | 2 |\n\n| c |\n|---|\n| 3 |")[0] == {"a": "1", "b": "2"},
          "only the first table is read"),
     ]
+    return report(checks)
+
+
+def report(checks):
+    """Prints the failed checks and a count; the exit status of a self-test."""
     failed = [why for ok, why in checks if not ok]
     for why in failed:
         print("FAILED:", why)
@@ -110,11 +115,12 @@ def self_test():
     return 1 if failed else 0
 
 
-def main(argv):
+def cli(argv, doc, self_test, join, render):
+    """`argv[0] OURS TORCH` prints render(join(ours, torch)); `argv[0] --self-test` runs self_test()."""
     if argv[1:] == ["--self-test"]:
         return self_test()
     if len(argv) != 3:
-        print(__doc__.strip(), file=sys.stderr)
+        print(doc.strip(), file=sys.stderr)
         return 2
     with open(argv[1]) as f:
         ours_text = f.read()
@@ -125,4 +131,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(cli(sys.argv, __doc__, self_test, join, render))

@@ -12,7 +12,7 @@ PyTorch path measured for its (shape, batch). Exit status 0 either way: the tabl
 
 import sys
 
-from compare_attention import figure, parse_table
+from compare_attention import cli, figure, parse_table, report
 
 # Batch-1 decode targets: (kind, value): a share of the floor or tok/s.
 TARGETS = {"llama2-7b": ("of floor", 0.90), "tinyllama": ("of floor", 0.80), "stories110M": ("tok/s", 5000.0)}
@@ -105,26 +105,8 @@ def self_test():
          "batch 8 has no floor target; prefill behind PyTorch is not met"),
         (render(list(rows.values())).endswith("\n6 of 8 bars met"), "the summary counts the bars met"),
     ]
-    failed = [why for ok, why in checks if not ok]
-    for why in failed:
-        print("FAILED:", why)
-    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
-
-
-def main(argv):
-    if argv[1:] == ["--self-test"]:
-        return self_test()
-    if len(argv) != 3:
-        print(__doc__.strip(), file=sys.stderr)
-        return 2
-    with open(argv[1]) as f:
-        ours_text = f.read()
-    with open(argv[2]) as f:
-        torch_text = f.read()
-    print(render(join(ours_text, torch_text)))
-    return 0
+    return report(checks)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(cli(sys.argv, __doc__, self_test, join, render))
