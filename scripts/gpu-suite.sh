@@ -6,7 +6,7 @@
 #    decode-step matrix-vector kernels beside cuBLAS, then end-to-end decode at batch 1 and 8 with each
 #    kernel; profile: per-kernel times of decode steps, ncu (PROFILE_SHAPE, default tinyllama); sass: one
 #    kernel's instructions and stalls by SASS line, ncu's source page summarised by tools/ncu/sass_summary.py
-#    (SASS_KERNEL regex, SASS_SKIP launches, SASS_CMD the program:
+#    (SASS_KERNEL regex, SASS_SKIP launches, SASS_NCU_ARGS more ncu options, SASS_CMD the program:
 #    default flash_cuda decode at batch 32, 4K keys);
 #    tp: tensor parallelism over every GPU present: its tests, llm-runner, and decode of the Llama-2-7B
 #    and Llama-2-70B shapes at 1, 2 and 4 GPUs where present; TP_SHAPES overrides the shapes)
@@ -142,6 +142,7 @@ if [ "$what" = sass ]; then
   echo "== instructions and stalls by SASS line: $kernel (ncu --set full --import-source yes)"
   # shellcheck disable=SC2086  # SASS_CMD is a command line
   ncu -f --set full --import-source yes -k "regex:$kernel" --launch-skip ${SASS_SKIP:-3} --launch-count 1 -o "$out/sass" \
+    ${SASS_NCU_ARGS:-} \
     ${SASS_CMD:-build/bin/attention_bench --what decode --batches 32 --kv-lens 4096 --reps 1} >"$out/sass_run.txt" 2>&1 \
     || status=1
   ncu -i "$out/sass.ncu-rep" --page details >"$out/sass_details.txt" 2>&1 || status=1
