@@ -97,15 +97,6 @@ Engine::Engine(const RunConfig& config, int max_batch)
   const std::string models_dir = resolve_models_dir(config_.models_dir);
   const std::string model_path = resolve_model_path(config_.model, models_dir);
   std::string tokenizer_path = resolve_model_path(config_.tokenizer, models_dir);
-  // A relative name with nowhere to look it up: say where it was looked for, not only "cannot open".
-  for (const std::string& path : {model_path, tokenizer_path}) {
-    std::error_code ec;
-    if (models_dir.empty() && !path.empty() && !std::filesystem::exists(path, ec))
-      fail(
-          "{}: not found in the current directory, and there is no models directory to look in (set "
-          "models_dir in the config or LLM_MODELS_DIR, or put the models in ../shared/models)",
-          path);
-  }
 
   checkpoint_ = Checkpoint::open(model_path, config_.load == "memory" ? LoadMode::Memory : LoadMode::Mmap);
   const ModelConfig& mc = checkpoint_->config();

@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "error.h"
+
 namespace fs = std::filesystem;
 
 namespace llm {
@@ -21,7 +23,13 @@ std::string resolve_models_dir(const std::string& configured) {
 std::string resolve_model_path(const std::string& path, const std::string& models_dir) {
   fs::path p(path);
   std::error_code ec;
-  if (p.is_absolute() || fs::exists(p, ec) || models_dir.empty()) return path;
+  if (path.empty() || p.is_absolute() || fs::exists(p, ec)) return path;
+  // A relative name with nowhere to look it up: say where it was looked for, not only "cannot open".
+  if (models_dir.empty())
+    fail(
+        "{}: not found in the current directory, and there is no models directory to look in (set "
+        "models_dir in the config or LLM_MODELS_DIR, or put the models in ../shared/models)",
+        path);
   return (fs::path(models_dir) / p).string();
 }
 

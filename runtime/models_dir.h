@@ -10,8 +10,8 @@ namespace llm {
 // source tree. Returns "" when none is set and no default exists.
 std::string resolve_models_dir(const std::string& configured = "");
 
-// `path` as given when absolute or existing relative to the current directory; else joined to the
-// models directory (when there is one).
+// `path` as given when empty, absolute or existing relative to the current directory; else joined to the
+// models directory. A relative path that is not there with no models directory is an error that says so.
 std::string resolve_model_path(const std::string& path, const std::string& models_dir);
 
 }  // namespace llm
