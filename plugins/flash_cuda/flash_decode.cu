@@ -356,8 +356,8 @@ int decode_splits(const Params& p, int sms, size_t workspace_floats, int wanted)
   // least four tiles where the GPU stays at least one block per SM without them; then no split left
   // empty by the rounding to whole tiles. From sweeps over 1-32 splits on the H200 (docs/PERFORMANCE.md).
   // Two blocks per SM were best while the split merge was a chain of L2 round trips per element; with
-  // the merge's loads in flight together, fewer, longer blocks win: b = 1, 4K keys 1.17 -> 1.31 TB/s,
-  // b = 8, 1K 1.97 -> 2.10.
+  // the merge's loads in flight together, fewer, longer blocks win (sweep: b = 1, 4K keys, 16 splits 1.31
+  // TB/s against 32's 1.10; b = 8, 1K, 2 splits 2.10 against 4's 1.96).
   const int64_t sm = std::max(sms, 1);
   int64_t splits = std::min<int64_t>(std::max<int64_t>(sm / base, 1), most);
   while (splits > 1 && (kv_tiles + splits - 1) / splits < 4 && base * (splits - 1) >= sm) --splits;

@@ -50,7 +50,7 @@ struct Params {
   // split-KV decode
   int32_t num_splits;
   int32_t decode_tma;  // K and V through the copy engine where the cache allows (compute capability 9.0+)
-  float* workspace;    // partials: [splits][seqs][q heads] of (m, l) then [..][head_dim] of o
+  float* workspace;    // partials: [splits][seqs][q heads][kernel dim] of o, then [..][q heads] of (m, l)
   size_t workspace_floats;
   int32_t* split_counters;  // [seqs][kv heads][row tiles], zero between calls: blocks done per group
 };
