@@ -88,7 +88,9 @@ def main():
     ap.add_argument("--kv-lens", type=ints, default=(1024, 4096, 16384), help="decode kv lengths")
     ap.add_argument("--backends", default="flash,cudnn", help="SDPA backends: flash, cudnn")
     args = ap.parse_args()
-    backends = [b for b in args.backends.split(",") if b in BACKENDS]
+    backends = args.backends.split(",")
+    if any(b not in BACKENDS for b in backends):
+        ap.error(f"--backends {args.backends!r}: expected a comma list of {', '.join(BACKENDS)}")
     print(f"## torch_attention_bench ({torch.cuda.get_device_name()}, torch {torch.__version__}, bf16)\n")
     print("| call | d | causal | batch | q len | kv len | heads q/kv | sdpa flash | sdpa cudnn | unit |")
     print("|---|---:|---|---:|---:|---:|---|---:|---:|---|")
