@@ -120,7 +120,7 @@ struct Activations {
 // acc[i][t] = row_i . x[t] for the warp's two rows (a, b), reduced over the warp: every lane ends with
 // the totals. Lanes take 16-byte chunks round-robin, kUnroll of them per row loaded before any is used
 // (see launch_tokens for how many).
-template <typename T, int NT, int kUnroll, bool Norm>
+template <typename T, int NT, int kUnroll, bool kTailBatch, bool Norm>
 __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activations<T, Norm>& x, float eps,
                                           float (&acc)[2][NT]) {
   constexpr int kPer = 16 / sizeof(T);  // elements per chunk
@@ -152,11 +152,28 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
     full = c + (kUnroll - 1) * 32 < chunks;
     if (full) load_batch();
   }
-  for (; c < chunks; c += 32) {
-    const uint4 wa = load_stream(a + static_cast<int64_t>(c) * kPer);
-    const uint4 wb = load_stream(b + static_cast<int64_t>(c) * kPer);
+  if constexpr (kTailBatch) {
+    // The rest of the row, fewer than kUnroll chunks a lane: every load issued before any is used, one
+    // round trip rather than one a chunk.
+    uint4 ta[kUnroll - 1], tb[kUnroll - 1];
 #pragma unroll
-    for (int t = 0; t < NT; ++t) x.dot_chunk(wa, wb, t, c, acc[0][t], acc[1][t], ss[t]);
+    for (int u = 0; u < kUnroll - 1; ++u)
+      if (c + u * 32 < chunks) {
+        ta[u] = load_stream(a + static_cast<int64_t>(c + u * 32) * kPer);
+        tb[u] = load_stream(b + static_cast<int64_t>(c + u * 32) * kPer);
+      }
+#pragma unroll
+    for (int u = 0; u < kUnroll - 1; ++u)
+      if (c + u * 32 < chunks)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) x.dot_chunk(ta[u], tb[u], t, c + u * 32, acc[0][t], acc[1][t], ss[t]);
+  } else {
+    for (; c < chunks; c += 32) {
+      const uint4 wa = load_stream(a + static_cast<int64_t>(c) * kPer);
+      const uint4 wb = load_stream(b + static_cast<int64_t>(c) * kPer);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) x.dot_chunk(wa, wb, t, c, acc[0][t], acc[1][t], ss[t]);
+    }
   }
   for (int i = chunks * kPer + lane; i < cols; i += 32)  // a tail shorter than a chunk
 #pragma unroll
@@ -180,7 +197,7 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
   }
 }
 
-template <typename T, int NT, int U, GemvEpilogue E, bool Norm>
+template <typename T, int NT, int U, bool kTail, GemvEpilogue E, bool Norm>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
   allow_next_kernel();
   const int warp = blockIdx.x * kWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -191,7 +208,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
     const int r = warp;
     if (r >= p.rows[0]) return;
     const int64_t off = static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT, U>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, p.norm_eps, acc);
+    warp_dot2<T, NT, U, kTail>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, p.norm_eps,
+                               acc);
     if (lane < NT) {  // lane t writes token t (the totals are in every lane; pick with a constant index)
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -212,7 +230,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
     // (selected, not indexed: a run-time index into the parameter array would copy it to local memory)
     const void* wm = m == 0 ? p.w[0] : m == 1 ? p.w[1] : p.w[2];
     const T* w = static_cast<const T*>(wm) + static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT, U>(w, w + cols, x, p.norm_eps, acc);
+    warp_dot2<T, NT, U, kTail>(w, w + cols, x, p.norm_eps, acc);
     if (lane < NT) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -241,7 +259,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
     if (r >= rows) return;
     const bool second = r + 1 < rows;  // an odd last row: the warp computes it twice, writes it once
     const T* w = static_cast<const T*>(p.w[0]) + static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT, U>(w, second ? w + cols : w, x, p.norm_eps, acc);
+    warp_dot2<T, NT, U, kTail>(w, second ? w + cols : w, x, p.norm_eps, acc);
     if (lane < NT) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -259,7 +277,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
   }
 }
 
-template <typename T, int NT, int U>
+template <typename T, int NT, int U, bool kTail>
 void launch_unrolled(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
   int warps = 0;
   switch (e) {
@@ -272,12 +290,12 @@ void launch_unrolled(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
   auto launch = [&](auto epilogue) {
     constexpr GemvEpilogue kE = decltype(epilogue)::value;
     if constexpr (kE == GemvEpilogue::AddF32) {  // the residual add never follows a norm
-      launch_pdl(gemv_kernel<T, NT, U, kE, false>, grid, block, stream, p);
+      launch_pdl(gemv_kernel<T, NT, U, kTail, kE, false>, grid, block, stream, p);
     } else {
       if (norm)
-        launch_pdl(gemv_kernel<T, NT, U, kE, true>, grid, block, stream, p);
+        launch_pdl(gemv_kernel<T, NT, U, kTail, kE, true>, grid, block, stream, p);
       else
-        launch_pdl(gemv_kernel<T, NT, U, kE, false>, grid, block, stream, p);
+        launch_pdl(gemv_kernel<T, NT, U, kTail, kE, false>, grid, block, stream, p);
     }
   };
   switch (e) {
@@ -290,14 +308,28 @@ void launch_unrolled(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
 
 // Four chunks a lane per batch; eight at one token when a row is 4 KB (2048 columns of bf16), the
 // batch then the whole row, in flight before the wait on the kernel before (H200, TinyLlama decode at
-// batch 1: 982 -> 1030-1039 tok/s). Eight where a row is longer (7B's 8 KB) or cut into a partial batch
-// measured slower, and the partial batches too: docs/PERFORMANCE.md.
+// batch 1: 982 -> 1030-1039 tok/s). Batches predicated chunk by chunk measured slower (docs/PERFORMANCE.md);
+// eight for 8 KB rows (7B) and the tail as one batch are not measured yet (the variables below).
+// EXPERIMENT (branch gemv-u8; settle on the H200, then remove the variables): LLM_X_U8_MAX_CHUNKS (default
+// 256): eight chunks a batch for rows of whole batches of eight up to that many chunks (256: 2048 columns
+// of bf16; 512: also 4096; 0: never). LLM_X_TAIL (default 1): the row's last partial batch as one batch.
+inline int experiment_env(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
 template <typename T, int NT>
 void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
   if constexpr (NT == 1) {
-    if (static_cast<size_t>(p.cols) * sizeof(T) == 8 * 32 * 16) return launch_unrolled<T, NT, 8>(e, p, stream);
+    static const int u8_max = experiment_env("LLM_X_U8_MAX_CHUNKS", 256);
+    static const bool tail = experiment_env("LLM_X_TAIL", 1) != 0;
+    const int chunks = static_cast<int>(static_cast<size_t>(p.cols) * sizeof(T) / 16);
+    const bool u8 = p.cols * sizeof(T) % 16 == 0 && chunks > 0 && chunks % 256 == 0 && chunks <= u8_max;
+    if (u8)
+      return tail ? launch_unrolled<T, NT, 8, true>(e, p, stream) : launch_unrolled<T, NT, 8, false>(e, p, stream);
+    return tail ? launch_unrolled<T, NT, 4, true>(e, p, stream) : launch_unrolled<T, NT, 4, false>(e, p, stream);
   }
-  launch_unrolled<T, NT, 4>(e, p, stream);
+  launch_unrolled<T, NT, 4, false>(e, p, stream);
 }
 
 template <typename T>
