@@ -23,8 +23,7 @@ GemvTuning gemv_tensor_core_plan(GemvEpilogue epilogue, const GemvArgs& args, DT
 
 namespace {
 
-constexpr int kWarps = 8;   // warps per block; each warp owns one pair of weight rows
-constexpr int kUnroll = 4;  // 16-byte chunks per row in flight per lane
+constexpr int kWarps = 8;  // warps per block; each warp owns one pair of weight rows
 
 // acc += dot(w, x) over the elements of two 32-bit words of type T.
 template <typename T>
@@ -119,8 +118,9 @@ struct Activations {
 };
 
 // acc[i][t] = row_i . x[t] for the warp's two rows (a, b), reduced over the warp: every lane ends with
-// the totals. Lanes take 16-byte chunks round-robin, kUnroll of them per row loaded before any is used.
-template <typename T, int NT, bool Norm>
+// the totals. Lanes take 16-byte chunks round-robin, kUnroll of them per row loaded before any is used
+// (see launch_tokens for how many).
+template <typename T, int NT, int kUnroll, bool Norm>
 __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activations<T, Norm>& x, float eps,
                                           float (&acc)[2][NT]) {
   constexpr int kPer = 16 / sizeof(T);  // elements per chunk
@@ -180,7 +180,7 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
   }
 }
 
-template <typename T, int NT, GemvEpilogue E, bool Norm>
+template <typename T, int NT, int U, GemvEpilogue E, bool Norm>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
   allow_next_kernel();
   const int warp = blockIdx.x * kWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
     const int r = warp;
     if (r >= p.rows[0]) return;
     const int64_t off = static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, p.norm_eps, acc);
+    warp_dot2<T, NT, U>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, p.norm_eps, acc);
     if (lane < NT) {  // lane t writes token t (the totals are in every lane; pick with a constant index)
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
     // (selected, not indexed: a run-time index into the parameter array would copy it to local memory)
     const void* wm = m == 0 ? p.w[0] : m == 1 ? p.w[1] : p.w[2];
     const T* w = static_cast<const T*>(wm) + static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT>(w, w + cols, x, p.norm_eps, acc);
+    warp_dot2<T, NT, U>(w, w + cols, x, p.norm_eps, acc);
     if (lane < NT) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
     if (r >= rows) return;
     const bool second = r + 1 < rows;  // an odd last row: the warp computes it twice, writes it once
     const T* w = static_cast<const T*>(p.w[0]) + static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT>(w, second ? w + cols : w, x, p.norm_eps, acc);
+    warp_dot2<T, NT, U>(w, second ? w + cols : w, x, p.norm_eps, acc);
     if (lane < NT) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -259,8 +259,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
   }
 }
 
-template <typename T, int NT>
-void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
+template <typename T, int NT, int U>
+void launch_unrolled(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
   int warps = 0;
   switch (e) {
     case GemvEpilogue::QkvRope: warps = (p.rows[0] + p.rows[1] + p.rows[2]) / 2; break;
@@ -272,12 +272,12 @@ void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
   auto launch = [&](auto epilogue) {
     constexpr GemvEpilogue kE = decltype(epilogue)::value;
     if constexpr (kE == GemvEpilogue::AddF32) {  // the residual add never follows a norm
-      launch_pdl(gemv_kernel<T, NT, kE, false>, grid, block, stream, p);
+      launch_pdl(gemv_kernel<T, NT, U, kE, false>, grid, block, stream, p);
     } else {
       if (norm)
-        launch_pdl(gemv_kernel<T, NT, kE, true>, grid, block, stream, p);
+        launch_pdl(gemv_kernel<T, NT, U, kE, true>, grid, block, stream, p);
       else
-        launch_pdl(gemv_kernel<T, NT, kE, false>, grid, block, stream, p);
+        launch_pdl(gemv_kernel<T, NT, U, kE, false>, grid, block, stream, p);
     }
   };
   switch (e) {
@@ -286,6 +286,18 @@ void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
     case GemvEpilogue::AddF32: launch(std::integral_constant<GemvEpilogue, GemvEpilogue::AddF32>{}); break;
     case GemvEpilogue::StoreF32: launch(std::integral_constant<GemvEpilogue, GemvEpilogue::StoreF32>{}); break;
   }
+}
+
+// Four chunks a lane per batch; eight at one token when a row is 4 KB (2048 columns of bf16), the
+// batch then the whole row, in flight before the wait on the kernel before (H200, TinyLlama decode at
+// batch 1: 994 -> 1,050 tok/s). Eight for 7B's 8 KB rows (253 -> 240), and a row's last partial batch
+// loaded as one batch (TinyLlama 1,050 -> 1,012-1,017), measured slower: docs/PERFORMANCE.md.
+template <typename T, int NT>
+void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
+  if constexpr (NT == 1) {
+    if (static_cast<size_t>(p.cols) * sizeof(T) == 8 * 32 * 16) return launch_unrolled<T, NT, 8>(e, p, stream);
+  }
+  launch_unrolled<T, NT, 4>(e, p, stream);
 }
 
 template <typename T>

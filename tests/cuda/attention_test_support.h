@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cuda_test_support.h"
@@ -252,6 +254,8 @@ class Problem {
       view_.block_stride = static_cast<int64_t>(tc.block) * kv_dim_;
       view_.block_table = d_table_->as<int32_t>();
     }
+    host_view_ = view_;
+    host_view_.block_table = table_.data();
   }
 
   llm_attention_shape shape() const {
@@ -303,43 +307,33 @@ class Problem {
   }
 
   // Relative L2 error of the downloaded output against float64; INFINITY when an element is not finite
-  // (poison left or NaN computed) or when the padding between tokens was written.
+  // (poison left or NaN computed) or when the padding between tokens was written. The reference rows of
+  // a chunk of tokens are computed on every core (the reference was most of these tests' time), then
+  // compared in token, head, component order, so the error and the first non-finite element reported do
+  // not depend on the number of cores.
   double error(const std::vector<uint8_t>& out, std::string* where) const {
     const size_t es = dtype_size(tc_.dtype);
-    const int group = tc_.q_heads / tc_.kv_heads, d = tc_.head_dim;
-    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const int d = tc_.head_dim, heads = tc_.q_heads;
+    constexpr int kChunkTokens = 64;
+    std::vector<double> ref(static_cast<size_t>(kChunkTokens) * heads * d);
     double err2 = 0, ref2 = 0;
-    std::vector<double> w;
-    for (int i = 0; i < seqs_; ++i) {
-      const int q_len = q_start_[i + 1] - q_start_[i];
-      for (int j = 0; j < q_len; ++j) {
-        const int token = q_start_[i] + j, pos = kv_len_[i] - q_len + j;
-        const int n = tc_.causal ? pos + 1 : kv_len_[i];
-        for (int h = 0; h < tc_.q_heads; ++h) {
-          const float* qv = &q_.values[static_cast<size_t>(token) * q_dim_ + h * d];
-          w.assign(n, 0.0);
-          double mx = -INFINITY, sum = 0;
-          for (int p = 0; p < n; ++p) {
-            const float* kp = &k_.values[offset(i, p, h / group)];
-            double dot = 0;
-            for (int c = 0; c < d; ++c) dot += static_cast<double>(qv[c]) * kp[c];
-            w[p] = dot * scale;
-            mx = std::max(mx, w[p]);
+    for (int t0 = 0; t0 < total_; t0 += kChunkTokens) {
+      const int rows = std::min(kChunkTokens, total_ - t0) * heads;
+      parallel_rows(rows, [&](int row, std::vector<double>& w, std::vector<const float*>& kv_rows) {
+        reference_row(t0 + row / heads, row % heads, &ref[static_cast<size_t>(row) * d], w, kv_rows);
+      });
+      for (int row = 0; row < rows; ++row) {
+        const int token = t0 + row / heads, h = row % heads;
+        for (int c = 0; c < d; ++c) {
+          const double r = ref[static_cast<size_t>(row) * d + c];
+          const double got = load(tc_.dtype, &out[(static_cast<size_t>(token) * q_dim_ + h * d + c) * es]);
+          if (!std::isfinite(got)) {
+            *where = "non-finite output at token " + std::to_string(token) + " head " + std::to_string(h) +
+                     " component " + std::to_string(c);
+            return INFINITY;
           }
-          for (auto& x : w) sum += (x = std::exp(x - mx));
-          for (int c = 0; c < d; ++c) {
-            double ref = 0;
-            for (int p = 0; p < n; ++p) ref += w[p] * v_.values[offset(i, p, h / group) + c];
-            ref /= sum;
-            const double got = load(tc_.dtype, &out[(static_cast<size_t>(token) * q_dim_ + h * d + c) * es]);
-            if (!std::isfinite(got)) {
-              *where = "non-finite output at token " + std::to_string(token) + " head " + std::to_string(h) +
-                       " component " + std::to_string(c);
-              return INFINITY;
-            }
-            err2 += (got - ref) * (got - ref);
-            ref2 += ref * ref;
-          }
+          err2 += (got - r) * (got - r);
+          ref2 += r * r;
         }
       }
     }
@@ -353,10 +347,53 @@ class Problem {
   }
 
  private:
+  // out[0, d) = softmax(q . k_p / sqrt(d)) . v_p over the keys query `token` sees, head `h`, in float64.
+  // Sums run over the keys in order, so the result does not depend on which thread computes it.
+  void reference_row(int token, int h, double* out, std::vector<double>& w, std::vector<const float*>& kv_rows) const {
+    const int d = tc_.head_dim, group = tc_.q_heads / tc_.kv_heads;
+    const int seq = static_cast<int>(std::upper_bound(q_start_.begin(), q_start_.end(), token) - q_start_.begin()) - 1;
+    const int q_len = q_start_[seq + 1] - q_start_[seq], pos = kv_len_[seq] - q_len + (token - q_start_[seq]);
+    const int n = tc_.causal ? pos + 1 : kv_len_[seq];
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const float* qv = &q_.values[static_cast<size_t>(token) * q_dim_ + h * d];
+    w.assign(n, 0.0);
+    kv_rows.resize(n);
+    double mx = -INFINITY, sum = 0;
+    for (int p = 0; p < n; ++p) {
+      const size_t at = offset(seq, p, h / group);  // K and V share the layout
+      kv_rows[p] = &v_.values[at];
+      const float* kp = &k_.values[at];
+      double dot = 0;
+      for (int c = 0; c < d; ++c) dot += static_cast<double>(qv[c]) * kp[c];
+      w[p] = dot * scale;
+      mx = std::max(mx, w[p]);
+    }
+    for (auto& x : w) sum += (x = std::exp(x - mx));
+    std::fill_n(out, d, 0.0);
+    for (int p = 0; p < n; ++p)
+      for (int c = 0; c < d; ++c) out[c] += w[p] * kv_rows[p][c];
+    for (int c = 0; c < d; ++c) out[c] /= sum;
+  }
+
+  // fn(row, scratch...) for every row in [0, rows), spread over the machine's cores.
+  template <typename F>
+  static void parallel_rows(int rows, const F& fn) {
+    const int workers = std::max(1, std::min<int>(rows, static_cast<int>(std::thread::hardware_concurrency())));
+    std::atomic<int> next{0};
+    auto work = [&] {
+      std::vector<double> w;
+      std::vector<const float*> kv_rows;
+      for (int row; (row = next.fetch_add(1)) < rows;) fn(row, w, kv_rows);
+    };
+    std::vector<std::thread> pool;
+    for (int i = 1; i < workers; ++i) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+  }
+
+  // Where (seq, pos, kv head) is in the host copies of the cache: the SDK's own addressing.
   size_t offset(int seq, int pos, int kv_head) const {
-    llm_kv_cache_view host = view_;
-    host.block_table = table_.data();
-    return static_cast<size_t>(llm_kv_offset(&host, slot_[seq], pos, kv_head));
+    return static_cast<size_t>(llm_kv_offset(&host_view_, slot_[seq], pos, kv_head));
   }
 
   Case tc_;
@@ -364,7 +401,7 @@ class Problem {
   HostTensor k_, v_, q_;
   std::vector<int32_t> table_, q_start_, kv_len_, slot_;
   std::unique_ptr<DeviceBuffer> d_k_, d_v_, d_q_, d_out_, d_table_, d_q_start_, d_kv_len_, d_slot_;
-  llm_kv_cache_view view_{};
+  llm_kv_cache_view view_{}, host_view_{};  // host_view_: view_ with the host's block table
 };
 
 // A context on the GPU for `shape`, destroyed with the guard.
