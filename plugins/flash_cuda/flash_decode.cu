@@ -2,7 +2,7 @@
 // the query heads of one kv head's group (16 per row tile), so each K/V byte is read once for the whole
 // group. The keys of a sequence are cut into `num_splits` ranges, one block each, so that a small batch
 // still fills the GPU; inside a block the four warps take interleaved 16-key slices of each 64-key tile
-// (kStages tiles in flight through cp.async) and merge their softmax states through shared memory at the end.
+// (kStages tiles in flight) and merge their softmax states through shared memory at the end.
 // With several splits every block writes an unnormalised partial (m, l, o), and the last block of a
 // (sequence, kv head, row tile) to finish (counted on a device counter) merges the ranges in split order:
 // one launch, and the orders are fixed, so results are bitwise reproducible for a launch plan.
@@ -11,7 +11,6 @@
 // copy engine: four instructions a tile from one thread rather than sixteen copies from each, and the
 // engine keeps more of the stream in flight than the load units do.
 #include <algorithm>
-#include <cstdlib>
 
 #include "flash_params.h"
 #include "kernel_dispatch.cuh"
@@ -29,19 +28,16 @@ constexpr int kRows = 16;                // group heads per row tile
 // Tiles in flight per block: decode is a stream of K and V, and a block's bytes in flight bound its rate
 // (3 stages: 2 blocks of 109 KiB per SM at d=128, which is what the split plan aims for).
 constexpr int kStages = 3;
-// With the copy engine and no more blocks than SMs (small batches), a block has its SM to itself: about
-// 192 KiB of stages, so that one block keeps as many bytes in flight as two did.
-template <int D>
-constexpr int kDeepStages = std::max(kStages, std::min(12, 196608 / (2 * kBN * D * 2)));
 
 // K and V tiles: rows padded to Smem<D>::kStride (cp.async), or (kTma) the copy engine's swizzled
 // panels, which start on 1024 bytes.
 template <int D, bool kTma>
 constexpr int kTileElems = kTma ? kBN* D : kBN* Smem<D>::kStride;
 
-template <typename T, int D, bool kTma, int S = kStages>
+template <typename T, int D, bool kTma>
 constexpr size_t decode_smem_bytes() {
-  return (kTma ? 1024 : 0) + (static_cast<size_t>(kRows) * Smem<D>::kStride + 2 * S * kTileElems<D, kTma>)*sizeof(T);
+  return (kTma ? 1024 : 0) +
+         (static_cast<size_t>(kRows) * Smem<D>::kStride + 2 * kStages * kTileElems<D, kTma>)*sizeof(T);
 }
 
 // Keys per split: the real length cut into `splits` ranges, rounded up to whole tiles.
@@ -80,18 +76,18 @@ __device__ __forceinline__ void load_decode_tile(T* sk, T* sv, const KvParams& k
   load_kv_tile<T, D, kBN, kThreads>(sk, sv, kv, slot, kv_head, key0, end, dim);
 }
 
-template <typename T, int D, bool kTma, int S>
+template <typename T, int D, bool kTma>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const __grid_constant__ KvMaps maps) {
   constexpr int kStride = Smem<D>::kStride, kTile = kTileElems<D, kTma>;
   constexpr int kPanelRows = kTma ? kBN : 0;  // the K/V tile layout (kv_elem)
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // [S] K tiles, [S] V tiles, Q (16 rows of kStride); kTma: from the first 1024-byte boundary.
+  // [kStages] K tiles, [kStages] V tiles, Q (16 rows of kStride); kTma: from the first 1024-byte boundary.
   unsigned char* smem = smem_raw;
   if constexpr (kTma) smem += ((smem_addr(smem_raw) + 1023) & ~1023u) - smem_addr(smem_raw);
   T* sk = reinterpret_cast<T*>(smem);
-  T* sv = sk + S * kTile;
-  T* sq = sv + S * kTile;
-  __shared__ __align__(8) uint64_t full[S];  // kTma: stage s holds its tile once full[s] completes
+  T* sv = sk + kStages * kTile;
+  T* sq = sv + kStages * kTile;
+  __shared__ __align__(8) uint64_t full[kStages];  // kTma: stage s holds its tile once full[s] completes
 
   const int splits = p.num_splits;
   const int split = static_cast<int>(blockIdx.x) % splits, rtile = static_cast<int>(blockIdx.x) / splits;
@@ -108,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
 
   if constexpr (kTma) {
     if (threadIdx.x == 0) {
-      for (int s = 0; s < S; ++s) mbar_init(smem_addr(&full[s]), 1);
+      for (int s = 0; s < kStages; ++s) mbar_init(smem_addr(&full[s]), 1);
       mbar_init_fence();
     }
     __syncthreads();
@@ -121,37 +117,37 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
     const int64_t off = valid ? token * p.q_token_stride + (kv_head * group + r0 + r) * p.q_head_stride + col : 0;
     cp_async_16(sq + r * kStride + col, Q + off, valid);
   }
-  // cp.async: tiles 0 .. S - 2 (Q with the first); then every iteration waits for its tile and
-  // starts the one S - 1 on, into the stage the previous iteration read (the barrier between says
-  // all are done with it), so S - 1 tiles stream in while one is computed. A group is committed
+  // cp.async: tiles 0 .. kStages - 2 (Q with the first); then every iteration waits for its tile and
+  // starts the one kStages - 1 on, into the stage the previous iteration read (the barrier between says
+  // all are done with it), so kStages - 1 tiles stream in while one is computed. A group is committed
   // every time, also an empty one, so the wait counts stay uniform. kTma: the first thread starts the copy
   // engine on a tile, whole boxes of 64 columns x kBN keys, and the engine's barrier makes the tile
   // visible to every thread, so a stage is refilled as soon as every warp is done with it (the barrier at
-  // the end of an iteration), not after the next tile has landed: all S tiles are in flight while
-  // a block waits, where cp.async has S - 1. Q is then the only cp.async group.
+  // the end of an iteration), not after the next tile has landed: all kStages tiles are in flight while
+  // a block waits, where cp.async has kStages - 1. Q is then the only cp.async group.
   auto load = [&](int i) {
     if constexpr (kTma) {
       if (i < n_tiles && threadIdx.x == 0) {
-        const uint32_t bar = smem_addr(&full[i % S]);
+        const uint32_t bar = smem_addr(&full[i % kStages]);
         mbar_expect_bytes(bar, 2 * kTile * sizeof(T));
 #pragma unroll
         for (int panel = 0; panel < D / 64; ++panel) {
           const int key0 = k_begin + i * kBN;
-          tma_load_4d(smem_addr(sk + (i % S) * kTile) + panel * kBN * 128, &maps.k, panel * 64, kv_head, key0, slot,
-                      bar);
-          tma_load_4d(smem_addr(sv + (i % S) * kTile) + panel * kBN * 128, &maps.v, panel * 64, kv_head, key0, slot,
-                      bar);
+          tma_load_4d(smem_addr(sk + (i % kStages) * kTile) + panel * kBN * 128, &maps.k, panel * 64, kv_head, key0,
+                      slot, bar);
+          tma_load_4d(smem_addr(sv + (i % kStages) * kTile) + panel * kBN * 128, &maps.v, panel * 64, kv_head, key0,
+                      slot, bar);
         }
       }
     } else {
       if (i < n_tiles)
-        load_decode_tile<T, D>(sk + (i % S) * kTile, sv + (i % S) * kTile, p.kv, slot, kv_head, k_begin + i * kBN,
-                               k_end, p.head_dim);
+        load_decode_tile<T, D>(sk + (i % kStages) * kTile, sv + (i % kStages) * kTile, p.kv, slot, kv_head,
+                               k_begin + i * kBN, k_end, p.head_dim);
       cp_async_commit();
     }
   };
-  if constexpr (kTma) cp_async_commit();    // Q
-  constexpr int kAhead = kTma ? S : S - 1;  // tiles started before the first is used
+  if constexpr (kTma) cp_async_commit();                // Q
+  constexpr int kAhead = kTma ? kStages : kStages - 1;  // tiles started before the first is used
 #pragma unroll
   for (int i = 0; i < kAhead; ++i) load(i);
   if constexpr (kTma) {
@@ -165,13 +161,13 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   w.init();
   for (int i = 0; i < n_tiles; ++i) {
     if constexpr (kTma) {
-      mbar_wait(smem_addr(&full[i % S]), (i / S) & 1);
+      mbar_wait(smem_addr(&full[i % kStages]), (i / kStages) & 1);
       // The boxes are whole: V rows past the range hold what the cache holds there (their scores are
       // masked, but 0 * NaN would still be NaN in P V). Zeroed here, seen by all after the barrier. (The
       // condition is the same in every thread: the range's last tile.)
       const int valid = k_end - (k_begin + i * kBN);
       if (valid < kBN) {
-        unsigned char* v_tile = reinterpret_cast<unsigned char*>(sv + (i % S) * kTile);
+        unsigned char* v_tile = reinterpret_cast<unsigned char*>(sv + (i % kStages) * kTile);
         for (int c = threadIdx.x; c < (kBN - valid) * (D / 64) * 8; c += kThreads) {
           const int r = valid + c / ((D / 64) * 8), panel = (c / 8) % (D / 64);
           *reinterpret_cast<uint4*>(v_tile + panel * kBN * 128 + r * 128 + (c % 8) * 16) = make_uint4(0, 0, 0, 0);
@@ -179,19 +175,19 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
         __syncthreads();
       }
     } else {
-      cp_async_wait<S - 2>();
+      cp_async_wait<kStages - 2>();
       __syncthreads();
-      load(i + S - 1);
+      load(i + kStages - 1);
     }
     const int key0 = k_begin + i * kBN + warp * kWarpKeys;
     if (key0 < k_end) {
       const int row = kv_elem<D, kPanelRows>(warp * kWarpKeys, 0);  // the warp's first key row in the tile
-      w.template step<kWarpKeys, kPanelRows>(sq, sk + (i % S) * kTile + row, sv + (i % S) * kTile + row, key0, limit,
-                                             key0 + kWarpKeys > k_end, p.scale_log2);
+      w.template step<kWarpKeys, kPanelRows>(sq, sk + (i % kStages) * kTile + row, sv + (i % kStages) * kTile + row,
+                                             key0, limit, key0 + kWarpKeys > k_end, p.scale_log2);
     }
     if constexpr (kTma) {
-      __syncthreads();  // every warp is done with this stage: it takes tile i + S
-      load(i + S);
+      __syncthreads();  // every warp is done with this stage: it takes tile i + kStages
+      load(i + kStages);
     }
   }
   cp_async_wait<0>();  // (only empty groups remain: nothing lands in the merge buffers below)
@@ -202,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   // the same fold, written out again on purpose: one helper for both measured 10-14% slower at batch 1 on
   // the H200, the compiler then laying out the whole kernel differently; docs/PERFORMANCE.md.)
   static_assert(
-      (kWarps * kRows * (D + 2) + kMaxSplits * kRows * 2 + kRows) * sizeof(float) <= 2 * S * kTile * sizeof(T),
+      (kWarps * kRows * (D + 2) + kMaxSplits * kRows * 2 + kRows) * sizeof(float) <= 2 * kStages * kTile * sizeof(T),
       "the merges' buffers fit in the K/V stages");
   float* sm_o = reinterpret_cast<float*>(sk);  // [kWarps][kRows][D]
   float* sm_m = sm_o + kWarps * kRows * D;     // [kWarps][kRows]
@@ -330,15 +326,6 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
 template <int D>
 constexpr bool kTmaDim = D % 64 == 0;
 
-// EXPERIMENT (LLM_X_DECODE_DEEP=0 turns it off, for an A/B on the H200; settle, then remove).
-inline bool deep_stages_allowed() {
-  static const bool on = [] {
-    const char* v = std::getenv("LLM_X_DECODE_DEEP");
-    return !(v && v[0] == '0');
-  }();
-  return on;
-}
-
 template <typename T, int D>
 cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   const int row_tiles = (p.group + kRows - 1) / kRows;
@@ -348,33 +335,22 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   KvMaps maps{};
   if constexpr (kTmaDim<D>) {
     if (p.decode_tma && encode_kv_maps(p, kBN, &maps)) {
-      constexpr int kDeep = kDeepStages<D>;
-      if (kDeep > kStages && deep_stages_allowed() &&
-          static_cast<int64_t>(grid.x) * grid.y * grid.z <= std::max(p.sms, 1)) {
-        decode_kernel<T, D, true, kDeep><<<grid, kThreads, decode_smem_bytes<T, D, true, kDeep>(), stream>>>(p, maps);
-        return cudaGetLastError();
-      }
-      decode_kernel<T, D, true, kStages><<<grid, kThreads, decode_smem_bytes<T, D, true>(), stream>>>(p, maps);
+      decode_kernel<T, D, true><<<grid, kThreads, decode_smem_bytes<T, D, true>(), stream>>>(p, maps);
       return cudaGetLastError();
     }
   }
-  decode_kernel<T, D, false, kStages><<<grid, kThreads, decode_smem_bytes<T, D, false>(), stream>>>(p, maps);
+  decode_kernel<T, D, false><<<grid, kThreads, decode_smem_bytes<T, D, false>(), stream>>>(p, maps);
   return cudaGetLastError();
 }
 
 template <typename T, int D>
 cudaError_t configure_typed() {
-  cudaError_t e = cudaFuncSetAttribute(decode_kernel<T, D, false, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  cudaError_t e = cudaFuncSetAttribute(decode_kernel<T, D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(decode_smem_bytes<T, D, false>()));
-  if constexpr (kTmaDim<D>) {
+  if constexpr (kTmaDim<D>)
     if (e == cudaSuccess)
-      e = cudaFuncSetAttribute(decode_kernel<T, D, true, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      e = cudaFuncSetAttribute(decode_kernel<T, D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(decode_smem_bytes<T, D, true>()));
-    constexpr int kDeep = kDeepStages<D>;
-    if (kDeep > kStages && e == cudaSuccess)
-      e = cudaFuncSetAttribute(decode_kernel<T, D, true, kDeep>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(decode_smem_bytes<T, D, true, kDeep>()));
-  }
   return e;
 }
 
