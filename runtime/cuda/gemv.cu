@@ -288,14 +288,17 @@ void launch_unrolled(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
   }
 }
 
-// Four chunks a lane per batch; eight at one token when a row is 4 KB (2048 columns of bf16), the
-// batch then the whole row, in flight before the wait on the kernel before (H200, TinyLlama decode at
-// batch 1: 994 -> 1,050 tok/s). Eight for 7B's 8 KB rows (253 -> 240), and a row's last partial batch
-// loaded as one batch (TinyLlama 1,050 -> 1,012-1,017), measured slower: docs/PERFORMANCE.md.
+// Four chunks a lane per batch. At one token, where a row is 4 KB (2048 columns of bf16) or 1.5 KB (768)
+// the batch is the whole row, eight or three chunks, in flight before the wait on the kernel before
+// (H200, decode at batch 1: TinyLlama 994 -> 1,050 tok/s, stories110M 3,715-3,724 -> 4,056-4,073). Eight
+// for 7B's 8 KB rows (253 -> 240), and a row's last partial batch loaded as one batch (TinyLlama 1,050 ->
+// 1,012-1,017), measured slower: docs/PERFORMANCE.md.
 template <typename T, int NT>
 void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
   if constexpr (NT == 1) {
-    if (static_cast<size_t>(p.cols) * sizeof(T) == 8 * 32 * 16) return launch_unrolled<T, NT, 8>(e, p, stream);
+    const size_t bytes = static_cast<size_t>(p.cols) * sizeof(T);
+    if (bytes == 8 * 32 * 16) return launch_unrolled<T, NT, 8>(e, p, stream);
+    if (bytes == 3 * 32 * 16) return launch_unrolled<T, NT, 3>(e, p, stream);
   }
   launch_unrolled<T, NT, 4>(e, p, stream);
 }
