@@ -299,6 +299,7 @@ void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
     const size_t bytes = static_cast<size_t>(p.cols) * sizeof(T);
     if (bytes == 8 * 32 * 16) return launch_unrolled<T, NT, 8>(e, p, stream);
     if (bytes == 3 * 32 * 16) return launch_unrolled<T, NT, 3>(e, p, stream);
+    if (bytes == 22 * 32 * 16) return launch_unrolled<T, NT, 11>(e, p, stream);
   }
   launch_unrolled<T, NT, 4>(e, p, stream);
 }
