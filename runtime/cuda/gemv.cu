@@ -289,10 +289,11 @@ void launch_unrolled(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
 }
 
 // Four chunks a lane per batch. At one token, where a row is 4 KB (2048 columns of bf16) or 1.5 KB (768)
-// the batch is the whole row, eight or three chunks, in flight before the wait on the kernel before
-// (H200, decode at batch 1: TinyLlama 994 -> 1,050 tok/s, stories110M 3,715-3,724 -> 4,056-4,073). Eight
-// for 7B's 8 KB rows (253 -> 240), and a row's last partial batch loaded as one batch (TinyLlama 1,050 ->
-// 1,012-1,017), measured slower: docs/PERFORMANCE.md.
+// the batch is the whole row, eight or three chunks, in flight before the wait on the kernel before; an
+// 11 KB row (5632) is two whole batches of eleven instead of five of four and two single chunks. H200,
+// decode at batch 1: TinyLlama 994 -> 1,050 (eight) -> 1,085-1,093 tok/s (eleven), stories110M 3,715-3,724
+// -> 4,056-4,073 (three). Eight for 7B's 8 KB rows (253 -> 240), and a row's last partial batch loaded as
+// one batch (TinyLlama 1,050 -> 1,012-1,017), measured slower: docs/PERFORMANCE.md.
 template <typename T, int NT>
 void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
   if constexpr (NT == 1) {
