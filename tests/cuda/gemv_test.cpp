@@ -380,8 +380,9 @@ std::vector<Shape> shapes() {
       {E::Swiglu, {1000, 0, 0}, 200},
       {E::Swiglu, {37, 0, 0}, 4104},
       {E::Swiglu, {21, 0, 0}, 36},
-      // rows of 96, 256 and 704 chunks: a lane's chunks one whole batch of three (one token; of four: a
-      // partial batch), one whole batch of eight (one token), and whole batches then a partial one
+      // rows of 96, 256 and 704 chunks: at one token a lane's chunks are one batch of three, one of eight
+      // and two of eleven; with more tokens (four a batch) a partial batch, whole batches, and whole
+      // batches then a partial one
       {E::StoreF32, {40, 0, 0}, 768},
       {E::Swiglu, {24, 0, 0}, 2048},
       {E::AddF32, {20, 0, 0}, 5632},
