@@ -5,7 +5,8 @@
 #   (bench: end to end; attention: the kernels beside SDPA, joined with the issue's bars; gemv: the
 #    decode-step matrix-vector kernels beside cuBLAS, then end-to-end decode at batch 1 and 8 with each
 #    kernel; profile: per-kernel times of decode steps, ncu (PROFILE_SHAPE, default tinyllama); sass: one
-#    kernel's instructions and stalls by SASS line, ncu's source page summarised by tools/ncu/sass_summary.py
+#    kernel's instructions and stalls by SASS line, ncu's source page summarised by tools/ncu/sass_summary.py,
+#    with its details page and every raw metric (sass_raw.csv)
 #    (SASS_KERNEL regex, SASS_SKIP launches, SASS_NCU_ARGS more ncu options, SASS_CMD the program:
 #    default flash_cuda decode at batch 32, 4K keys);
 #    tp: tensor parallelism over every GPU present: its tests, llm-runner, and decode of the Llama-2-7B
@@ -146,6 +147,8 @@ if [ "$what" = sass ]; then
     ${SASS_CMD:-build/bin/attention_bench --what decode --batches 32 --kv-lens 4096 --reps 1} >"$out/sass_run.txt" 2>&1 \
     || status=1
   ncu -i "$out/sass.ncu-rep" --page details >"$out/sass_details.txt" 2>&1 || status=1
+  # Every collected metric by name (the L2's sectors by kind, hits and misses, that the details page sums up).
+  ncu -i "$out/sass.ncu-rep" --page raw --csv >"$out/sass_raw.csv" 2>&1 || status=1
   ncu -i "$out/sass.ncu-rep" --page source --csv --print-source sass >"$out/sass.csv" 2>&1 || status=1
   python3 tools/ncu/sass_summary.py "$out/sass.csv" | tee "$out/sass.md" || status=1
   rm -f "$out/sass.ncu-rep"  # (large; the CSV and the details page hold what is read)
