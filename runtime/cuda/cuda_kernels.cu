@@ -92,12 +92,37 @@ __global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, T* 
   }
 }
 
-__global__ void argmax_kernel(const float* logits, int vocab, int32_t* ids) {
+// One block a row. The row is loaded in one round: every thread issues all its 16-byte loads before it
+// compares any (a load, compare, load chain over 32000 logits was 31 L2 round trips, 9.4 us a step on
+// the H200). Launched with PDL: resident while the classifier finishes, it waits before reading.
+constexpr int kArgmaxThreads = 1024, kArgmaxBatch = 8;  // 8 x 4 x 1024 = 32768 logits in one round
+
+__global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* logits, int vocab, int32_t* ids) {
+  wait_for_previous_kernel();
   const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
   float best = -FLT_MAX;
   int best_i = 0x7fffffff;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x)
-    if (row[i] > best) best = row[i], best_i = i;  // ascending i: keeps the lowest index among equals
+  // Every thread sees its indices in ascending order, and keeps the first of equals (strictly greater).
+  const bool aligned = vocab % 4 == 0 && reinterpret_cast<uintptr_t>(row) % 16 == 0;
+  const int n4 = aligned ? vocab / 4 : 0;
+  for (int base = threadIdx.x; base < n4; base += kArgmaxBatch * kArgmaxThreads) {
+    float4 v[kArgmaxBatch];
+#pragma unroll
+    for (int u = 0; u < kArgmaxBatch; ++u) {
+      const int j = base + u * kArgmaxThreads;
+      v[u] = j < n4 ? reinterpret_cast<const float4*>(row)[j] : make_float4(-FLT_MAX, -FLT_MAX, -FLT_MAX, -FLT_MAX);
+    }
+#pragma unroll
+    for (int u = 0; u < kArgmaxBatch; ++u) {
+      const int i = 4 * (base + u * kArgmaxThreads);
+      if (v[u].x > best) best = v[u].x, best_i = i;
+      if (v[u].y > best) best = v[u].y, best_i = i + 1;
+      if (v[u].z > best) best = v[u].z, best_i = i + 2;
+      if (v[u].w > best) best = v[u].w, best_i = i + 3;
+    }
+  }
+  for (int i = 4 * n4 + threadIdx.x; i < vocab; i += kArgmaxThreads)
+    if (row[i] > best) best = row[i], best_i = i;
   for (int o = 16; o > 0; o >>= 1) {
     const float ob = __shfl_xor_sync(0xffffffffu, best, o);
     const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
@@ -109,7 +134,7 @@ __global__ void argmax_kernel(const float* logits, int vocab, int32_t* ids) {
   if (lane == 0) sb[warp] = best, si[warp] = best_i;
   __syncthreads();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < (blockDim.x + 31) / 32; ++w)
+    for (int w = 1; w < kArgmaxThreads / 32; ++w)
       if (sb[w] > best || (sb[w] == best && si[w] < best_i)) best = sb[w], best_i = si[w];
     ids[blockIdx.x] = best_i;
   }
@@ -172,8 +197,7 @@ void swiglu(const float* gate, const float* up, int64_t n, void* out, DType type
 }
 
 void argmax_rows(const float* logits, int n_rows, int vocab, int32_t* ids, cudaStream_t stream) {
-  argmax_kernel<<<n_rows, 1024, 0, stream>>>(logits, vocab, ids);
-  LLM_CUDA_CHECK_LAUNCH();
+  launch_pdl(argmax_kernel, dim3(n_rows), dim3(kArgmaxThreads), stream, logits, vocab, ids);
 }
 
 void convert_from_f32(const float* src, int64_t n, void* dst, DType type, cudaStream_t stream) {

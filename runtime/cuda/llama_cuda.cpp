@@ -462,6 +462,10 @@ void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* id
   const size_t n = chunks.size();
   LLM_CUDA_CHECK(cudaMemcpyAsync(pinned_ids_, ids_, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (size_t i = 0; i < n; ++i)  // argmax finds no id where no logit is a number above -FLT_MAX
+    if (pinned_ids_[i] < 0 || pinned_ids_[i] >= config_.vocab_size)
+      fail("the GPU's logits for sequence {} (slot {}) hold no number to pick: NaN or infinite throughout", i,
+           chunks[i].slot);
   std::copy(pinned_ids_, pinned_ids_ + n, ids);
 }
 
