@@ -469,6 +469,11 @@ void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* id
   std::copy(pinned_ids_, pinned_ids_ + n, ids);
 }
 
+void LlamaCuda::run_back_to_back(const std::vector<SequenceChunk>& chunks, int steps) {
+  for (int i = 0; i < steps; ++i) run(chunks);  // the same metadata each time: rewriting it races with nothing
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
 const float* LlamaCuda::forward(const std::vector<SequenceChunk>& chunks) {
   run(chunks);
   if (!head_) {

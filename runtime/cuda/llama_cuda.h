@@ -64,6 +64,9 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   GemvKernel gemv_kernel() const { return gemv_kernel_; }
   // Whether the CUDA-core products take the RMSNorm before them (default); off only to measure the gain.
   void set_fuse_norm(bool on);
+  // For measurement: the step `chunks` run `steps` times, each enqueued without waiting for the one before,
+  // then one wait. What the GPU alone takes a step, without the host's round trip for each token's id.
+  void run_back_to_back(const std::vector<SequenceChunk>& chunks, int steps);
 
   // AttentionBridge: CPU backends serve a GPU model through a host mirror of the KV cache (fp32, filled
   // incrementally: only positions not mirrored yet are copied), the queries copied down and the output up.
