@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
-#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|sass|fixtures|tp|all]
+#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|trace|sass|fixtures|tp|all]
 #   (bench: end to end; attention: the kernels beside SDPA, joined with the bars; gemv: the
 #    decode-step matrix-vector kernels beside cuBLAS, then end-to-end decode at batch 1 and 8 with each
-#    kernel; profile: per-kernel times of decode steps, ncu (PROFILE_SHAPE, default tinyllama); sass: one
+#    kernel; profile: per-kernel times of decode steps, ncu (PROFILE_SHAPE, default tinyllama); trace: where
+#    a replayed decode step's time goes, kernel by kernel as they overlap, timed by CUPTI (TRACE_SHAPES,
+#    TRACE_BATCHES, tools/kernel_trace); sass: one
 #    kernel's instructions and stalls by SASS line, ncu's source page summarised by tools/ncu/sass_summary.py,
 #    with its details page and every raw metric (sass_raw.csv)
 #    (SASS_KERNEL regex, SASS_SKIP launches, SASS_NCU_ARGS more ncu options, SASS_CMD the program:
@@ -152,5 +154,19 @@ if [ "$what" = sass ]; then
   ncu -i "$out/sass.ncu-rep" --page source --csv --print-source sass >"$out/sass.csv" 2>&1 || status=1
   python3 tools/ncu/sass_summary.py "$out/sass.csv" | tee "$out/sass.md" || status=1
   rm -f "$out/sass.ncu-rep"  # (large; the CSV and the details page hold what is read)
+fi
+if [ "$what" = trace ]; then
+  # Every kernel of the replayed decode steps timed as it ran (CUPTI; not serialised as under ncu), each
+  # kernel's share of the step on the critical path. Tracing itself slows a step by up to 15%.
+  for shape in $(echo "${TRACE_SHAPES:-stories110M,tinyllama,llama2-7b}" | tr , ' '); do
+    for batch in $(echo "${TRACE_BATCHES:-1}" | tr , ' '); do
+      echo "== decode step kernels: $shape, batch $batch"
+      KERNEL_TRACE_OUT="$out/trace_${shape}_b$batch.csv" LD_PRELOAD="$root/build/lib/libkernel_trace.so" \
+        build/bin/gpu_decode_bench --backends "${TRACE_BACKENDS:-flash_cuda}" --shapes "$shape" --batches "$batch" \
+        --new-tokens 64 >"$out/trace_${shape}_b$batch.log" 2>&1 || status=1
+      python3 tools/kernel_trace/summarize.py "$out/trace_${shape}_b$batch.csv" --steps 40 |
+        tee "$out/trace_${shape}_b$batch.md" || status=1
+    done
+  done
 fi
 exit $status
