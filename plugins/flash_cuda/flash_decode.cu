@@ -334,7 +334,7 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
                   static_cast<unsigned>(p.num_seqs));
   KvMaps maps{};
   if constexpr (kTmaDim<D>) {
-    if (p.decode_tma && encode_kv_maps(p, kBN, &maps)) {
+    if (p.decode_tma && encode_kv_maps(p, kBN, &maps, CU_TENSOR_MAP_L2_PROMOTION_NONE)) {
       decode_kernel<T, D, true><<<grid, kThreads, decode_smem_bytes<T, D, true>(), stream>>>(p, maps);
       return cudaGetLastError();
     }

@@ -506,7 +506,7 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   if (items < 1) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>(items, std::max(p.sms, 1))));  // one block per SM
   KvMaps maps{};
-  if (encode_kv_maps(p, Tr::kBN, &maps))
+  if (encode_kv_maps(p, Tr::kBN, &maps, CU_TENSOR_MAP_L2_PROMOTION_L2_256B))
     prefill_sm90_kernel<T, D, true><<<grid, Tr::kThreads, Tr::kSmem, stream>>>(p, maps);
   else
     prefill_sm90_kernel<T, D, false><<<grid, Tr::kThreads, Tr::kSmem, stream>>>(p, maps);

@@ -8,7 +8,7 @@
 
 namespace flash_cuda {
 
-bool encode_kv_maps(const Params& p, int keys, KvMaps* maps) {
+bool encode_kv_maps(const Params& p, int keys, KvMaps* maps, CUtensorMapL2promotion promotion) {
   if (p.kv.paged) return false;
   static const auto encode = [] {
     void* fn = nullptr;
@@ -36,7 +36,7 @@ bool encode_kv_maps(const Params& p, int keys, KvMaps* maps) {
     CUtensorMap* map = i == 0 ? &maps->k : &maps->v;
     void* src = const_cast<void*>(i == 0 ? p.kv.k : p.kv.v);
     if (encode(map, type, 4, src, dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+               promotion, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
       return false;
   }
   return true;
