@@ -31,7 +31,8 @@ void rope_and_cache(void* q, void* k, const void* v, const int32_t* pos, const i
 // out = silu(gate) * up, gate and up fp32 [n], out in `type`.
 void swiglu(const float* gate, const float* up, int64_t n, void* out, DType type, cudaStream_t stream);
 
-// ids[r] = argmax of logits[r][0..vocab) (lowest index among equals).
+// ids[r] = argmax of logits[r][0..vocab) (lowest index among equals); an id outside [0, vocab) where no
+// logit of the row is a number above -FLT_MAX (NaN or infinite throughout).
 void argmax_rows(const float* logits, int n_rows, int vocab, int32_t* ids, cudaStream_t stream);
 
 // dst = src converted from fp32 to `type` (weights upload).

@@ -470,7 +470,8 @@ void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* id
 }
 
 void LlamaCuda::run_back_to_back(const std::vector<SequenceChunk>& chunks, int steps) {
-  for (int i = 0; i < steps; ++i) run(chunks);  // the same metadata each time: rewriting it races with nothing
+  // The same metadata each time: rewriting the pinned copy while an earlier upload is pending changes nothing.
+  for (int i = 0; i < steps; ++i) run(chunks);
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 

@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <vector>
 
 #include "cuda_test_support.h"
 #include "engine.h"
@@ -83,6 +86,27 @@ TEST(LlamaCuda, GraphReplayEqualsEagerAndTheAllocatorStopsGrowing) {
   const auto after = graph_model->allocator().stats();
   EXPECT_EQ(after.cuda_malloc_calls, before.cuda_malloc_calls) << graph_model->allocator().stats_line();
   EXPECT_EQ(after.bytes_in_use, before.bytes_in_use);
+}
+
+TEST(LlamaCuda, LogitsWithoutANumberAreAClearErrorNotAToken) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(fp32, "stories260K.bin");
+  // stories260K with every weight after the header NaN: every logit is NaN, and argmax has nothing to pick.
+  test::TempDir dir;
+  const std::string path = dir.file("nan.bin");
+  std::filesystem::copy_file(fp32, path);
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    const auto size = static_cast<size_t>(std::filesystem::file_size(path));
+    const size_t header = 7 * sizeof(int32_t);
+    const std::vector<float> nan((size - header) / sizeof(float), std::nanf(""));
+    f.seekp(static_cast<std::streamoff>(header));
+    f.write(reinterpret_cast<const char*>(nan.data()), static_cast<std::streamsize>(nan.size() * sizeof(float)));
+  }
+  GenerationOptions o;
+  o.max_tokens = 4;
+  EXPECT_THAT([&] { Engine(gpu_config(path, "fp32")).generate("Once upon a time", o); },
+              testing::ThrowsMessage<Error>(testing::HasSubstr("hold no number to pick: NaN or infinite throughout")));
 }
 
 TEST(LlamaCuda, Int8CheckpointRunsOnTheGpu) {
