@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 #include <llm/attention_backend.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <exception>
@@ -37,6 +38,8 @@ struct llm_backend_context {
   int sms = 1;
   int decode_splits_wanted = 0;  // LLM_FLASH_DECODE_SPLITS, 0: chosen per call
   bool decode_tma = false;       // decode's K and V through the copy engine (see choose_decode_copy)
+  bool cluster_merge = false;    // decode may merge its splits in a cluster (see choose_decode_merge)
+  int cluster_capacity[flash_cuda::kMaxClusterSplits + 1] = {};  // decode_cluster_capacity
   std::string error;
 };
 
@@ -126,6 +129,22 @@ std::string choose_decode_copy(const llm_device_info& device, bool* tma) {
   return "";
 }
 
+// How decode merges its key splits: inside a thread block cluster where the plan fits one (compute
+// capability 9.0, K and V through the copy engine), else through global memory. LLM_FLASH_DECODE_MERGE=
+// global forces the global merge (to compare the two), =cluster requires a device that has clusters;
+// "auto" or unset chooses per call. Returns a problem, or "".
+std::string choose_decode_merge(const llm_device_info& device, bool tma, bool* cluster) {
+  std::string problem;
+  const std::string want = env_choice("LLM_FLASH_DECODE_MERGE", "global", "cluster", &problem);
+  if (!problem.empty()) return problem;
+  if (want == "cluster" && !tma)
+    return "LLM_FLASH_DECODE_MERGE=cluster, but the cluster merge needs compute capability 9.0 or newer with "
+           "decode's copies through the copy engine (this device: " +
+           std::to_string(device.compute_major) + "." + std::to_string(device.compute_minor) + ")";
+  *cluster = want != "global" && tma;
+  return "";
+}
+
 void context_destroy(llm_backend_context* ctx) {
   if (!ctx) return;
   if (ctx->workspace || ctx->split_counters) {
@@ -137,13 +156,17 @@ void context_destroy(llm_backend_context* ctx) {
 }
 
 llm_status create_checked(const llm_device_info& device, const llm_attention_shape& shape, llm_backend_context** out) {
-  bool sm90 = false, tma = false;
+  bool sm90 = false, tma = false, cluster = false;
   int splits_wanted = 0;
   if (std::string problem = choose_prefill_kernel(device, shape, &sm90); !problem.empty()) {
     g_create_error = "context_create: " + problem;
     return LLM_ERR_INVALID_ARGUMENT;
   }
   if (std::string problem = choose_decode_copy(device, &tma); !problem.empty()) {
+    g_create_error = "context_create: " + problem;
+    return LLM_ERR_INVALID_ARGUMENT;
+  }
+  if (std::string problem = choose_decode_merge(device, tma, &cluster); !problem.empty()) {
     g_create_error = "context_create: " + problem;
     return LLM_ERR_INVALID_ARGUMENT;
   }
@@ -171,6 +194,8 @@ llm_status create_checked(const llm_device_info& device, const llm_attention_sha
   cudaError_t e = sm90 ? flash_cuda::configure_prefill_sm90(fp16, shape.head_dim)
                        : flash_cuda::configure_prefill(fp16, shape.head_dim);
   if (e == cudaSuccess) e = flash_cuda::configure_decode(fp16, shape.head_dim);
+  int capacity[flash_cuda::kMaxClusterSplits + 1] = {};
+  if (e == cudaSuccess && cluster) e = flash_cuda::decode_cluster_capacity(fp16, shape.head_dim, capacity);
   if (e != cudaSuccess) {
     cudaGetLastError();
     g_create_error =
@@ -190,6 +215,8 @@ llm_status create_checked(const llm_device_info& device, const llm_attention_sha
   ctx->sms = sms;
   ctx->decode_splits_wanted = splits_wanted;
   ctx->decode_tma = tma;
+  ctx->cluster_merge = cluster;
+  std::copy(capacity, capacity + flash_cuda::kMaxClusterSplits + 1, ctx->cluster_capacity);
   ctx->workspace_floats = flash_cuda::decode_workspace_floats(shape.head_dim, shape.num_q_heads, shape.max_batch);
   const size_t split_ints = flash_cuda::decode_counter_ints(shape.num_q_heads, shape.num_kv_heads, shape.max_batch);
   const size_t counter_bytes = (split_ints + flash_cuda::kScheduleInts) * sizeof(int32_t);
@@ -306,6 +333,7 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
     if (decode) {
       p.split_counters = ctx->split_counters;
       p.num_splits = flash_cuda::decode_splits(p, ctx->sms, ctx->workspace_floats, ctx->decode_splits_wanted);
+      p.cluster_merge = ctx->cluster_merge && flash_cuda::decode_cluster_fits(p, ctx->cluster_capacity);
       e = flash_cuda::launch_decode(p, static_cast<cudaStream_t>(a.stream));
     } else {
       p.num_splits = 1;

@@ -53,6 +53,7 @@ struct Params {
   float* workspace;    // partials: [splits][seqs][q heads][kernel dim] of o, then [..][q heads] of (m, l)
   size_t workspace_floats;
   int32_t* split_counters;  // [seqs][kv heads][row tiles], zero between calls: blocks done per group
+  int32_t cluster_merge;    // merge the splits through a thread block cluster (decode_cluster_fits)
 };
 
 // Prefill: any number of queries per sequence, causal or not, after any cached prefix.
@@ -72,6 +73,16 @@ int decode_splits(const Params& p, int sms, size_t workspace_floats, int wanted 
 size_t decode_workspace_floats(int head_dim, int num_q_heads, int max_batch);  // head_dim: the real one
 size_t decode_counter_ints(int num_q_heads, int num_kv_heads, int max_batch);
 constexpr size_t kScheduleInts = 2;  // Params::schedule
+
+// Decode's split merge through thread block clusters (compute capability 9.0, K and V through the copy
+// engine): the splits of one (sequence, kv head, row tile) run as one cluster and merge in shared memory,
+// where the other path takes a round of global writes, a fence, a counter and global reads. A cluster
+// holds at most kMaxClusterSplits blocks. decode_cluster_capacity fills capacity[0 .. kMaxClusterSplits]
+// with how many clusters of each size the current device holds at once (0: none); decode_cluster_fits says
+// whether a call's plan runs in one wave of them, which is when p.cluster_merge may be set.
+constexpr int kMaxClusterSplits = 16;
+cudaError_t decode_cluster_capacity(bool fp16, int head_dim, int* capacity);
+bool decode_cluster_fits(const Params& p, const int* capacity);
 
 // Decode: one query per sequence; p.num_splits from decode_splits.
 cudaError_t launch_decode(const Params& p, cudaStream_t stream);

@@ -17,7 +17,7 @@ constexpr int kDtypes[] = {LLM_DTYPE_BF16, LLM_DTYPE_F16};
 
 // Sets an environment variable that new contexts read (LLM_FLASH_PREFILL: which prefill kernel;
 // LLM_FLASH_DECODE_SPLITS: how many key ranges decode uses; LLM_FLASH_DECODE_COPY: how decode copies K and
-// V in) for one scope.
+// V in; LLM_FLASH_DECODE_MERGE: how decode merges its splits) for one scope.
 class ScopedEnv {
  public:
   ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
@@ -237,6 +237,37 @@ TEST(FlashCuda, BothDecodeCopyPathsMatchTheReference) {
   table.print("decode through cp.async and through the copy engine");
 }
 
+// On Hopper decode merges its key splits inside a thread block cluster where the plan fits one (up to 16
+// splits), else through global memory. Both merges against the reference, with the same bits call after
+// call: split counts up to the cluster's limit and past it, ranges left empty by short sequences, two row
+// tiles per kv head (MQA 32/1), every kernel width the copy engine serves, NaN in the cache past the ends.
+TEST(FlashCuda, DecodeSplitMergesMatchTheReference) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(fresh_seed());
+  ErrorTable table;
+  for (const char* merge : {"global", "auto"}) {
+    ScopedEnv how("LLM_FLASH_DECODE_MERGE", merge);
+    for (const char* splits : {"auto", "2", "5", "16", "17"}) {
+      ScopedEnv plan("LLM_FLASH_DECODE_SPLITS", splits);
+      for (int dtype : kDtypes) {
+        const std::string tag = std::string(merge) + " splits=" + splits + " " + dtype_name(dtype);
+        for (int head_dim : {64, 128, 256}) {
+          Case gqa{head_dim, 16, 2, {1, 1, 1, 1}, {3, 64, 333, 1100}};
+          gqa.dtype = dtype, gqa.nan_past_end = true;
+          table.add(tag + " d=" + std::to_string(head_dim) + " GQA 16/2, 3 calls",
+                    run_case(*plugin, gqa, rng, true, 3));
+        }
+        Case mqa{128, 32, 1, {1, 1}, {9, 1500}};
+        mqa.dtype = dtype;
+        table.add(tag + " MQA 32/1", run_case(*plugin, mqa, rng, true));
+      }
+    }
+  }
+  table.print("decode's split merge through global memory and through clusters");
+}
+
 TEST(FlashCuda, KernelChoicesAreCheckedWithReasons) {  // no GPU needed: refused before the device
   auto plugin = load_flash();
   ASSERT_NE(plugin, nullptr);
@@ -271,6 +302,19 @@ TEST(FlashCuda, KernelChoicesAreCheckedWithReasons) {  // no GPU needed: refused
     ScopedEnv copy("LLM_FLASH_DECODE_COPY", "tma");
     const std::string e = create_error(ampere, shape);
     EXPECT_NE(e.find("the copy engine needs compute capability 9.0 or newer (this device: 8.0)"), std::string::npos)
+        << e;
+  }
+  {
+    ScopedEnv merge("LLM_FLASH_DECODE_MERGE", "ring");
+    const std::string e = create_error(ampere, shape);
+    EXPECT_NE(e.find("LLM_FLASH_DECODE_MERGE is 'ring'; expected auto, global or cluster"), std::string::npos) << e;
+  }
+  {
+    ScopedEnv merge("LLM_FLASH_DECODE_MERGE", "cluster");
+    const std::string e = create_error(ampere, shape);
+    EXPECT_NE(e.find("the cluster merge needs compute capability 9.0 or newer with decode's copies through the copy "
+                     "engine (this device: 8.0)"),
+              std::string::npos)
         << e;
   }
   {
