@@ -15,8 +15,9 @@ namespace flash_cuda {
 #endif
 
 // Every thread of every block of the cluster arrives; what each wrote before (shared or global memory) is
-// visible to all after.
+// visible to all after. (The barrier's aligned form wants whole warps: they are reconverged first.)
 __device__ __forceinline__ void cluster_sync() {
+  __syncwarp();
   FLASH_CUDA_CLUSTER(asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
                                       : "memory"));
 }
