@@ -428,7 +428,7 @@ void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
   }
   const bool decode = max_q == 1;
   // Graphs replay the kernels of the backend they were captured with: a new active backend needs new ones.
-  if (!graphs_.empty() && chain_->active_name() != graph_backend_) drop_graphs();
+  if ((!graphs_.empty() || !step_graphs_.empty()) && chain_->active_name() != graph_backend_) drop_graphs();
   const bool graphable = use_graphs_ && decode && (chain_->active_capabilities() & LLM_CAP_CUDA_GRAPH_SAFE);
   if (!graphable) {
     enqueue(tokens, n, max_q, max_kv);
@@ -481,7 +481,7 @@ int LlamaCuda::greedy_steps_ahead() const { return use_graphs_ && head_ && !tp_.
 
 void LlamaCuda::forward_argmax_steps(const std::vector<SequenceChunk>& chunks, int steps, int* ids) {
   check_steps(chunks, steps, max_context_);
-  if (!graphs_.empty() && chain_->active_name() != graph_backend_) drop_graphs();
+  if ((!graphs_.empty() || !step_graphs_.empty()) && chain_->active_name() != graph_backend_) drop_graphs();
   const bool graphable = steps > 1 && steps <= kMaxStepsAhead && static_cast<int>(chunks.size()) <= max_batch_ &&
                          use_graphs_ && head_ && !tp_.collective &&
                          (chain_->active_capabilities() & LLM_CAP_CUDA_GRAPH_SAFE);
