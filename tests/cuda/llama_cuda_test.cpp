@@ -37,6 +37,20 @@ RunConfig cpu_config(const std::string& model) {
   return c;
 }
 
+// A copy of the llama2.c checkpoint `fp32` in `dir` with every weight after the header NaN: every logit is
+// then NaN, and argmax has nothing to pick.
+std::string nan_copy(const std::string& fp32, test::TempDir& dir) {
+  const std::string path = dir.file("nan.bin");
+  std::filesystem::copy_file(fp32, path);
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  const auto size = static_cast<size_t>(std::filesystem::file_size(path));
+  const size_t header = 7 * sizeof(int32_t);
+  const std::vector<float> nan((size - header) / sizeof(float), std::nanf(""));
+  f.seekp(static_cast<std::streamoff>(header));
+  f.write(reinterpret_cast<const char*>(nan.data()), static_cast<std::streamsize>(nan.size() * sizeof(float)));
+  return path;
+}
+
 TEST(LlamaCuda, LogitsMatchTheCpuForEachDtype) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
@@ -91,18 +105,8 @@ TEST(LlamaCuda, GraphReplayEqualsEagerAndTheAllocatorStopsGrowing) {
 TEST(LlamaCuda, LogitsWithoutANumberAreAClearErrorNotAToken) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(fp32, "stories260K.bin");
-  // stories260K with every weight after the header NaN: every logit is NaN, and argmax has nothing to pick.
   test::TempDir dir;
-  const std::string path = dir.file("nan.bin");
-  std::filesystem::copy_file(fp32, path);
-  {
-    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-    const auto size = static_cast<size_t>(std::filesystem::file_size(path));
-    const size_t header = 7 * sizeof(int32_t);
-    const std::vector<float> nan((size - header) / sizeof(float), std::nanf(""));
-    f.seekp(static_cast<std::streamoff>(header));
-    f.write(reinterpret_cast<const char*>(nan.data()), static_cast<std::streamsize>(nan.size() * sizeof(float)));
-  }
+  const std::string path = nan_copy(fp32, dir);
   GenerationOptions o;
   o.max_tokens = 4;
   EXPECT_THAT([&] { Engine(gpu_config(path, "fp32")).generate("Once upon a time", o); },
@@ -157,16 +161,7 @@ TEST(LlamaCuda, AGreedyRunOverLogitsWithoutANumberIsAClearError) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(fp32, "stories260K.bin");
   test::TempDir dir;
-  const std::string path = dir.file("nan.bin");
-  std::filesystem::copy_file(fp32, path);
-  {
-    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-    const auto size = static_cast<size_t>(std::filesystem::file_size(path));
-    const size_t header = 7 * sizeof(int32_t);
-    const std::vector<float> nan((size - header) / sizeof(float), std::nanf(""));
-    f.seekp(static_cast<std::streamoff>(header));
-    f.write(reinterpret_cast<const char*>(nan.data()), static_cast<std::streamsize>(nan.size() * sizeof(float)));
-  }
+  const std::string path = nan_copy(fp32, dir);
   Engine engine(gpu_config(path, "fp32"));
   std::vector<int> ids(4);
   EXPECT_THAT(
