@@ -89,36 +89,61 @@ std::vector<GenerationResult> generate_batch(LanguageModel& model, const Tokeniz
     pos[i] = static_cast<int>(results[i].prompt_tokens.size());
     results[i].stop = StopReason::MaxTokens;
   }
+  // Sequence i takes sampled token t: it ends (EOS or a listed stop token, max_tokens, a full context) or
+  // t becomes its input at pos[i] (returns true).
+  auto take = [&](size_t i, int t) -> bool {
+    GenerationResult& r = results[i];
+    const bool listed =
+        std::find(options.stop_tokens.begin(), options.stop_tokens.end(), t) != options.stop_tokens.end();
+    if (options.stop_at_eos && (t == tokenizer.eos_id() || t == tokenizer.bos_id() || listed)) {
+      r.stop = StopReason::EndOfText;  // BOS in llama2.c models starts a new document: the text ends
+      live[i] = false;
+      return false;
+    }
+    r.tokens.push_back(t);
+    emit(i, utf8[i].push(tokenizer.decode_piece(prev[i], t)));
+    if (static_cast<int>(r.tokens.size()) >= options.max_tokens) {
+      live[i] = false;
+      return false;
+    }
+    if (pos[i] >= context) {
+      r.stop = StopReason::ContextFull;
+      live[i] = false;
+      return false;
+    }
+    prev[i] = t;
+    return true;
+  };
+  const bool greedy = options.sampling.temperature <= 0.0f;
+  const int ahead = std::max(1, options.steps_ahead > 0 ? options.steps_ahead : model.greedy_steps_ahead());
+  std::vector<int> run;  // a forward_argmax_steps call's picks, [step][chunk]
   start = clock::now();
   for (;;) {
     chunks.clear();
-    for (size_t i = 0; i < n; ++i) {
-      if (!live[i]) continue;
-      GenerationResult& r = results[i];
-      const bool listed =
-          std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token[i]) != options.stop_tokens.end();
-      if (options.stop_at_eos && (token[i] == tokenizer.eos_id() || token[i] == tokenizer.bos_id() || listed)) {
-        r.stop = StopReason::EndOfText;  // BOS in llama2.c models starts a new document: the text ends
-        live[i] = false;
-        continue;
-      }
-      r.tokens.push_back(token[i]);
-      emit(i, utf8[i].push(tokenizer.decode_piece(prev[i], token[i])));
-      if (static_cast<int>(r.tokens.size()) >= options.max_tokens) {
-        live[i] = false;
-        continue;
-      }
-      if (pos[i] >= context) {
-        r.stop = StopReason::ContextFull;
-        live[i] = false;
-        continue;
-      }
-      prev[i] = token[i];
-      chunks.push_back(SequenceChunk{static_cast<int>(i), pos[i]++, {token[i]}});
-    }
+    for (size_t i = 0; i < n; ++i)
+      if (live[i] && take(i, token[i])) chunks.push_back(SequenceChunk{static_cast<int>(i), pos[i]++, {token[i]}});
     if (chunks.empty()) break;
-    step(chunks);
-    for (size_t k = 0; k < chunks.size(); ++k) token[chunks[k].slot] = next[k];
+    // Greedy: several steps in one call where every sequence has room for them (tokens and context).
+    int steps = greedy ? ahead : 1;
+    for (const SequenceChunk& ch : chunks)
+      steps = std::min(
+          {steps, options.max_tokens - static_cast<int>(results[ch.slot].tokens.size()), context - ch.start_pos});
+    if (steps <= 1) {
+      step(chunks);
+      for (size_t k = 0; k < chunks.size(); ++k) token[chunks[k].slot] = next[k];
+      continue;
+    }
+    const size_t m = chunks.size();
+    run.resize(static_cast<size_t>(steps) * m);
+    model.forward_argmax_steps(chunks, steps, run.data());
+    for (size_t k = 0; k < m; ++k) {
+      const size_t i = static_cast<size_t>(chunks[k].slot);
+      // Picks 0 .. steps - 2 were the inputs of the steps after them; the last is the next input.
+      bool going = true;
+      for (int s = 0; going && s + 1 < steps; ++s)
+        if ((going = take(i, run[s * m + k]))) ++pos[i];
+      if (going) token[i] = run[(steps - 1) * m + k];
+    }
   }
   const double decode = std::chrono::duration<double>(clock::now() - start).count();
   for (size_t i = 0; i < n; ++i) {

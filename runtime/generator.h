@@ -20,6 +20,10 @@ struct GenerationOptions {
   bool stop_at_eos = true;       // false: run to max_tokens (for reference comparisons)
   std::vector<int> stop_tokens;  // ids that end the text besides the tokenizer's EOS (a model's own list)
   SamplingParams sampling;
+  // Greedy decode steps per model call (LanguageModel::forward_argmax_steps; fewer where a sequence's
+  // max_tokens or the context ends sooner): 0 takes the model's greedy_steps_ahead(). Text is the same
+  // either way; a sequence that stops inside a run leaves the run's later steps unused.
+  int steps_ahead = 0;
 };
 
 struct GenerationResult {

@@ -73,4 +73,26 @@ void LanguageModel::forward_argmax(const std::vector<SequenceChunk>& chunks, int
   for (size_t i = 0; i < chunks.size(); ++i) ids[i] = argmax(logits + i * vocab, vocab);
 }
 
+void LanguageModel::forward_argmax_steps(const std::vector<SequenceChunk>& chunks, int steps, int* ids) {
+  check_steps(chunks, steps, max_context());
+  std::vector<SequenceChunk> batch = chunks;
+  const size_t n = chunks.size();
+  for (int s = 0; s < steps; ++s) {
+    forward_argmax(batch, ids + s * n);
+    for (size_t k = 0; k < n; ++k) batch[k] = SequenceChunk{batch[k].slot, batch[k].start_pos + 1, {ids[s * n + k]}};
+  }
+}
+
+void check_steps(const std::vector<SequenceChunk>& chunks, int steps, int max_context) {
+  if (steps < 1) fail("forward_argmax_steps: {} steps; at least 1", steps);
+  for (const SequenceChunk& ch : chunks) {
+    if (ch.tokens.size() != 1)
+      fail("forward_argmax_steps: the chunk of slot {} has {} tokens; decode steps take one", ch.slot,
+           ch.tokens.size());
+    if (ch.start_pos + steps > max_context)
+      fail("forward_argmax_steps: {} steps from position {} (slot {}) run past the context of {} positions", steps,
+           ch.start_pos, ch.slot, max_context);
+  }
+}
+
 }  // namespace llm

@@ -34,6 +34,10 @@ std::vector<float> rope_table(const ModelConfig& config, int max_context);
 // the vocabulary; throws llm::Error naming the chunk or the token otherwise. Returns the total token count.
 int check_chunks(const std::vector<SequenceChunk>& chunks, const ModelConfig& config, int slots, int max_context);
 
+// Checks forward_argmax_steps' arguments: at least one step, one token a chunk, every step's position
+// inside the context. Throws llm::Error naming the chunk otherwise.
+void check_steps(const std::vector<SequenceChunk>& chunks, int steps, int max_context);
+
 class LanguageModel {
  public:
   virtual ~LanguageModel() = default;
@@ -48,6 +52,15 @@ class LanguageModel {
   // The same pass, returning only each chunk's greedy next token in ids[chunks] (a GPU model computes
   // the argmax on the device and copies back just the ids).
   virtual void forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids);
+  // `steps` greedy decode steps from `chunks` (one token each): every step after the first takes as its
+  // tokens the ids the step before picked, at the next positions. ids[s * chunks.size() + k] is chunk k's
+  // pick at step s. The default runs forward_argmax step by step; a GPU model runs the steps back to back
+  // on the device, without the host between them. Throws llm::Error (naming the chunk) where the steps
+  // would run past the context.
+  virtual void forward_argmax_steps(const std::vector<SequenceChunk>& chunks, int steps, int* ids);
+  // How many greedy steps a forward_argmax_steps call should take when the generation allows (1: the model
+  // gains nothing from more).
+  virtual int greedy_steps_ahead() const { return 1; }
   // The attention backend serving calls now, and every one that served so far.
   virtual std::string attention_backend() const = 0;
   virtual std::vector<std::string> attention_backends_used() const = 0;

@@ -167,6 +167,108 @@ TEST(Generation, BatchedGenerationGivesEachPromptItsOwnText) {
   EXPECT_THROW(Engine(config_for(model), 2).generate_batch({"a", "b", "c"}, o), Error);
 }
 
+// A model that serves through another and counts forward_argmax_steps calls of more than one step.
+class CountingModel : public LanguageModel {
+ public:
+  explicit CountingModel(LanguageModel& inner) : inner_(inner) {}
+  const ModelConfig& config() const override { return inner_.config(); }
+  int max_batch() const override { return inner_.max_batch(); }
+  int max_context() const override { return inner_.max_context(); }
+  const float* forward(const std::vector<SequenceChunk>& chunks) override { return inner_.forward(chunks); }
+  void forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids) override {
+    inner_.forward_argmax(chunks, ids);
+  }
+  void forward_argmax_steps(const std::vector<SequenceChunk>& chunks, int steps, int* ids) override {
+    if (steps > 1) ++runs;
+    inner_.forward_argmax_steps(chunks, steps, ids);
+  }
+  std::string attention_backend() const override { return inner_.attention_backend(); }
+  std::vector<std::string> attention_backends_used() const override { return inner_.attention_backends_used(); }
+  int runs = 0;
+
+ private:
+  LanguageModel& inner_;
+};
+
+// Greedy decode in runs of several steps a call (the GPU model's way) gives each sequence the text of one
+// step a call: sequences stopping inside a run (EOS, a listed stop token, their own max_tokens), runs cut
+// short by max_tokens and by a full context, the streamed text.
+TEST(Generation, GreedyRunsOfSeveralStepsGiveTheTextOfSingleSteps) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  const std::vector<std::string> prompts = {"Once upon a time", "The little dog", "Tom had a toy car. He",
+                                            "One day, a big red ball"};
+  RunConfig c = config_for(model);
+  c.max_context = 72;  // the longest prompt and its text run into it
+  Engine engine(c, static_cast<int>(prompts.size()));
+  const int period = engine.tokenizer().encode(".", false).back();
+  for (bool stop_at_eos : {true, false})
+    for (int max_tokens : {1, 2, 37, 100}) {
+      GenerationOptions o = greedy(max_tokens, stop_at_eos);
+      if (stop_at_eos) o.stop_tokens = {period};  // ends texts at their first sentence, inside runs
+      o.steps_ahead = 1;
+      std::vector<std::string> streamed_one(prompts.size()), streamed(prompts.size());
+      const auto one = generate_batch(engine.model(), engine.tokenizer(), prompts, o,
+                                      [&](size_t i, const std::string& t) { streamed_one[i] += t; });
+      for (int ahead : {2, 3, 8}) {
+        o.steps_ahead = ahead;
+        CountingModel counting(engine.model());
+        std::fill(streamed.begin(), streamed.end(), std::string());
+        const auto runs = generate_batch(counting, engine.tokenizer(), prompts, o,
+                                         [&](size_t i, const std::string& t) { streamed[i] += t; });
+        if (max_tokens > 2) {
+          EXPECT_GT(counting.runs, 0) << "no run of several steps at max_tokens " << max_tokens;
+        }
+        for (size_t i = 0; i < prompts.size(); ++i) {
+          const std::string where = prompts[i] + ", " + std::to_string(ahead) + " steps a run, max_tokens " +
+                                    std::to_string(max_tokens) + (stop_at_eos ? ", stopping at '.'" : "");
+          EXPECT_EQ(runs[i].tokens, one[i].tokens) << where;
+          EXPECT_EQ(runs[i].text, one[i].text) << where;
+          EXPECT_EQ(runs[i].stop, one[i].stop) << where;
+          EXPECT_EQ(streamed[i], streamed_one[i]) << where;
+        }
+      }
+      if (!stop_at_eos && max_tokens == 100) {  // the context, not max_tokens, ended these
+        for (const auto& r : one) EXPECT_EQ(r.stop, StopReason::ContextFull);
+      }
+    }
+}
+
+// forward_argmax_steps gives the ids of as many forward_argmax calls, each step's picks the next one's
+// tokens; its arguments are checked with reasons.
+TEST(Generation, StepsOfGreedyDecodeFollowTheirOwnPicks) {
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  Engine a(config_for(model), 2), b(config_for(model), 2);
+  const auto p1 = a.tokenizer().encode("The little dog", true), p2 = a.tokenizer().encode("Once upon", true);
+  int first[2];
+  a.model().forward_argmax({SequenceChunk{0, 0, p1}, SequenceChunk{1, 0, p2}}, first);
+  b.model().forward_argmax({SequenceChunk{0, 0, p1}, SequenceChunk{1, 0, p2}}, first);
+  const int n1 = static_cast<int>(p1.size()), n2 = static_cast<int>(p2.size()), steps = 5;
+  std::vector<int> ids(2 * steps);
+  a.model().forward_argmax_steps({SequenceChunk{0, n1, {first[0]}}, SequenceChunk{1, n2, {first[1]}}}, steps,
+                                 ids.data());
+  int tok[2] = {first[0], first[1]};
+  for (int s = 0; s < steps; ++s) {
+    int next[2];
+    b.model().forward_argmax({SequenceChunk{0, n1 + s, {tok[0]}}, SequenceChunk{1, n2 + s, {tok[1]}}}, next);
+    EXPECT_EQ(ids[2 * s], next[0]) << "step " << s;
+    EXPECT_EQ(ids[2 * s + 1], next[1]) << "step " << s;
+    tok[0] = next[0], tok[1] = next[1];
+  }
+  auto error = [&](const std::vector<SequenceChunk>& chunks, int n) {
+    try {
+      a.model().forward_argmax_steps(chunks, n, ids.data());
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_THAT(error({SequenceChunk{0, 3, {5}}}, 0), HasSubstr("0 steps; at least 1"));
+  EXPECT_THAT(error({SequenceChunk{1, 3, {5, 6}}}, 2), HasSubstr("the chunk of slot 1 has 2 tokens"));
+  const int context = a.model().max_context();
+  EXPECT_THAT(error({SequenceChunk{0, context - 2, {5}}}, 3),
+              HasSubstr("3 steps from position " + std::to_string(context - 2) + " (slot 0) run past the context"));
+}
+
 TEST(Generation, PromptLongerThanTheContextIsAClearError) {
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
   RunConfig c = config_for(model);

@@ -38,10 +38,15 @@ __device__ float block_sum(float v) {
 }
 
 template <typename T>
-__global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, float* x) {
-  const int t = blockIdx.x;
-  const T* row = table + static_cast<int64_t>(tokens[t]) * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) x[static_cast<int64_t>(t) * dim + i] = to_f32(row[i]);
+__global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, int vocab, float* x) {
+  const int t = blockIdx.x, token = tokens[t];
+  float* out = x + static_cast<int64_t>(t) * dim;
+  if (token < 0 || token >= vocab) {
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[i] = __int_as_float(0x7fc00000);  // NaN
+    return;
+  }
+  const T* row = table + static_cast<int64_t>(token) * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) out[i] = to_f32(row[i]);
 }
 
 template <typename T>
@@ -158,11 +163,11 @@ int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((
 
 }  // namespace
 
-void embed(const int32_t* tokens, int n_tokens, const void* embedding, DType type, int dim, float* x,
+void embed(const int32_t* tokens, int n_tokens, const void* embedding, DType type, int dim, int vocab, float* x,
            cudaStream_t stream) {
   by_type(type, [&](auto tag) {
     using T = decltype(tag);
-    embed_kernel<T><<<n_tokens, 256, 0, stream>>>(tokens, static_cast<const T*>(embedding), dim, x);
+    embed_kernel<T><<<n_tokens, 256, 0, stream>>>(tokens, static_cast<const T*>(embedding), dim, vocab, x);
   });
   LLM_CUDA_CHECK_LAUNCH();
 }

@@ -12,7 +12,9 @@
 namespace llm::cuda {
 
 // x[t] = embedding[tokens[t]] as fp32; embedding is [vocab][dim] in `type`.
-void embed(const int32_t* tokens, int n_tokens, const void* embedding, DType type, int dim, float* x,
+// (A token outside [0, vocab) gives a row of NaN: ids picked on the device, from logits with no number in
+// them, reach the next step that way and are reported once the ids are back on the host.)
+void embed(const int32_t* tokens, int n_tokens, const void* embedding, DType type, int dim, int vocab, float* x,
            cudaStream_t stream);
 
 // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * gain, written in `type`; rows[t] picks the row of x for output

@@ -45,7 +45,14 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   LLM_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   cublas_workspace_ = alloc(kCublasWorkspace, AllocTag::Workspace);
   LLM_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
-  LLM_CUDA_CHECK(cudaMallocHost(&pinned_ids_, sizeof(int32_t) * max_batch_));
+  LLM_CUDA_CHECK(cudaMallocHost(&pinned_ids_, sizeof(int32_t) * max_batch_ * kMaxStepsAhead));
+  if (const char* v = std::getenv("LLM_STEPS_AHEAD"); v && *v) {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*end || n < 1 || n > kMaxStepsAhead)
+      fail("LLM_STEPS_AHEAD='{}': expected greedy decode steps per graph launch, 1 to {}", v, kMaxStepsAhead);
+    steps_ahead_ = static_cast<int>(n);
+  }
   chain_->set_bridge(this);
   if (chain_->has_injected_failures()) {
     use_graphs_ = false;
@@ -109,6 +116,9 @@ void LlamaCuda::drop_graphs() {
   for (auto& g : graphs_)
     if (g.exec) cudaGraphExecDestroy(g.exec);
   graphs_.clear();
+  for (auto& [key, g] : step_graphs_)
+    if (g.exec) cudaGraphExecDestroy(g.exec);
+  step_graphs_.clear();
 }
 
 LlamaCuda::~LlamaCuda() {
@@ -208,8 +218,8 @@ void LlamaCuda::grow_buffers(int tokens, int chunks) {
   hb_ = alloc(t * h.hidden_dim * e, AllocTag::Activations);
   last_ = alloc(c * m.dim * e, AllocTag::Activations);
   logits_ = static_cast<float*>(alloc(c * m.vocab_size * sizeof(float), AllocTag::Activations));
-  meta_ = static_cast<int32_t*>(alloc((3 * t + 4 * c + 1) * sizeof(int32_t), AllocTag::Activations));
-  ids_ = static_cast<int32_t*>(alloc(c * sizeof(int32_t), AllocTag::Activations));
+  meta_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * meta_block_ints() * sizeof(int32_t), AllocTag::Activations));
+  ids_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * c * sizeof(int32_t), AllocTag::Activations));
 }
 
 // y = W x for `tokens` rows of x: W (rows, cols) row-major in dtype, x (tokens, cols) dtype, y (tokens, rows)
@@ -222,47 +232,53 @@ void LlamaCuda::gemm(const DeviceMatrix& w, const void* x, int tokens, void* y, 
                                 CUBLAS_GEMM_DEFAULT));
 }
 
-void LlamaCuda::stage(const std::vector<SequenceChunk>& chunks) {
+size_t LlamaCuda::meta_block_ints() const { return 3 * static_cast<size_t>(cap_tokens_) + 4 * cap_chunks_ + 1; }
+
+void LlamaCuda::stage(const std::vector<SequenceChunk>& chunks, int steps) {
   const int tokens = check_chunks(chunks, config_, max_batch_, max_context_);
   const int c = static_cast<int>(chunks.size());
   grow_buffers(tokens, c);
-  // Layout (offsets in ints): tokens | pos | slot (each cap_tokens_) | q_start (cap_chunks_ + 1) | kv_len |
-  // seq_slot | last (each cap_chunks_): fixed offsets, so captured graphs find fresh values on replay.
-  const size_t meta_ints = 3 * static_cast<size_t>(cap_tokens_) + 4 * cap_chunks_ + 1;
+  // Layout of a block (offsets in ints): tokens | pos | slot (each cap_tokens_) | q_start (cap_chunks_ + 1) |
+  // kv_len | seq_slot | last (each cap_chunks_): fixed offsets, so captured graphs find fresh values on
+  // replay. Block s holds the same chunks s positions on (forward_argmax_steps).
+  const size_t block = meta_block_ints(), meta_ints = block * kMaxStepsAhead;
   if (host_meta_.size() != meta_ints) {  // pinned, so the upload is a true async copy
     if (!host_meta_.empty()) cudaFreeHost(host_meta_.data());
     int32_t* p = nullptr;
     LLM_CUDA_CHECK(cudaMallocHost(&p, meta_ints * sizeof(int32_t)));
     host_meta_ = PinnedInts(p, meta_ints);
   }
-  std::fill(host_meta_.data(), host_meta_.data() + meta_ints, 0);
-  int32_t* tok = host_meta_.data();
-  int32_t* pos = tok + cap_tokens_;
-  int32_t* slot = pos + cap_tokens_;
-  int32_t* q_start = slot + cap_tokens_;
-  int32_t* kv_len = q_start + cap_chunks_ + 1;
-  int32_t* seq_slot = kv_len + cap_chunks_;
-  int32_t* last = seq_slot + cap_chunks_;
-  int t = 0;
-  for (int i = 0; i < c; ++i) {
-    const auto& ch = chunks[i];
-    for (size_t j = 0; j < ch.tokens.size(); ++j, ++t) {
-      tok[t] = ch.tokens[j];
-      pos[t] = ch.start_pos + static_cast<int>(j);
-      slot[t] = ch.slot;
+  std::fill(host_meta_.data(), host_meta_.data() + block * steps, 0);
+  for (int s = 0; s < steps; ++s) {
+    int32_t* tok = host_meta_.data() + s * block;
+    int32_t* pos = tok + cap_tokens_;
+    int32_t* slot = pos + cap_tokens_;
+    int32_t* q_start = slot + cap_tokens_;
+    int32_t* kv_len = q_start + cap_chunks_ + 1;
+    int32_t* seq_slot = kv_len + cap_chunks_;
+    int32_t* last = seq_slot + cap_chunks_;
+    int t = 0;
+    for (int i = 0; i < c; ++i) {
+      const auto& ch = chunks[i];
+      for (size_t j = 0; j < ch.tokens.size(); ++j, ++t) {
+        tok[t] = ch.tokens[j];  // (steps after the first take the ids picked on the device instead)
+        pos[t] = ch.start_pos + s + static_cast<int>(j);
+        slot[t] = ch.slot;
+      }
+      q_start[i + 1] = t;
+      kv_len[i] = ch.start_pos + s + static_cast<int>(ch.tokens.size());
+      seq_slot[i] = ch.slot;
+      last[i] = t - 1;
     }
-    q_start[i + 1] = t;
-    if (!mirrored_.empty())  // positions rewritten from start_pos on: the host mirror is stale there
+  }
+  if (!mirrored_.empty())  // positions rewritten from start_pos on: the host mirror is stale there
+    for (const auto& ch : chunks)
       for (int l = 0; l < config_.n_layers; ++l) {
         int& m = mirrored_[static_cast<size_t>(l) * max_batch_ + ch.slot];
         m = std::min(m, ch.start_pos);
       }
-    kv_len[i] = ch.start_pos + static_cast<int>(ch.tokens.size());
-    seq_slot[i] = ch.slot;
-    last[i] = t - 1;
-  }
   LLM_CUDA_CHECK(
-      cudaMemcpyAsync(meta_, host_meta_.data(), host_meta_.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      cudaMemcpyAsync(meta_, host_meta_.data(), block * steps * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 }
 
 void LlamaCuda::all_reduce(int tokens) {
@@ -270,15 +286,16 @@ void LlamaCuda::all_reduce(int tokens) {
     tp_.collective->all_reduce_sum(x_, static_cast<size_t>(tokens) * config_.dim, stream_);
 }
 
-void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
+void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, int step) {
   const ModelConfig& c = config_;
   const ModelConfig& h = local_;  // this rank's heads and SwiGLU rows (all of them without tensor parallelism)
   // Under tensor parallelism each rank's output and down products are partial sums over its heads and
   // rows: rank 0 adds its share into the residual stream and the others write theirs over their copy, so
   // that the all-reduce that follows leaves x + the sum of all shares on every rank.
   const bool add_into_residual = head_;
-  const int32_t* tok = meta_;
-  const int32_t* pos = tok + cap_tokens_;
+  const int32_t* block = meta_ + step * meta_block_ints();
+  const int32_t* tok = step == 0 ? block : ids_ + (step - 1) * cap_chunks_;  // (ids of one-token chunks)
+  const int32_t* pos = block + cap_tokens_;
   const int32_t* slot = pos + cap_tokens_;
   const int32_t* q_start = slot + cap_tokens_;
   const int32_t* kv_len = q_start + cap_chunks_ + 1;
@@ -286,7 +303,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
   const int32_t* last = seq_slot + cap_chunks_;
   const size_t e = dtype_size(dtype_);
 
-  embed(tok, tokens, embedding_.data, dtype_, c.dim, x_, stream_);
+  embed(tok, tokens, embedding_.data, dtype_, c.dim, c.vocab_size, x_, stream_);
 
   llm_kv_cache_view view{};
   view.struct_size = sizeof(view);
@@ -396,7 +413,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len) {
     rmsnorm(x_, last, chunks, rms_final_, c.dim, c.rms_norm_eps, last_, dtype_, stream_);
     product_f32(classifier_, last_, chunks, logits_, false);
   }
-  argmax_rows(logits_, chunks, c.vocab_size, ids_, stream_);
+  argmax_rows(logits_, chunks, c.vocab_size, ids_ + step * cap_chunks_, stream_);
 }
 
 void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
@@ -411,7 +428,7 @@ void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
   }
   const bool decode = max_q == 1;
   // Graphs replay the kernels of the backend they were captured with: a new active backend needs new ones.
-  if (!graphs_.empty() && chain_->active_name() != graph_backend_) drop_graphs();
+  if ((!graphs_.empty() || !step_graphs_.empty()) && chain_->active_name() != graph_backend_) drop_graphs();
   const bool graphable = use_graphs_ && decode && (chain_->active_capabilities() & LLM_CAP_CUDA_GRAPH_SAFE);
   if (!graphable) {
     enqueue(tokens, n, max_q, max_kv);
@@ -421,36 +438,83 @@ void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
   if (graphs_.size() <= static_cast<size_t>(n)) graphs_.resize(n + 1);
   Graph& g = graphs_[n];
   if (!g.exec) {
-    cudaGraph_t graph = nullptr;
-    const std::string backend = chain_->active_name();
-    LLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    std::string problem;
-    try {
-      enqueue(tokens, n, 1, max_context_);
-    } catch (const std::exception& e) {
-      problem = e.what();
-    }
-    const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
-    if (!problem.empty() || ended != cudaSuccess || chain_->active_name() != backend) {
-      // A backend failed (or the chain moved on) while capturing: no graphs from here on, run this step
-      // eagerly (the chain has already logged the failure).
-      if (graph) cudaGraphDestroy(graph);
-      cudaGetLastError();
-      log().warn("decode step could not be captured in a CUDA graph ({}); running without graphs",
-                 problem.empty() ? "the backend changed during capture" : problem);
-      use_graphs_ = false;
-      drop_graphs();
+    if (!capture(g, [&] { enqueue(tokens, n, 1, max_context_); })) {
       enqueue(tokens, n, max_q, max_kv);
       return;
     }
-    graph_backend_ = backend;
-    LLM_CUDA_CHECK(cudaGraphInstantiate(&g.exec, graph, 0));
-    LLM_CUDA_CHECK(cudaGraphDestroy(graph));
     g.tokens = tokens;
     log().debug("captured the decode step for {} sequence(s) in a CUDA graph", n);
   }
   LLM_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
   ++graph_replays_;
+}
+
+bool LlamaCuda::capture(Graph& g, const std::function<void()>& body) {
+  cudaGraph_t graph = nullptr;
+  const std::string backend = chain_->active_name();
+  LLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  std::string problem;
+  try {
+    body();
+  } catch (const std::exception& e) {
+    problem = e.what();
+  }
+  const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+  if (!problem.empty() || ended != cudaSuccess || chain_->active_name() != backend) {
+    // A backend failed (or the chain moved on) while capturing: no graphs from here on, the caller runs
+    // the step eagerly (the chain has already logged the failure).
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    log().warn("decode step could not be captured in a CUDA graph ({}); running without graphs",
+               problem.empty() ? "the backend changed during capture" : problem);
+    use_graphs_ = false;
+    drop_graphs();
+    return false;
+  }
+  graph_backend_ = backend;
+  LLM_CUDA_CHECK(cudaGraphInstantiate(&g.exec, graph, 0));
+  LLM_CUDA_CHECK(cudaGraphDestroy(graph));
+  return true;
+}
+
+int LlamaCuda::greedy_steps_ahead() const { return use_graphs_ && head_ && !tp_.collective ? steps_ahead_ : 1; }
+
+void LlamaCuda::forward_argmax_steps(const std::vector<SequenceChunk>& chunks, int steps, int* ids) {
+  check_steps(chunks, steps, max_context_);
+  if ((!graphs_.empty() || !step_graphs_.empty()) && chain_->active_name() != graph_backend_) drop_graphs();
+  const bool graphable = steps > 1 && steps <= kMaxStepsAhead && static_cast<int>(chunks.size()) <= max_batch_ &&
+                         use_graphs_ && head_ && !tp_.collective &&
+                         (chain_->active_capabilities() & LLM_CAP_CUDA_GRAPH_SAFE);
+  if (!graphable) return LanguageModel::forward_argmax_steps(chunks, steps, ids);
+  LLM_CUDA_CHECK(cudaSetDevice(device_));
+  stage(chunks, steps);
+  const int n = static_cast<int>(chunks.size());
+  Graph& g = step_graphs_[{n, steps}];
+  if (!g.exec) {
+    if (!capture(g, [&] {
+          for (int s = 0; s < steps; ++s) enqueue(n, n, 1, max_context_, s);
+        }))
+      return LanguageModel::forward_argmax_steps(chunks, steps, ids);  // (graphs are off now: step by step)
+    g.tokens = n;
+    log().debug("captured {} decode steps for {} sequence(s) in a CUDA graph", steps, n);
+  }
+  LLM_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+  graph_replays_ += steps;
+  // the picks, [step][chunk] (the device's rows are cap_chunks_ apart)
+  const size_t row = n * sizeof(int32_t);
+  LLM_CUDA_CHECK(cudaMemcpy2DAsync(pinned_ids_, row, ids_, cap_chunks_ * sizeof(int32_t), row, steps,
+                                   cudaMemcpyDeviceToHost, stream_));
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (int s = 0; s < steps; ++s)
+    for (int k = 0; k < n; ++k) {
+      const int id = pinned_ids_[static_cast<size_t>(s) * n + k];
+      if (id < 0 || id >= config_.vocab_size)  // (the steps after it took NaN embeddings: same message)
+        fail(
+            "the GPU's logits for sequence {} (slot {}) at step {} of {} hold no number to pick: NaN or infinite "
+            "throughout",
+            k, chunks[k].slot, s + 1, steps);
+      ids[static_cast<size_t>(s) * n + k] = id;
+    }
 }
 
 void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids) {

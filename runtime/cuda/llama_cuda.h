@@ -7,7 +7,10 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <functional>
+#include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "backend_chain.h"
@@ -46,6 +49,12 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   int max_context() const override { return max_context_; }
   const float* forward(const std::vector<SequenceChunk>& chunks) override;
   void forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids) override;
+  // The steps run back to back in one CUDA graph per (sequences, steps), each step's embedding reading the
+  // ids the step before picked on the device; one upload of every step's positions before, one copy of
+  // the ids after. Without graphs (or under tensor parallelism) the steps go one by one.
+  void forward_argmax_steps(const std::vector<SequenceChunk>& chunks, int steps, int* ids) override;
+  int greedy_steps_ahead() const override;
+  static constexpr int kMaxStepsAhead = 8;
   std::string attention_backend() const override { return chain_->active_name(); }
   std::vector<std::string> attention_backends_used() const override { return chain_->served_by(); }
 
@@ -54,7 +63,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   // Decode steps are captured in a CUDA graph per batch size and replayed when every backend left in the
   // chain is graph-safe; off: every step is launched kernel by kernel.
   void set_use_graphs(bool on) { use_graphs_ = on; }
-  int graph_replays() const { return graph_replays_; }
+  int graph_replays() const { return graph_replays_; }  // decode steps replayed from graphs
   // Steps of at most this many tokens take the fused matrix-vector kernels (gemv.h), longer ones cuBLAS;
   // 0: cuBLAS always. At most kGemvMaxTokens, and at most what the kernel in use takes for the dtype
   // (gemv_max_tokens: 4 for fp32 and for the CUDA-core kernel, 16 otherwise).
@@ -82,18 +91,25 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
     float *rms_att = nullptr, *rms_ffn = nullptr;
     DeviceMatrix wq, wk, wv, wo, w1, w2, w3;
   };
-  struct Graph {
-    cudaGraphExec_t exec = nullptr;
-    int tokens = 0;
-  };
 
   DeviceMatrix upload(const Matrix& m);
   float* upload_f32(const float* data, size_t count);
   void* alloc(size_t bytes, AllocTag tag);
   void release(void* p);
   void grow_buffers(int tokens, int chunks);
-  void stage(const std::vector<SequenceChunk>& chunks);                 // metadata to the device
-  void enqueue(int tokens, int chunks, int max_q_len, int max_kv_len);  // the forward pass, on stream_
+  // Metadata to the device: `steps` blocks, block s for the chunks' tokens at their positions + s.
+  void stage(const std::vector<SequenceChunk>& chunks, int steps = 1);
+  size_t meta_block_ints() const;  // one block's ints (the layout is in stage)
+  // The forward pass on stream_ for metadata block `step`; its tokens: the block's, or for step > 0 the
+  // ids step - 1 picked. Its argmax goes to ids_ + step * cap_chunks_.
+  void enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, int step = 0);
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    int tokens = 0;
+  };
+  // Captures `body` (enqueues on stream_) into g; false, with graphs turned off and the reason logged,
+  // where a backend failed or the chain moved on during the capture (nothing was enqueued then).
+  bool capture(Graph& g, const std::function<void()>& body);
   void gemm(const DeviceMatrix& w, const void* x, int tokens, void* y, bool y_f32, float beta);
   void run(const std::vector<SequenceChunk>& chunks);
   // Sums a partial projection (tokens x dim, in x_) over the tensor-parallel group; nothing without one.
@@ -154,8 +170,10 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   int gemv_max_tokens_ = kGemvMaxTokens;
   GemvKernel gemv_kernel_ = GemvKernel::Auto;
   bool fuse_norm_ = true;
-  std::vector<Graph> graphs_;  // by chunk count, decode only
-  std::string graph_backend_;  // the backend the graphs were captured with
+  std::vector<Graph> graphs_;                         // by chunk count, decode only
+  std::map<std::pair<int, int>, Graph> step_graphs_;  // forward_argmax_steps: by (chunk count, steps)
+  int steps_ahead_ = 4;                               // greedy_steps_ahead (LLM_STEPS_AHEAD)
+  std::string graph_backend_;                         // the backend the graphs were captured with
   int graph_replays_ = 0;
   void drop_graphs();
 

@@ -37,6 +37,20 @@ RunConfig cpu_config(const std::string& model) {
   return c;
 }
 
+// A copy of the llama2.c checkpoint `fp32` in `dir` with every weight after the header NaN: every logit is
+// then NaN, and argmax has nothing to pick.
+std::string nan_copy(const std::string& fp32, test::TempDir& dir) {
+  const std::string path = dir.file("nan.bin");
+  std::filesystem::copy_file(fp32, path);
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  const auto size = static_cast<size_t>(std::filesystem::file_size(path));
+  const size_t header = 7 * sizeof(int32_t);
+  const std::vector<float> nan((size - header) / sizeof(float), std::nanf(""));
+  f.seekp(static_cast<std::streamoff>(header));
+  f.write(reinterpret_cast<const char*>(nan.data()), static_cast<std::streamsize>(nan.size() * sizeof(float)));
+  return path;
+}
+
 TEST(LlamaCuda, LogitsMatchTheCpuForEachDtype) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
@@ -91,22 +105,71 @@ TEST(LlamaCuda, GraphReplayEqualsEagerAndTheAllocatorStopsGrowing) {
 TEST(LlamaCuda, LogitsWithoutANumberAreAClearErrorNotAToken) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(fp32, "stories260K.bin");
-  // stories260K with every weight after the header NaN: every logit is NaN, and argmax has nothing to pick.
   test::TempDir dir;
-  const std::string path = dir.file("nan.bin");
-  std::filesystem::copy_file(fp32, path);
-  {
-    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-    const auto size = static_cast<size_t>(std::filesystem::file_size(path));
-    const size_t header = 7 * sizeof(int32_t);
-    const std::vector<float> nan((size - header) / sizeof(float), std::nanf(""));
-    f.seekp(static_cast<std::streamoff>(header));
-    f.write(reinterpret_cast<const char*>(nan.data()), static_cast<std::streamsize>(nan.size() * sizeof(float)));
-  }
+  const std::string path = nan_copy(fp32, dir);
   GenerationOptions o;
   o.max_tokens = 4;
   EXPECT_THAT([&] { Engine(gpu_config(path, "fp32")).generate("Once upon a time", o); },
               testing::ThrowsMessage<Error>(testing::HasSubstr("hold no number to pick: NaN or infinite throughout")));
+}
+
+// Greedy steps run back to back in one graph, each taking the ids the step before picked on the device,
+// give the ids of single steps: two sequences, 2 to 8 steps a run, flash_cuda in bf16 and mha_cuda in fp32;
+// generation with runs of 8 gives the text of single steps, and the steps count as graph replays.
+TEST(LlamaCuda, GreedyStepsInOneGraphGiveTheIdsOfSingleSteps) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  for (auto [dtype, backend] : {std::pair{"bf16", "flash_cuda"}, {"fp32", "mha_cuda"}}) {
+    RunConfig c = gpu_config(model, dtype);
+    c.backend_order = {backend};
+    Engine runs(c, 2), single(c, 2);
+    auto* run_model = dynamic_cast<cuda::LlamaCuda*>(&runs.model());
+    ASSERT_NE(run_model, nullptr);
+    const auto p1 = runs.tokenizer().encode("The little dog", true), p2 = runs.tokenizer().encode("Once upon", true);
+    int first[2];
+    runs.model().forward_argmax({SequenceChunk{0, 0, p1}, SequenceChunk{1, 0, p2}}, first);
+    single.model().forward_argmax({SequenceChunk{0, 0, p1}, SequenceChunk{1, 0, p2}}, first);
+    int pos[2] = {static_cast<int>(p1.size()), static_cast<int>(p2.size())}, tok[2] = {first[0], first[1]};
+    for (int steps : {2, 5, 8, 3}) {
+      const int replays = run_model->graph_replays();
+      std::vector<int> ids(2 * steps);
+      runs.model().forward_argmax_steps({SequenceChunk{0, pos[0], {tok[0]}}, SequenceChunk{1, pos[1], {tok[1]}}}, steps,
+                                        ids.data());
+      EXPECT_EQ(run_model->graph_replays(), replays + steps) << dtype << ": the steps ran from one graph";
+      for (int s = 0; s < steps; ++s) {
+        int next[2];
+        single.model().forward_argmax({SequenceChunk{0, pos[0], {tok[0]}}, SequenceChunk{1, pos[1], {tok[1]}}}, next);
+        EXPECT_EQ(ids[2 * s], next[0]) << dtype << " run of " << steps << ", step " << s;
+        EXPECT_EQ(ids[2 * s + 1], next[1]) << dtype << " run of " << steps << ", step " << s;
+        for (int k = 0; k < 2; ++k) ++pos[k], tok[k] = next[k];
+      }
+    }
+    GenerationOptions o;
+    o.max_tokens = 90;
+    o.stop_at_eos = false;
+    o.steps_ahead = 1;
+    const auto one = Engine(c).generate("Once upon a time", o);
+    o.steps_ahead = 8;
+    const auto eight = Engine(c).generate("Once upon a time", o);
+    EXPECT_EQ(eight.tokens, one.tokens) << dtype;
+  }
+}
+
+// An id picked on the device from logits with no number in them reaches the next step of a run as a NaN
+// embedding (not an out-of-range read), and the run is an error naming the sequence and the step.
+TEST(LlamaCuda, AGreedyRunOverLogitsWithoutANumberIsAClearError) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(fp32, "stories260K.bin");
+  test::TempDir dir;
+  const std::string path = nan_copy(fp32, dir);
+  Engine engine(gpu_config(path, "fp32"));
+  std::vector<int> ids(4);
+  EXPECT_THAT(
+      [&] {
+        engine.model().forward_argmax_steps({SequenceChunk{0, 0, {1}}}, 4, ids.data());
+      },
+      testing::ThrowsMessage<Error>(
+          testing::HasSubstr("sequence 0 (slot 0) at step 1 of 4 hold no number to pick: NaN or infinite throughout")));
 }
 
 TEST(LlamaCuda, Int8CheckpointRunsOnTheGpu) {
