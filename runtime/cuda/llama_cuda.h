@@ -174,7 +174,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   std::map<std::pair<int, int>, Graph> step_graphs_;  // forward_argmax_steps: by (chunk count, steps)
   // greedy_steps_ahead (LLM_STEPS_AHEAD). 1 until runs of steps have been measured on a GPU (docs/GPU.md).
   int steps_ahead_ = 1;
-  std::string graph_backend_;                         // the backend the graphs were captured with
+  std::string graph_backend_;  // the backend the graphs were captured with
   int graph_replays_ = 0;
   void drop_graphs();
 
