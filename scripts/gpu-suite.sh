@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
-#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|trace|sass|fixtures|tp|all]
+#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|trace|sass|fixtures|tp|runs|all]
 #   (bench: end to end; attention: the kernels beside SDPA, joined with the bars; gemv: the
 #    decode-step matrix-vector kernels beside cuBLAS, then end-to-end decode at batch 1 and 8 with each
 #    kernel; profile: per-kernel times of decode steps, ncu (PROFILE_SHAPE, default tinyllama); trace: where
 #    a replayed decode step's time goes, kernel by kernel as they overlap, timed by CUPTI (TRACE_SHAPES,
-#    TRACE_BATCHES, tools/kernel_trace); sass: one
+#    TRACE_BATCHES, tools/kernel_trace); runs: greedy decode in runs of steps, its tests and its speed
+#    at each run length (RUNS_LENGTHS); sass: one
 #    kernel's instructions and stalls by SASS line, ncu's source page summarised by tools/ncu/sass_summary.py,
 #    with its details page and every raw metric (sass_raw.csv)
 #    (SASS_KERNEL regex, SASS_SKIP launches, SASS_NCU_ARGS more ncu options, SASS_CMD the program:
@@ -154,6 +155,19 @@ if [ "$what" = sass ]; then
   ncu -i "$out/sass.ncu-rep" --page source --csv --print-source sass >"$out/sass.csv" 2>&1 || status=1
   python3 tools/ncu/sass_summary.py "$out/sass.csv" | tee "$out/sass.md" || status=1
   rm -f "$out/sass.ncu-rep"  # (large; the CSV and the details page hold what is read)
+fi
+if [ "$what" = runs ]; then
+  # Greedy decode in runs of steps (one CUDA graph a run): its tests, then batch-1 and batch-8 decode with
+  # each run length, one after the other in this call (RUNS_LENGTHS, default 1,4,8,1).
+  echo "== greedy runs of steps: tests"
+  build/bin/llm_tests --gtest_filter='LlamaCuda.*:Generation.*' 2>&1 | tee "$out/runs_tests.log" |
+    grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED) |error" | tail -40
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  for n in $(echo "${RUNS_LENGTHS:-1,4,8,1}" | tr , ' '); do
+    echo "== decode, runs of $n steps"
+    LLM_STEPS_AHEAD=$n build/bin/gpu_decode_bench --backends flash_cuda --batches ${RUNS_BATCHES:-1,8} \
+      --work-dir ${RUNS_WORK_DIR:-/tmp/llm-gpu-bench} 2>>"$out/runs_bench.err" | tee -a "$out/runs_bench.md" || status=1
+  done
 fi
 if [ "$what" = trace ]; then
   # Every kernel of the replayed decode steps timed as it ran (CUPTI; not serialised as under ncu), each
