@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
-#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|trace|sass|fixtures|tp|runs|all]
+#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|trace|sass|fixtures|tp|runs|ab|all]
 #   (bench: end to end; attention: the kernels beside SDPA, joined with the issue's bars; gemv: the
 #    decode-step matrix-vector kernels beside cuBLAS, then end-to-end decode at batch 1 and 8 with each
 #    kernel; profile: per-kernel times of decode steps, ncu (PROFILE_SHAPE, default tinyllama); trace: where
 #    a replayed decode step's time goes, kernel by kernel as they overlap, timed by CUPTI (TRACE_SHAPES,
 #    TRACE_BATCHES, tools/kernel_trace); runs: greedy decode in runs of steps, its tests and its speed
-#    at each run length (RUNS_LENGTHS); sass: one
+#    at each run length (RUNS_LENGTHS); ab: end-to-end decode under environment switches, alternating
+#    (AB_VARIANTS, AB_ROUNDS, AB_BATCHES); sass: one
 #    kernel's instructions and stalls by SASS line, ncu's source page summarised by tools/ncu/sass_summary.py,
 #    with its details page and every raw metric (sass_raw.csv)
 #    (SASS_KERNEL regex, SASS_SKIP launches, SASS_NCU_ARGS more ncu options, SASS_CMD the program:
@@ -167,6 +168,19 @@ if [ "$what" = runs ]; then
     echo "== decode, runs of $n steps"
     LLM_STEPS_AHEAD=$n build/bin/gpu_decode_bench --backends flash_cuda --batches ${RUNS_BATCHES:-1,8} \
       --work-dir ${RUNS_WORK_DIR:-/tmp/llm-gpu-bench} 2>>"$out/runs_bench.err" | tee -a "$out/runs_bench.md" || status=1
+  done
+fi
+if [ "$what" = ab ]; then
+  # Experiments switched by environment variables, end to end in one call: decode under each of AB_VARIANTS
+  # (space-separated; a variant is NAME=VALUE[,NAME=VALUE...], "-" for none), alternating, AB_ROUNDS rounds.
+  for round in $(seq "${AB_ROUNDS:-2}"); do
+    for v in ${AB_VARIANTS:--}; do
+      echo "== round $round: $v"
+      vars=(); [ "$v" = - ] || IFS=, read -r -a vars <<<"$v"
+      env "${vars[@]}" build/bin/gpu_decode_bench --backends flash_cuda --batches ${AB_BATCHES:-1,8} \
+        --work-dir ${AB_WORK_DIR:-/tmp/llm-gpu-bench} ${AB_ARGS:-} 2>>"$out/ab_bench.err" | tee -a "$out/ab_bench.md" ||
+        status=1
+    done
   done
 fi
 if [ "$what" = trace ]; then
