@@ -18,12 +18,25 @@
 #include "generator.h"
 #include "gguf_writer.h"
 #include "half.h"
+#include "random_checkpoint.h"
 #include "run_config.h"
 #include "sampler.h"
 #include "test_support.h"
 #include "tokenizer_internal.h"
 
 namespace llm::test {
+
+// A small random-weight Llama (llama2.c version 1, fp32) for shapes stories260K does not have: GQA with
+// 8 query heads over 4 kv heads of 64 (the GPU kernels' full-width paths), 4 layers, `hidden` MLP rows, the
+// 512-token vocabulary of tok512, a context of 256. Written to `dir` as `name`; returns its path.
+inline std::string random_gqa_model(TempDir& dir, const std::string& name, int hidden, uint64_t seed) {
+  ModelConfig mc;
+  mc.dim = 512, mc.hidden_dim = hidden, mc.n_layers = 4, mc.n_heads = 8, mc.n_kv_heads = 4;
+  mc.vocab_size = 512, mc.max_seq_len = 256;
+  const std::string path = dir.file(name);
+  write_checkpoint(path, mc, CheckpointFormat::V1F32, random_weights(mc, seed));
+  return path;
+}
 
 // mha_cpu on 2 threads; `tokenizer` "" takes the model file's own (GGUF, Hugging Face directory).
 inline RunConfig cpu_config(const std::string& model, const std::string& tokenizer) {

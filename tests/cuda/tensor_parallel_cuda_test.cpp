@@ -18,7 +18,6 @@
 #include "llama_cuda.h"
 #include "model_export.h"
 #include "nccl_group.h"
-#include "random_checkpoint.h"
 #include "tensor_parallel.h"
 #include "test_support.h"
 
@@ -136,12 +135,8 @@ TEST(TensorParallelCuda, BatchedGenerationOnTwoGpusMatchesOneGpu) {
 TEST(TensorParallelCuda, RandomWeightGqaModelSplitsWithinTheBf16Bound) {
   LLM_REQUIRE_GPUS(2);
   LLM_REQUIRE_MODEL(tokenizer, "tok512.bin");
-  ModelConfig mc;
-  mc.dim = 512, mc.hidden_dim = 1408, mc.n_layers = 4, mc.n_heads = 8, mc.n_kv_heads = 4;
-  mc.vocab_size = 512, mc.max_seq_len = 256;
   test::TempDir dir;
-  const std::string path = dir.file("gqa_random.bin");
-  write_checkpoint(path, mc, CheckpointFormat::V1F32, random_weights(mc, 11));
+  const std::string path = test::random_gqa_model(dir, "gqa_random.bin", 1408, 11);
   Engine one(gpu_config(path, "bf16", 1));
   for (int world : {2, 4}) {
     if (world > gpu_count()) continue;
