@@ -47,18 +47,32 @@ int Sampler::sample(const float* logits, int n) {
       return a.first > b.first || (a.first == b.first && a.second < b.second);
     };
     keep = params_.top_k > 0 ? std::min(params_.top_k, n) : n;
-    std::partial_sort(candidates_.begin(), candidates_.begin() + keep, candidates_.end(), by_prob);
-    double kept_sum = 0.0;
-    for (int i = 0; i < keep; ++i) kept_sum += candidates_[i].first;
-    if (params_.top_p < 1.0f) {  // smallest prefix whose share of the kept mass reaches top_p
+    // The smallest prefix of the sorted candidates whose share of `mass` reaches top_p, searched within the
+    // first `sorted` (which are in order); false where it lies beyond them.
+    auto nucleus = [&](int sorted, double mass) {
       double running = 0.0;
-      for (int i = 0; i < keep; ++i) {
+      for (int i = 0; i < sorted; ++i) {
         running += candidates_[i].first;
-        if (running >= params_.top_p * kept_sum) {
+        if (running >= params_.top_p * mass) {
           keep = i + 1;
-          break;
+          return true;
         }
       }
+      return false;
+    };
+    if (params_.top_p < 1.0f && keep == n) {
+      // Top-p alone: sort only as far as the nucleus reaches, a prefix four times longer each round (a whole
+      // 32K vocabulary sorted took 2.7 ms a token; the nucleus is usually a few hundred tokens). The mass
+      // is `sum`, the id-order total of every candidate.
+      for (int sorted = std::min(n, 256);; sorted = std::min(n, sorted * 4)) {
+        std::partial_sort(candidates_.begin(), candidates_.begin() + sorted, candidates_.end(), by_prob);
+        if (nucleus(sorted, sum) || sorted == n) break;
+      }
+    } else {
+      std::partial_sort(candidates_.begin(), candidates_.begin() + keep, candidates_.end(), by_prob);
+      double kept_sum = 0.0;
+      for (int i = 0; i < keep; ++i) kept_sum += candidates_[i].first;
+      if (params_.top_p < 1.0f) nucleus(keep, kept_sum);
     }
     sum = 0.0;
     for (int i = 0; i < keep; ++i) sum += candidates_[i].first;

@@ -2,8 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
+#include <utility>
+#include <vector>
 
 namespace llm {
 namespace {
@@ -43,6 +47,55 @@ TEST(Sampler, TopPKeepsTheSmallestNucleus) {
   for (int i = 0; i < 2000; ++i) seen[b.sample(logits.data(), 3)]++;
   EXPECT_EQ(seen.count(2), 0u);
   EXPECT_NEAR(seen[1] / 2000.0, 0.245 / 0.91, 0.04);
+}
+
+// The sampler as written plainly: every candidate sorted, the nucleus over the kept ones, the pick walking
+// them in order; `u` is the uniform the sampler draws. With top-p alone the nucleus's mass is the id-order
+// total of every candidate (as the sampler sums it).
+int plain_sample(const std::vector<float>& logits, const SamplingParams& p, float u) {
+  const int n = static_cast<int>(logits.size());
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  std::vector<std::pair<float, int>> c(n);
+  double total = 0;
+  for (int i = 0; i < n; ++i) total += (c[i] = {std::exp((logits[i] - mx) / p.temperature), i}).first;
+  std::sort(c.begin(), c.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
+  int keep = p.top_k > 0 ? std::min(p.top_k, n) : n;
+  double mass = 0;
+  for (int i = 0; i < keep; ++i) mass += c[i].first;
+  if (p.top_k <= 0 || p.top_k >= n) mass = total;
+  double running = 0;
+  for (int i = 0; i < keep && p.top_p < 1.0f; ++i)
+    if ((running += c[i].first) >= p.top_p * mass) {
+      keep = i + 1;
+      break;
+    }
+  double sum = 0;
+  for (int i = 0; i < keep; ++i) sum += c[i].first;
+  const double r = u * sum;
+  running = 0;
+  for (int i = 0; i < keep; ++i)
+    if (r < (running += c[i].first)) return c[i].second;
+  return c[keep - 1].second;
+}
+
+// Top-p on a 32K vocabulary sorts only as far as the nucleus reaches: the same picks as sorting all of it,
+// for nuclei of a few tokens to most of the vocabulary (peaked to flat logits), with and without top-k.
+TEST(Sampler, TopPOnALargeVocabularyPicksAsAWholeSortWould) {
+  std::mt19937 rng(5);
+  for (float spread : {8.0f, 2.0f, 0.3f, 0.01f}) {
+    std::normal_distribution<float> d(0.0f, spread);
+    std::vector<float> logits(32000);
+    for (float& v : logits) v = d(rng);
+    for (auto [k, top_p] : {std::pair{0, 0.9f}, {0, 0.5f}, {0, 0.99f}, {1000, 0.9f}, {40, 0.95f}}) {
+      const SamplingParams p{0.8f, k, top_p, 11};
+      Sampler s(p), uniforms(p);
+      for (int i = 0; i < 40; ++i)
+        ASSERT_EQ(s.sample(logits.data(), 32000), plain_sample(logits, p, uniforms.next_uniform()))
+            << "spread " << spread << " top_k " << k << " top_p " << top_p << " draw " << i;
+    }
+  }
 }
 
 TEST(Sampler, TemperatureFollowsTheSoftmax) {
