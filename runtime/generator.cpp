@@ -35,7 +35,7 @@ std::vector<GenerationResult> generate_batch(LanguageModel& model, const Tokeniz
                                              const std::function<void(size_t, const std::string&)>& on_text) {
   using clock = std::chrono::steady_clock;
   const size_t n = prompts.size();
-  const int context = model.max_context(), vocab = model.config().vocab_size;
+  const int context = model.max_context();
   if (n == 0) return {};
   if (n > static_cast<size_t>(model.max_batch()))
     fail("{} prompts but the model was set up for batches of {}", n, model.max_batch());
@@ -66,14 +66,17 @@ std::vector<GenerationResult> generate_batch(LanguageModel& model, const Tokeniz
   };
   // One forward pass over `chunks`; next[k] is chunk k's next token. Greedy steps ask the model for the
   // argmax only (a GPU model then copies back one id per sequence, not the logits).
+  // Sampling steps draw each sequence's uniform from its own Sampler and let the model pick (a GPU model
+  // on the device, then copying back one id per sequence).
   std::vector<int> next(n);
+  std::vector<float> uniforms(n);
   auto step = [&](const std::vector<SequenceChunk>& batch) {
     if (options.sampling.temperature <= 0.0f) {
       model.forward_argmax(batch, next.data());
       return;
     }
-    const float* logits = model.forward(batch);
-    for (size_t k = 0; k < batch.size(); ++k) next[k] = samplers[batch[k].slot].sample(logits + k * vocab, vocab);
+    for (size_t k = 0; k < batch.size(); ++k) uniforms[k] = samplers[batch[k].slot].next_uniform();
+    model.forward_sample(batch, options.sampling, uniforms.data(), next.data());
   };
 
   // Prefill: every prompt in one forward pass.

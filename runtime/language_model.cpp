@@ -83,6 +83,15 @@ void LanguageModel::forward_argmax_steps(const std::vector<SequenceChunk>& chunk
   }
 }
 
+void LanguageModel::forward_sample(const std::vector<SequenceChunk>& chunks, const SamplingParams& params,
+                                   const float* uniforms, int* ids) {
+  const float* logits = forward(chunks);
+  const int vocab = config().vocab_size;
+  std::vector<std::pair<float, int>> scratch;
+  for (size_t k = 0; k < chunks.size(); ++k)
+    ids[k] = Sampler::pick(logits + k * static_cast<size_t>(vocab), vocab, params, uniforms[k], scratch);
+}
+
 void check_steps(const std::vector<SequenceChunk>& chunks, int steps, int max_context) {
   if (steps < 1) fail("forward_argmax_steps: {} steps; at least 1", steps);
   for (const SequenceChunk& ch : chunks) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "model_config.h"
+#include "sampler.h"
 
 namespace llm {
 
@@ -58,6 +59,12 @@ class LanguageModel {
   // on the device, without the host between them. Throws llm::Error (naming the chunk) where the steps
   // would run past the context.
   virtual void forward_argmax_steps(const std::vector<SequenceChunk>& chunks, int steps, int* ids);
+  // The same pass, returning in ids[k] the token Sampler::pick chooses from chunk k's logits with `params`
+  // and the uniform uniforms[k] (a sampling generator draws them from each sequence's own Sampler, so the
+  // text is what Sampler::sample would give). The default copies the logits out and picks on the host; a
+  // GPU model picks on the device and copies back just the ids.
+  virtual void forward_sample(const std::vector<SequenceChunk>& chunks, const SamplingParams& params,
+                              const float* uniforms, int* ids);
   // How many greedy steps a forward_argmax_steps call should take when the generation allows (1: the model
   // gains nothing from more).
   virtual int greedy_steps_ahead() const { return 1; }

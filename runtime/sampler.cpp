@@ -30,60 +30,66 @@ float Sampler::next_uniform() {
 
 int Sampler::sample(const float* logits, int n) {
   if (params_.temperature <= 0.0f) return argmax(logits, n);
+  return pick(logits, n, params_, next_uniform(), candidates_);
+}
+
+int Sampler::pick(const float* logits, int n, const SamplingParams& params, float u,
+                  std::vector<std::pair<float, int>>& candidates) {
+  if (params.temperature <= 0.0f) return argmax(logits, n);
 
   // softmax(logits / T) over all tokens, sorted most likely first when top-k or top-p cut the tail
   const float max_logit = logits[argmax(logits, n)];
-  candidates_.resize(n);
+  candidates.resize(n);
   double sum = 0.0;
   for (int i = 0; i < n; ++i) {
-    const float p = std::exp((logits[i] - max_logit) / params_.temperature);
-    candidates_[i] = {p, i};
+    const float p = std::exp((logits[i] - max_logit) / params.temperature);
+    candidates[i] = {p, i};
     sum += p;
   }
   int keep = n;
-  const bool cut = (params_.top_k > 0 && params_.top_k < n) || params_.top_p < 1.0f;
+  const bool cut = (params.top_k > 0 && params.top_k < n) || params.top_p < 1.0f;
   if (cut) {
     auto by_prob = [](const auto& a, const auto& b) {
       return a.first > b.first || (a.first == b.first && a.second < b.second);
     };
-    keep = params_.top_k > 0 ? std::min(params_.top_k, n) : n;
+    keep = params.top_k > 0 ? std::min(params.top_k, n) : n;
     // The smallest prefix of the sorted candidates whose share of `mass` reaches top_p, searched within the
     // first `sorted` (which are in order); false where it lies beyond them.
     auto nucleus = [&](int sorted, double mass) {
       double running = 0.0;
       for (int i = 0; i < sorted; ++i) {
-        running += candidates_[i].first;
-        if (running >= params_.top_p * mass) {
+        running += candidates[i].first;
+        if (running >= params.top_p * mass) {
           keep = i + 1;
           return true;
         }
       }
       return false;
     };
-    if (params_.top_p < 1.0f && keep == n) {
+    if (params.top_p < 1.0f && keep == n) {
       // Top-p alone: sort only as far as the nucleus reaches, a prefix four times longer each round (a whole
       // 32K vocabulary sorted took 2.7 ms a token; the nucleus is usually a few hundred tokens). The mass
       // is `sum`, the id-order total of every candidate.
       for (int sorted = std::min(n, 256);; sorted = std::min(n, sorted * 4)) {
-        std::partial_sort(candidates_.begin(), candidates_.begin() + sorted, candidates_.end(), by_prob);
+        std::partial_sort(candidates.begin(), candidates.begin() + sorted, candidates.end(), by_prob);
         if (nucleus(sorted, sum) || sorted == n) break;
       }
     } else {
-      std::partial_sort(candidates_.begin(), candidates_.begin() + keep, candidates_.end(), by_prob);
+      std::partial_sort(candidates.begin(), candidates.begin() + keep, candidates.end(), by_prob);
       double kept_sum = 0.0;
-      for (int i = 0; i < keep; ++i) kept_sum += candidates_[i].first;
-      if (params_.top_p < 1.0f) nucleus(keep, kept_sum);
+      for (int i = 0; i < keep; ++i) kept_sum += candidates[i].first;
+      if (params.top_p < 1.0f) nucleus(keep, kept_sum);
     }
     sum = 0.0;
-    for (int i = 0; i < keep; ++i) sum += candidates_[i].first;
+    for (int i = 0; i < keep; ++i) sum += candidates[i].first;
   }
-  const double r = next_uniform() * sum;
+  const double r = u * sum;
   double running = 0.0;
   for (int i = 0; i < keep; ++i) {
-    running += candidates_[i].first;
-    if (r < running) return candidates_[i].second;
+    running += candidates[i].first;
+    if (r < running) return candidates[i].second;
   }
-  return candidates_[keep - 1].second;  // rounding left r at the very top
+  return candidates[keep - 1].second;  // rounding left r at the very top
 }
 
 }  // namespace llm

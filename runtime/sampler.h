@@ -20,6 +20,11 @@ class Sampler {
   explicit Sampler(const SamplingParams& params);
   // Chooses a token from logits[0..n); `logits` is left unchanged.
   int sample(const float* logits, int n);
+  // What sample() picks when the uniform it draws is `u` (sample() draws exactly one when the temperature is
+  // above 0, none otherwise): for callers that draw the uniforms themselves and pick elsewhere (on a GPU).
+  // `scratch` holds the candidates between calls.
+  static int pick(const float* logits, int n, const SamplingParams& params, float u,
+                  std::vector<std::pair<float, int>>& scratch);
   // A uniform float in [0, 1) from the sampler's generator (xorshift64*).
   float next_uniform();
 
