@@ -125,6 +125,7 @@ LlamaCuda::~LlamaCuda() {
   cudaSetDevice(device_);
   drop_graphs();
   if (pinned_ids_) cudaFreeHost(pinned_ids_);
+  if (pinned_uniforms_) cudaFreeHost(pinned_uniforms_);
   if (!host_meta_.empty()) cudaFreeHost(host_meta_.data());
   if (cublas_) cublasDestroy(cublas_);
   if (stream_) cudaStreamSynchronize(stream_);
@@ -515,6 +516,36 @@ void LlamaCuda::forward_argmax_steps(const std::vector<SequenceChunk>& chunks, i
             k, chunks[k].slot, s + 1, steps);
       ids[static_cast<size_t>(s) * n + k] = id;
     }
+}
+
+void LlamaCuda::forward_sample(const std::vector<SequenceChunk>& chunks, const SamplingParams& params,
+                               const float* uniforms, int* ids) {
+  if (!(params.temperature > 0.0f) || !head_ || tp_.collective)
+    return LanguageModel::forward_sample(chunks, params, uniforms, ids);
+  run(chunks);
+  const int n = static_cast<int>(chunks.size()), vocab = config_.vocab_size;
+  if (sampling_.rows() < n) {  // room for every sequence the model holds, once
+    LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (void* p : {sampling_memory_, static_cast<void*>(uniforms_), static_cast<void*>(sampled_)})
+      if (p) release(p);
+    const int rows = std::max(n, max_batch_);
+    sampling_memory_ = alloc(SamplingWorkspace::bytes(rows, vocab), AllocTag::Workspace);
+    sampling_.carve(sampling_memory_, rows, vocab, stream_);
+    uniforms_ = static_cast<float*>(alloc(rows * sizeof(float), AllocTag::Workspace));
+    sampled_ = static_cast<int32_t*>(alloc(rows * sizeof(int32_t), AllocTag::Workspace));
+    if (pinned_uniforms_) cudaFreeHost(pinned_uniforms_);
+    LLM_CUDA_CHECK(cudaMallocHost(&pinned_uniforms_, rows * sizeof(float)));
+  }
+  std::copy(uniforms, uniforms + n, pinned_uniforms_);
+  LLM_CUDA_CHECK(cudaMemcpyAsync(uniforms_, pinned_uniforms_, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  sample_rows(logits_, n, vocab, params, uniforms_, sampling_, sampled_, stream_);
+  LLM_CUDA_CHECK(cudaMemcpyAsync(pinned_ids_, sampled_, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (int i = 0; i < n; ++i)
+    if (pinned_ids_[i] < 0 || pinned_ids_[i] >= vocab)
+      fail("the GPU's logits for sequence {} (slot {}) hold no number to sample from: NaN or infinite", i,
+           chunks[i].slot);
+  std::copy(pinned_ids_, pinned_ids_ + n, ids);
 }
 
 void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids) {

@@ -21,6 +21,7 @@
 #include "dtype.h"
 #include "gemv.h"
 #include "language_model.h"
+#include "sampling.h"
 #include "tensor_parallel.h"
 
 namespace llm::cuda {
@@ -54,6 +55,9 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   // the ids after. Without graphs (or under tensor parallelism) the steps go one by one.
   void forward_argmax_steps(const std::vector<SequenceChunk>& chunks, int steps, int* ids) override;
   int greedy_steps_ahead() const override;
+  // The pass, then the pick on the device (sampling.h); one id per sequence comes back, not the logits.
+  void forward_sample(const std::vector<SequenceChunk>& chunks, const SamplingParams& params, const float* uniforms,
+                      int* ids) override;
   static constexpr int kMaxStepsAhead = 8;
   std::string attention_backend() const override { return chain_->active_name(); }
   std::vector<std::string> attention_backends_used() const override { return chain_->served_by(); }
@@ -165,6 +169,13 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   PinnedInts host_meta_;
   std::vector<float> host_logits_;
   int32_t* pinned_ids_ = nullptr;
+  // forward_sample: the workspace (grown on the first sampling step, as every buffer on its first step),
+  // the uniforms (pinned, then on the device) and the picks
+  SamplingWorkspace sampling_;
+  void* sampling_memory_ = nullptr;
+  float* pinned_uniforms_ = nullptr;
+  float* uniforms_ = nullptr;
+  int32_t* sampled_ = nullptr;
 
   bool use_graphs_ = true;
   int gemv_max_tokens_ = kGemvMaxTokens;

@@ -172,6 +172,27 @@ TEST(LlamaCuda, AGreedyRunOverLogitsWithoutANumberIsAClearError) {
           testing::HasSubstr("sequence 0 (slot 0) at step 1 of 4 hold no number to pick: NaN or infinite throughout")));
 }
 
+// Sampling steps pick on the device (LlamaCuda::forward_sample) with each sequence's own uniforms: in fp32
+// the GPU's sampled text is the CPU's, for temperature alone and with top-k and top-p, two prompts decoded
+// together; in bf16 it is a text of the requested length.
+TEST(LlamaCuda, SampledTextOnTheGpuIsTheCpus) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  const std::vector<std::string> prompts = {"Once upon a time", "The little dog"};
+  for (const SamplingParams& p : {SamplingParams{1.0f, 0, 1.0f, 3}, SamplingParams{0.8f, 20, 0.9f, 7}}) {
+    GenerationOptions o;
+    o.max_tokens = 60;
+    o.stop_at_eos = false;
+    o.sampling = p;
+    const auto cpu = Engine(cpu_config(model), 2).generate_batch(prompts, o);
+    const auto gpu = Engine(gpu_config(model, "fp32"), 2).generate_batch(prompts, o);
+    for (size_t i = 0; i < prompts.size(); ++i)
+      EXPECT_EQ(gpu[i].tokens, cpu[i].tokens) << prompts[i] << " T " << p.temperature << " top_k " << p.top_k;
+    const auto bf16 = Engine(gpu_config(model, "bf16"), 2).generate_batch(prompts, o);
+    for (const auto& r : bf16) EXPECT_EQ(r.tokens.size(), 60u);
+  }
+}
+
 TEST(LlamaCuda, Int8CheckpointRunsOnTheGpu) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(q80, "stories260K_q80.bin");
