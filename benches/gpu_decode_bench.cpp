@@ -9,6 +9,7 @@
 // Checkpoints are written once into --work-dir as Q8_0 (smallest to write; dequantized to bf16 on upload:
 // decode speed does not depend on the values).
 #include <cuda_runtime.h>
+#include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include "log.h"
 #include "models_dir.h"
 #include "random_checkpoint.h"
+#include "sampler.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -48,6 +50,7 @@ int main(int argc, char** argv) {
   std::vector<int> batches = {1, 8}, tensor_parallel = {1};
   std::vector<std::string> products = {"auto"};
   int prompt_len = 512, new_tokens = 256;
+  std::vector<float> sample;  // temperature, top_k, top_p: decode by sampling (forward_sample) rather than greedily
   std::string work_dir = (fs::temp_directory_path() / "llm-gpu-bench").string(), tokenizer, dtype = "bf16";
   app.add_option("--shapes", shapes, "model presets")->delimiter(',');
   app.add_option("--batches", batches, "sequences decoded together")->delimiter(',');
@@ -65,6 +68,11 @@ int main(int argc, char** argv) {
   app.add_option("--tensor-parallel", tensor_parallel, "GPUs per model (a rank each); several: each is timed")
       ->delimiter(',');
   app.add_option("--dtype", dtype, "bf16, fp16 or fp32")->capture_default_str();
+  app.add_option("--sample", sample,
+                 "T,K,P: decode by sampling at temperature T with top-k K (0: all) and top-p P, as generation "
+                 "does (LanguageModel::forward_sample), rather than greedily")
+      ->delimiter(',')
+      ->expected(3);
   app.add_option("--work-dir", work_dir, "where random checkpoints are written")->capture_default_str();
   app.add_option("--tokenizer", tokenizer, "a 32000-token tokenizer (default: llama2-tokenizer.bin in the models dir)");
   CLI11_PARSE(app, argc, argv);
@@ -144,7 +152,12 @@ int main(int argc, char** argv) {
             prompts.push_back(c);
           }
           std::vector<int> ids(batch), picks;
-          const int ahead = model.greedy_steps_ahead();
+          const bool sampling = !sample.empty() && sample[0] > 0.0f;
+          const llm::SamplingParams sp{sampling ? sample[0] : 0.0f, sampling ? static_cast<int>(sample[1]) : 0,
+                                       sampling ? sample[2] : 1.0f, 1};
+          std::vector<llm::Sampler> samplers(batch, llm::Sampler(sp));
+          std::vector<float> uniforms(batch);
+          const int ahead = sampling ? 1 : model.greedy_steps_ahead();
           double best_prefill = 0, best_decode = 0, best_back_to_back = 0;
           for (int rep = 0; rep < 3; ++rep) {  // rep 0 warms up (graph capture, cuBLAS heuristics)
             auto t0 = Clock::now();
@@ -157,7 +170,10 @@ int main(int argc, char** argv) {
               const int run = std::min(ahead, new_tokens - step);
               std::vector<llm::SequenceChunk> chunks;
               for (int s = 0; s < batch; ++s) chunks.push_back(llm::SequenceChunk{s, prompt_len + step, {ids[s]}});
-              if (run == 1) {
+              if (sampling) {
+                for (int s = 0; s < batch; ++s) uniforms[s] = samplers[s].next_uniform();
+                model.forward_sample(chunks, sp, uniforms.data(), ids.data());
+              } else if (run == 1) {
                 model.forward_argmax(chunks, ids.data());
               } else {
                 picks.resize(static_cast<size_t>(run) * batch);
@@ -184,10 +200,12 @@ int main(int argc, char** argv) {
           const std::string gpus_label =
               std::to_string(world) +
               (world > 1 && only_nccl && std::string(only_nccl) == "nccl" ? " (NCCL only)" : "");
-          const std::string product_label =
-              product == "auto" && env_kernel != llm::cuda::GemvKernel::Auto
-                  ? product + " (LLM_GEMV=" + llm::cuda::gemv_kernel_name(env_kernel) + ")"
-                  : product;
+          std::string product_label = product == "auto" && env_kernel != llm::cuda::GemvKernel::Auto
+                                          ? product + " (LLM_GEMV=" + llm::cuda::gemv_kernel_name(env_kernel) + ")"
+                                          : product;
+          if (sampling)
+            product_label += ", sampled (T " + fmt::format("{:g}", sp.temperature) + ", top-k " +
+                             std::to_string(sp.top_k) + ", top-p " + fmt::format("{:g}", sp.top_p) + ")";
           std::printf("| %s | %s | %d | %s | %s | %.2f GB | %.0f | %.0f | %.0f | %.0f | %.0f%% |\n", shape.c_str(),
                       gpus_label.c_str(), batch, model.attention_backend().c_str(), product_label.c_str(),
                       bf16_weight_bytes(config) / 1e9, best_prefill, best_decode, best_decode * batch, floor,
