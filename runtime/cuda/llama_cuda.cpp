@@ -520,7 +520,12 @@ void LlamaCuda::forward_argmax_steps(const std::vector<SequenceChunk>& chunks, i
 
 void LlamaCuda::forward_sample(const std::vector<SequenceChunk>& chunks, const SamplingParams& params,
                                const float* uniforms, int* ids) {
-  if (!(params.temperature > 0.0f) || !head_ || tp_.collective)
+  // (LLM_SAMPLE_ON_HOST=1: the logits copied out and picked on the host, as before, for comparison)
+  static const bool on_host = [] {
+    const char* v = std::getenv("LLM_SAMPLE_ON_HOST");
+    return v && std::string(v) == "1";
+  }();
+  if (!(params.temperature > 0.0f) || !head_ || tp_.collective || on_host)
     return LanguageModel::forward_sample(chunks, params, uniforms, ids);
   run(chunks);
   const int n = static_cast<int>(chunks.size()), vocab = config_.vocab_size;
