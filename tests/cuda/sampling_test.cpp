@@ -1,13 +1,16 @@
 // sample_rows (sampling.h): the sampling pick on the GPU against Sampler::pick on the host with the same
 // uniforms: vocabularies of 7 to 100,003, peaked to flat logits, temperatures, top-k and top-p alone and
-// together (k = 1, k past the vocabulary), several rows a call; picks poisoned first. The device's sums
-// differ from the host's in the last bits, so a pick may differ where the host's walk passes within 1e-5
-// of a boundary: such a pick must be the host's for a uniform or top_p moved by 1e-5, and rare.
+// together (k = 1, k past the vocabulary), several rows a call; picks poisoned first. The device's exp and
+// sums differ from the host's in the last bits, so a pick may differ (rarely) where the host's walk passes
+// within 1e-5 of a boundary, or between candidates whose probabilities are equal to within 1e-6 (their
+// order can swap): such a pick must be the host's for a uniform or top_p moved by 1e-5, or as likely as
+// the host's to 1e-6.
 #include "sampling.h"
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <set>
@@ -83,14 +86,19 @@ TEST(Sampling, GpuPicksWhatTheHostSamplerPicks) {
                 nearby.insert(Sampler::pick(row, vocab, q, std::min(0.9999999f, std::max(0.0f, us[r] + du)), scratch));
               }
             ++near_boundary;
-            EXPECT_TRUE(nearby.count(got[r]))
+            const float mx = *std::max_element(row, row + vocab);
+            auto prob = [&](int id) { return std::exp((row[id] - mx) / p.temperature); };
+            const bool as_likely =
+                got[r] >= 0 && got[r] < vocab && std::fabs(prob(got[r]) - prob(want)) <= 1e-6f * prob(want);
+            EXPECT_TRUE(nearby.count(got[r]) || as_likely)
                 << "vocab " << vocab << " spread " << spread << " T " << p.temperature << " top_k " << p.top_k
                 << " top_p " << p.top_p << " u " << us[r] << ": GPU " << got[r] << ", host " << want;
           }
         }
     }
   }
-  std::printf("%d picks against the host's: %d differ, each at a boundary within 1e-5\n", draws, near_boundary);
+  std::printf("%d picks against the host's: %d differ, each at a boundary or between near-equal candidates\n", draws,
+              near_boundary);
   EXPECT_LE(near_boundary, draws / 100);
 }
 
