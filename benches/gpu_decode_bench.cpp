@@ -153,8 +153,8 @@ int main(int argc, char** argv) {
           }
           std::vector<int> ids(batch), picks;
           const bool sampling = !sample.empty() && sample[0] > 0.0f;
-          const llm::SamplingParams sp{sampling ? sample[0] : 0.0f, sampling ? static_cast<int>(sample[1]) : 0,
-                                       sampling ? sample[2] : 1.0f, 1};
+          llm::SamplingParams sp;
+          if (sampling) sp = {sample[0], static_cast<int>(sample[1]), sample[2], 1};
           std::vector<llm::Sampler> samplers(batch, llm::Sampler(sp));
           std::vector<float> uniforms(batch);
           const int ahead = sampling ? 1 : model.greedy_steps_ahead();

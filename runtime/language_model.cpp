@@ -87,9 +87,8 @@ void LanguageModel::forward_sample(const std::vector<SequenceChunk>& chunks, con
                                    const float* uniforms, int* ids) {
   const float* logits = forward(chunks);
   const int vocab = config().vocab_size;
-  std::vector<std::pair<float, int>> scratch;
   for (size_t k = 0; k < chunks.size(); ++k)
-    ids[k] = Sampler::pick(logits + k * static_cast<size_t>(vocab), vocab, params, uniforms[k], scratch);
+    ids[k] = Sampler::pick(logits + k * static_cast<size_t>(vocab), vocab, params, uniforms[k], pick_scratch_);
 }
 
 void check_steps(const std::vector<SequenceChunk>& chunks, int steps, int max_context) {

@@ -4,6 +4,7 @@
 #include <llm/attention_backend.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model_config.h"
@@ -71,6 +72,9 @@ class LanguageModel {
   // The attention backend serving calls now, and every one that served so far.
   virtual std::string attention_backend() const = 0;
   virtual std::vector<std::string> attention_backends_used() const = 0;
+
+ private:
+  std::vector<std::pair<float, int>> pick_scratch_;  // forward_sample's candidates, reused step to step
 };
 
 }  // namespace llm

@@ -2,10 +2,12 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "cuda_check.h"
 #include "cuda_kernels.h"
@@ -119,6 +121,11 @@ void LlamaCuda::drop_graphs() {
   for (auto& [key, g] : step_graphs_)
     if (g.exec) cudaGraphExecDestroy(g.exec);
   step_graphs_.clear();
+}
+
+// Graphs replay the kernels of the backend they were captured with: a new active backend needs new ones.
+void LlamaCuda::drop_stale_graphs() {
+  if ((!graphs_.empty() || !step_graphs_.empty()) && chain_->active_name() != graph_backend_) drop_graphs();
 }
 
 LlamaCuda::~LlamaCuda() {
@@ -428,8 +435,7 @@ void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
     max_kv = std::max(max_kv, ch.start_pos + static_cast<int>(ch.tokens.size()));
   }
   const bool decode = max_q == 1;
-  // Graphs replay the kernels of the backend they were captured with: a new active backend needs new ones.
-  if ((!graphs_.empty() || !step_graphs_.empty()) && chain_->active_name() != graph_backend_) drop_graphs();
+  drop_stale_graphs();
   const bool graphable = use_graphs_ && decode && (chain_->active_capabilities() & LLM_CAP_CUDA_GRAPH_SAFE);
   if (!graphable) {
     enqueue(tokens, n, max_q, max_kv);
@@ -482,7 +488,7 @@ int LlamaCuda::greedy_steps_ahead() const { return use_graphs_ && head_ && !tp_.
 
 void LlamaCuda::forward_argmax_steps(const std::vector<SequenceChunk>& chunks, int steps, int* ids) {
   check_steps(chunks, steps, max_context_);
-  if ((!graphs_.empty() || !step_graphs_.empty()) && chain_->active_name() != graph_backend_) drop_graphs();
+  drop_stale_graphs();
   const bool graphable = steps > 1 && steps <= kMaxStepsAhead && static_cast<int>(chunks.size()) <= max_batch_ &&
                          use_graphs_ && head_ && !tp_.collective &&
                          (chain_->active_capabilities() & LLM_CAP_CUDA_GRAPH_SAFE);
@@ -506,16 +512,7 @@ void LlamaCuda::forward_argmax_steps(const std::vector<SequenceChunk>& chunks, i
   LLM_CUDA_CHECK(cudaMemcpy2DAsync(pinned_ids_, row, ids_, cap_chunks_ * sizeof(int32_t), row, steps,
                                    cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  for (int s = 0; s < steps; ++s)
-    for (int k = 0; k < n; ++k) {
-      const int id = pinned_ids_[static_cast<size_t>(s) * n + k];
-      if (id < 0 || id >= config_.vocab_size)  // (the steps after it took NaN embeddings: same message)
-        fail(
-            "the GPU's logits for sequence {} (slot {}) at step {} of {} hold no number to pick: NaN or infinite "
-            "throughout",
-            k, chunks[k].slot, s + 1, steps);
-      ids[static_cast<size_t>(s) * n + k] = id;
-    }
+  take_picks(chunks, steps, ids);
 }
 
 void LlamaCuda::forward_sample(const std::vector<SequenceChunk>& chunks, const SamplingParams& params,
@@ -559,14 +556,25 @@ void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* id
     LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     return;
   }
-  const size_t n = chunks.size();
-  LLM_CUDA_CHECK(cudaMemcpyAsync(pinned_ids_, ids_, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  LLM_CUDA_CHECK(cudaMemcpyAsync(pinned_ids_, ids_, chunks.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  for (size_t i = 0; i < n; ++i)  // argmax finds no id where no logit is a number above -FLT_MAX
-    if (pinned_ids_[i] < 0 || pinned_ids_[i] >= config_.vocab_size)
-      fail("the GPU's logits for sequence {} (slot {}) hold no number to pick: NaN or infinite throughout", i,
-           chunks[i].slot);
-  std::copy(pinned_ids_, pinned_ids_ + n, ids);
+  take_picks(chunks, 1, ids);
+}
+
+// argmax finds no id where no logit is a number above -FLT_MAX (and in a run, the steps after such an id
+// took a NaN embedding: the first step without one is named).
+void LlamaCuda::take_picks(const std::vector<SequenceChunk>& chunks, int steps, int* ids) const {
+  const size_t n = chunks.size();
+  for (int s = 0; s < steps; ++s)
+    for (size_t k = 0; k < n; ++k) {
+      const int id = pinned_ids_[s * n + k];
+      if (id < 0 || id >= config_.vocab_size) {
+        const std::string at = steps > 1 ? fmt::format(" at step {} of {}", s + 1, steps) : "";
+        fail("the GPU's logits for sequence {} (slot {}){} hold no number to pick: NaN or infinite throughout", k,
+             chunks[k].slot, at);
+      }
+      ids[s * n + k] = id;
+    }
 }
 
 void LlamaCuda::run_back_to_back(const std::vector<SequenceChunk>& chunks, int steps) {

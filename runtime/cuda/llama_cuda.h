@@ -188,6 +188,10 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   std::string graph_backend_;  // the backend the graphs were captured with
   int graph_replays_ = 0;
   void drop_graphs();
+  void drop_stale_graphs();  // drop_graphs where the chain's active backend is not the graphs'
+  // ids[s * chunks + k] = pinned_ids_ likewise, for `steps` steps of picks copied back; throws where one is
+  // outside the vocabulary (logits with no number in them), naming the sequence and step.
+  void take_picks(const std::vector<SequenceChunk>& chunks, int steps, int* ids) const;
 
   // the bridge's host side
   std::vector<float> host_k_, host_v_;  // [layer][slot][position][kv_dim]
