@@ -23,6 +23,17 @@ cudaDataType cuda_type(DType t) { return t == DType::F32 ? CUDA_R_32F : t == DTy
 // cuBLAS needs its own workspace to be captured in a graph without allocating (32 MiB suits Hopper).
 constexpr size_t kCublasWorkspace = size_t{32} << 20;
 
+// LLM_STEPS_AHEAD (greedy_steps_ahead; 1 when unset), read before anything is allocated.
+int steps_ahead_from_env() {
+  const char* v = std::getenv("LLM_STEPS_AHEAD");
+  if (!v || !*v) return 1;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  if (*end || n < 1 || n > LlamaCuda::kMaxStepsAhead)
+    fail("LLM_STEPS_AHEAD='{}': expected greedy decode steps per graph launch, 1 to {}", v, LlamaCuda::kMaxStepsAhead);
+  return static_cast<int>(n);
+}
+
 }  // namespace
 
 LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, const DeviceStatus& device,
@@ -37,7 +48,8 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       max_batch_(max_batch),
       max_context_(max_context),
       alloc_(std::make_unique<CachingAllocator>(device.index)),
-      gemv_kernel_(gemv_kernel_from_env()) {
+      gemv_kernel_(gemv_kernel_from_env()),
+      steps_ahead_(steps_ahead_from_env()) {
   LLM_CUDA_CHECK(cudaSetDevice(device.index));
   LLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   LLM_CUBLAS_CHECK(cublasCreate(&cublas_));
@@ -48,13 +60,6 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   cublas_workspace_ = alloc(kCublasWorkspace, AllocTag::Workspace);
   LLM_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
   LLM_CUDA_CHECK(cudaMallocHost(&pinned_ids_, sizeof(int32_t) * max_batch_ * kMaxStepsAhead));
-  if (const char* v = std::getenv("LLM_STEPS_AHEAD"); v && *v) {
-    char* end = nullptr;
-    const long n = std::strtol(v, &end, 10);
-    if (*end || n < 1 || n > kMaxStepsAhead)
-      fail("LLM_STEPS_AHEAD='{}': expected greedy decode steps per graph launch, 1 to {}", v, kMaxStepsAhead);
-    steps_ahead_ = static_cast<int>(n);
-  }
   chain_->set_bridge(this);
   if (chain_->has_injected_failures()) {
     use_graphs_ = false;

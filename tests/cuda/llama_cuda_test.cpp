@@ -193,6 +193,24 @@ TEST(LlamaCuda, SampledTextOnTheGpuIsTheCpus) {
   }
 }
 
+// LLM_STEPS_AHEAD sets the greedy run length (1 to 8); another value is an error naming it.
+TEST(LlamaCuda, StepsAheadComeFromTheEnvironmentAndABadValueIsAClearError) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  for (const char* bad : {"0", "9", "x", "4 steps"}) {
+    ::setenv("LLM_STEPS_AHEAD", bad, 1);
+    EXPECT_THAT([&] { Engine(gpu_config(model, "fp32")); },
+                testing::ThrowsMessage<Error>(testing::HasSubstr(std::string("LLM_STEPS_AHEAD='") + bad +
+                                                                 "': expected greedy decode steps per graph "
+                                                                 "launch, 1 to 8")));
+  }
+  ::setenv("LLM_STEPS_AHEAD", "3", 1);
+  Engine engine(gpu_config(model, "fp32"));
+  ::unsetenv("LLM_STEPS_AHEAD");
+  EXPECT_EQ(engine.model().greedy_steps_ahead(), 3);
+  EXPECT_EQ(Engine(gpu_config(model, "fp32")).model().greedy_steps_ahead(), 1) << "off unless asked for";
+}
+
 TEST(LlamaCuda, Int8CheckpointRunsOnTheGpu) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(q80, "stories260K_q80.bin");
