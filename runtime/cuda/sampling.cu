@@ -119,14 +119,18 @@ __global__ void __launch_bounds__(kThreads)
   float mx = -INFINITY;
   for (int i = threadIdx.x; i < vocab; i += kThreads) mx = fmaxf(mx, l[i]);  // (fmaxf skips NaN)
   mx = block_max(mx, s.fmax);
+  const uint64_t row_key = static_cast<uint64_t>(rows - 1 - row) << kProbBits;
   if (!isfinite(mx)) {  // no number to pick from (NaN or infinite throughout, or an infinite logit)
     if (threadIdx.x == 0) totals[row] = NAN;
+    // The row's keys still go in, as zeros: the sort spans every row, and keys left over from an earlier
+    // call would carry another row's bits into the rows that have numbers.
+    if (keys_wanted)
+      for (int i = threadIdx.x; i < vocab; i += kThreads) keys[static_cast<int64_t>(row) * vocab + i] = row_key;
     return;
   }
   const int per = (vocab + kThreads - 1) / kThreads;
   const int begin = min(vocab, static_cast<int>(threadIdx.x) * per), end = min(vocab, begin + per);
   double own = 0.0;
-  const uint64_t row_key = static_cast<uint64_t>(rows - 1 - row) << kProbBits;
   for (int i = begin; i < end; ++i) {
     const float v = l[i];
     const float p = isnan(v) ? 0.0f : expf((v - mx) / temperature);
