@@ -171,13 +171,7 @@ std::string BackendChain::try_link(Link& link, const llm_attention_args& args, b
   const llm_backend_iface& t = link.verdict.plugin->iface();
   if (++link.calls == link.fail_at) return "injected failure on call " + std::to_string(link.calls);
   if (link.bridged && !bridge_) return "computes on another device and the model offers no bridge";
-  if (!link.ctx) {
-    llm_status s = t.context_create(&link.device, &link.shape, &link.ctx);
-    if (s != LLM_OK || !link.ctx) {
-      link.ctx = nullptr;
-      return "context_create failed (status " + std::to_string(s) + "): " + t.last_error(nullptr);
-    }
-  }
+  if (std::string error = open_context(link); !error.empty()) return error;
   if (decode && !(link.verdict.capabilities & LLM_CAP_DECODE)) return "does not serve decode";
   if (!decode && !(link.verdict.capabilities & LLM_CAP_PREFILL)) return "does not serve prefill";
   const llm_attention_args& a = link.bridged ? bridge_->to_host(args) : args;
@@ -199,6 +193,39 @@ std::string BackendChain::try_link(Link& link, const llm_attention_args& args, b
   return "";
 }
 
+std::string BackendChain::open_context(Link& link) {
+  if (link.ctx) return "";
+  const llm_backend_iface& t = link.verdict.plugin->iface();
+  llm_status s = t.context_create(&link.device, &link.shape, &link.ctx);
+  if (s == LLM_OK && link.ctx) return "";
+  link.ctx = nullptr;
+  return "context_create failed (status " + std::to_string(s) + "): " + t.last_error(nullptr);
+}
+
+void BackendChain::leave(Link& link, const char* where, int layer, const std::string& error) {
+  link.failed = true;
+  // The next backend that can read the data (on its device, or through the bridge) takes the calls from here.
+  size_t next = active_ + 1;
+  while (next < links_.size() && links_[next].bridged && !bridge_) ++next;
+  log().error(
+      "attention backend '{}' failed in {} (layer {}): {}; {}", link.verdict.plugin->name(), where, layer, error,
+      next < links_.size()
+          ? "switching to '" + links_[next].verdict.plugin->name() + "' for this call and the rest of the session"
+          : std::string("no backend left in the chain"));
+  active_ = next;
+}
+
+void BackendChain::begin_capture() {
+  while (active_ < links_.size()) {
+    Link& link = links_[active_];
+    if (link.bridged) break;  // (bridged links are never captured: they synchronize with the host)
+    std::string error = open_context(link);
+    if (error.empty()) break;
+    leave(link, "setup for a CUDA graph", -1, error);
+  }
+  capturing_ = true;
+}
+
 void BackendChain::call(const llm_attention_args& args, bool decode) {
   while (active_ < links_.size()) {
     Link& link = links_[active_];
@@ -208,17 +235,9 @@ void BackendChain::call(const llm_attention_args& args, bool decode) {
         served_by_.push_back(link.verdict.plugin->name());
       return;
     }
-    link.failed = true;
-    // The next backend that can read the data (on its device, or through the bridge) takes this call and
-    // the rest.
-    size_t next = active_ + 1;
-    while (next < links_.size() && links_[next].bridged && !bridge_) ++next;
-    log().error("attention backend '{}' failed in {} (layer {}): {}; {}", link.verdict.plugin->name(),
-                decode ? "decode" : "prefill", args.layer, error,
-                next < links_.size() ? "switching to '" + links_[next].verdict.plugin->name() +
-                                           "' for this call and the rest of the session"
-                                     : std::string("no backend left in the chain"));
-    active_ = next;
+    leave(link, decode ? "decode" : "prefill", args.layer, error);
+    if (capturing_)
+      fail("attention backend '{}' failed while a CUDA graph was being captured", link.verdict.plugin->name());
   }
   fail("attention failed: every backend in the chain ({}) has failed; see the log above", fmt::join(names(), ", "));
 }

@@ -92,6 +92,13 @@ class BackendChain {
   bool has_injected_failures() const;
   // How calls reach backends of the other device kind; must outlive the chain's calls.
   void set_bridge(AttentionBridge* bridge) { bridge_ = bridge; }
+  // Around the capture of calls into a CUDA graph. begin_capture opens the serving backend's context
+  // first (context_create may allocate, which a capturing stream forbids; a failure there takes the
+  // next backend, as a failed call does). While capturing, a backend that fails is left as usual, but
+  // the call throws instead of trying the next one inside the capture: the caller ends the capture and
+  // makes the call again outside it.
+  void begin_capture();
+  void end_capture() { capturing_ = false; }
 
  private:
   struct Link {
@@ -107,11 +114,14 @@ class BackendChain {
   };
   void call(const llm_attention_args& args, bool decode);
   std::string try_link(Link& link, const llm_attention_args& args, bool decode);
+  std::string open_context(Link& link);  // "" once link.ctx exists, else why not
+  void leave(Link& link, const char* where, int layer, const std::string& error);  // logs; the next one serves
 
   llm_device_info device_;
   llm_attention_shape shape_;
   std::vector<Link> links_;
   size_t active_ = 0;
+  bool capturing_ = false;
   std::vector<std::string> served_by_;
   AttentionBridge* bridge_ = nullptr;
 };

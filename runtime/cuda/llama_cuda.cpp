@@ -26,7 +26,7 @@ constexpr size_t kCublasWorkspace = size_t{32} << 20;
 // LLM_STEPS_AHEAD (greedy_steps_ahead; 1 when unset), read before anything is allocated.
 int steps_ahead_from_env() {
   const char* v = std::getenv("LLM_STEPS_AHEAD");
-  if (!v || !*v) return 1;
+  if (!v || !*v) return LlamaCuda::kDefaultStepsAhead;
   char* end = nullptr;
   const long n = std::strtol(v, &end, 10);
   if (*end || n < 1 || n > LlamaCuda::kMaxStepsAhead)
@@ -463,6 +463,7 @@ void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
 
 bool LlamaCuda::capture(Graph& g, const std::function<void()>& body) {
   cudaGraph_t graph = nullptr;
+  chain_->begin_capture();
   const std::string backend = chain_->active_name();
   LLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
   std::string problem;
@@ -471,6 +472,7 @@ bool LlamaCuda::capture(Graph& g, const std::function<void()>& body) {
   } catch (const std::exception& e) {
     problem = e.what();
   }
+  chain_->end_capture();
   const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
   if (!problem.empty() || ended != cudaSuccess || chain_->active_name() != backend) {
     // A backend failed (or the chain moved on) while capturing: no graphs from here on, the caller runs
@@ -548,11 +550,7 @@ void LlamaCuda::forward_sample(const std::vector<SequenceChunk>& chunks, const S
   sample_rows(logits_, n, vocab, params, uniforms_, sampling_, sampled_, stream_);
   LLM_CUDA_CHECK(cudaMemcpyAsync(pinned_ids_, sampled_, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  for (int i = 0; i < n; ++i)
-    if (pinned_ids_[i] < 0 || pinned_ids_[i] >= vocab)
-      fail("the GPU's logits for sequence {} (slot {}) hold no number to sample from: NaN or infinite", i,
-           chunks[i].slot);
-  std::copy(pinned_ids_, pinned_ids_ + n, ids);
+  take_picks(chunks, 1, ids, "sample from");
 }
 
 void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* ids) {
@@ -568,15 +566,15 @@ void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* id
 
 // argmax finds no id where no logit is a number above -FLT_MAX (and in a run, the steps after such an id
 // took a NaN embedding: the first step without one is named).
-void LlamaCuda::take_picks(const std::vector<SequenceChunk>& chunks, int steps, int* ids) const {
+void LlamaCuda::take_picks(const std::vector<SequenceChunk>& chunks, int steps, int* ids, const char* verb) const {
   const size_t n = chunks.size();
   for (int s = 0; s < steps; ++s)
     for (size_t k = 0; k < n; ++k) {
       const int id = pinned_ids_[s * n + k];
       if (id < 0 || id >= config_.vocab_size) {
         const std::string at = steps > 1 ? fmt::format(" at step {} of {}", s + 1, steps) : "";
-        fail("the GPU's logits for sequence {} (slot {}){} hold no number to pick: NaN or infinite throughout", k,
-             chunks[k].slot, at);
+        fail("the GPU's logits for sequence {} (slot {}){} hold no number to {}: NaN or infinite throughout", k,
+             chunks[k].slot, at, verb);
       }
       ids[s * n + k] = id;
     }

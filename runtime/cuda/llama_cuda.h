@@ -59,6 +59,9 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   void forward_sample(const std::vector<SequenceChunk>& chunks, const SamplingParams& params, const float* uniforms,
                       int* ids) override;
   static constexpr int kMaxStepsAhead = 8;
+  // Greedy decode steps a graph launch runs unless LLM_STEPS_AHEAD says otherwise: 4 measured 3-5% faster
+  // than 1 at batch 1 on stories110M and level on the larger shapes (H200, 2026-12-01, docs/PERFORMANCE.md).
+  static constexpr int kDefaultStepsAhead = 4;
   std::string attention_backend() const override { return chain_->active_name(); }
   std::vector<std::string> attention_backends_used() const override { return chain_->served_by(); }
 
@@ -183,15 +186,14 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   bool fuse_norm_ = true;
   std::vector<Graph> graphs_;                         // by chunk count, decode only
   std::map<std::pair<int, int>, Graph> step_graphs_;  // forward_argmax_steps: by (chunk count, steps)
-  // greedy_steps_ahead (LLM_STEPS_AHEAD). 1 until runs of steps have been measured on a GPU (docs/GPU.md).
-  int steps_ahead_ = 1;
-  std::string graph_backend_;  // the backend the graphs were captured with
+  int steps_ahead_ = kDefaultStepsAhead;              // greedy_steps_ahead (LLM_STEPS_AHEAD; docs/GPU.md)
+  std::string graph_backend_;                         // the backend the graphs were captured with
   int graph_replays_ = 0;
   void drop_graphs();
   void drop_stale_graphs();  // drop_graphs where the chain's active backend is not the graphs'
   // ids[s * chunks + k] = pinned_ids_ likewise, for `steps` steps of picks copied back; throws where one is
   // outside the vocabulary (logits with no number in them), naming the sequence and step.
-  void take_picks(const std::vector<SequenceChunk>& chunks, int steps, int* ids) const;
+  void take_picks(const std::vector<SequenceChunk>& chunks, int steps, int* ids, const char* verb = "pick") const;
 
   // the bridge's host side
   std::vector<float> host_k_, host_v_;  // [layer][slot][position][kv_dim]

@@ -111,6 +111,11 @@ TEST(LlamaCuda, LogitsWithoutANumberAreAClearErrorNotAToken) {
   o.max_tokens = 4;
   EXPECT_THAT([&] { Engine(gpu_config(path, "fp32")).generate("Once upon a time", o); },
               testing::ThrowsMessage<Error>(testing::HasSubstr("hold no number to pick: NaN or infinite throughout")));
+  o.sampling.temperature = 0.8f;  // sampled on the device: the same check of the id copied back
+  o.sampling.top_p = 0.9f;
+  EXPECT_THAT(
+      [&] { Engine(gpu_config(path, "fp32")).generate("Once upon a time", o); },
+      testing::ThrowsMessage<Error>(testing::HasSubstr("hold no number to sample from: NaN or infinite throughout")));
 }
 
 // Greedy steps run back to back in one graph, each taking the ids the step before picked on the device,
@@ -152,6 +157,33 @@ TEST(LlamaCuda, GreedyStepsInOneGraphGiveTheIdsOfSingleSteps) {
     o.steps_ahead = 8;
     const auto eight = Engine(c).generate("Once upon a time", o);
     EXPECT_EQ(eight.tokens, one.tokens) << dtype;
+  }
+}
+
+// A model's very first call is a captured run of steps, so its backend's context (which allocates a
+// workspace) does not exist yet: the chain opens it before the capture, where a capturing stream would
+// refuse the allocation and the backend would be wrongly left for dead. The run comes from the graph and
+// gives the ids of single steps.
+TEST(LlamaCuda, ARunOfStepsAsAFreshModelsFirstCallIsCaptured) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  for (auto [dtype, backend] : {std::pair{"bf16", "flash_cuda"}, {"fp32", "mha_cuda"}}) {
+    RunConfig c = gpu_config(model, dtype);
+    c.backend_order = {backend};
+    Engine fresh(c), single(c);
+    auto* fresh_model = dynamic_cast<cuda::LlamaCuda*>(&fresh.model());
+    ASSERT_NE(fresh_model, nullptr);
+    std::vector<int> ids(4);
+    fresh.model().forward_argmax_steps({SequenceChunk{0, 0, {1}}}, 4, ids.data());
+    EXPECT_EQ(fresh_model->graph_replays(), 4) << dtype << ": the steps ran from one graph";
+    EXPECT_EQ(fresh.model().attention_backend(), backend) << dtype;
+    int tok = 1;
+    for (int s = 0; s < 4; ++s) {
+      int next = -1;
+      single.model().forward_argmax({SequenceChunk{0, s, {tok}}}, &next);
+      EXPECT_EQ(ids[s], next) << dtype << ", step " << s;
+      tok = next;
+    }
   }
 }
 
@@ -208,7 +240,12 @@ TEST(LlamaCuda, StepsAheadComeFromTheEnvironmentAndABadValueIsAClearError) {
   Engine engine(gpu_config(model, "fp32"));
   ::unsetenv("LLM_STEPS_AHEAD");
   EXPECT_EQ(engine.model().greedy_steps_ahead(), 3);
-  EXPECT_EQ(Engine(gpu_config(model, "fp32")).model().greedy_steps_ahead(), 1) << "off unless asked for";
+  EXPECT_EQ(Engine(gpu_config(model, "fp32")).model().greedy_steps_ahead(), cuda::LlamaCuda::kDefaultStepsAhead)
+      << "the default unless asked for";
+  ::setenv("LLM_STEPS_AHEAD", "1", 1);
+  Engine single(gpu_config(model, "fp32"));
+  ::unsetenv("LLM_STEPS_AHEAD");
+  EXPECT_EQ(single.model().greedy_steps_ahead(), 1) << "1 turns runs off";
 }
 
 TEST(LlamaCuda, Int8CheckpointRunsOnTheGpu) {
