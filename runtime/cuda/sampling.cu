@@ -1,7 +1,8 @@
-// Sampling on the GPU (sampling.h). One block per row: the temperature softmax and its id-order total;
+// Sampling on the GPU (sampling.h). One block per row: the temperature softmax and its total;
 // where top-k or top-p cut the tail, one radix sort of every row's (row, probability) keys, stable, so
 // that equal probabilities stay in id order as on the host; then the nucleus and the pick, each a block's
-// walk of running sums in double. Every sum and scan runs in a fixed order: the same ids call after call.
+// walk of running sums in double. Every read and write of a row is coalesced (one block streams it). Every sum and scan
+// runs in a fixed order: the same ids call after call.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -42,72 +43,58 @@ __device__ float block_max(float v, float* smem) {
   return m;
 }
 
-__device__ int block_min(int v, int* smem) {
-  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  int m = smem[0];
-  for (int w = 1; w < kWarps; ++w) m = min(m, smem[w]);
-  return m;
-}
-
-// Each thread's exclusive prefix of `own` in thread order: warp 0's lanes add 32 entries each, scan those
-// totals with shuffles, then write the prefixes back in order.
-__device__ double block_exclusive_scan(double own, double* smem /* [kThreads] */) {
-  __syncthreads();
-  smem[threadIdx.x] = own;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    double s = 0.0;
-    for (int k = 0; k < 32; ++k) s += smem[lane * 32 + k];
-    double incl = s;
-    for (int o = 1; o < 32; o <<= 1) {
-      const double up = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += up;
-    }
-    double acc = incl - s;
-    for (int k = 0; k < 32; ++k) {
-      const double v = smem[lane * 32 + k];
-      smem[lane * 32 + k] = acc;
-      acc += v;
-    }
-  }
-  __syncthreads();
-  return smem[threadIdx.x];
-}
-
 struct Scratch {
-  double sums[kThreads];
+  double sums[kWarps];
   float fmax[kWarps];
-  int imin[kWarps];
+  int found;
 };
 
 // The first index j in [0, n) whose running sum of value(0) .. value(j) reaches `target` (>= where
-// `inclusive`, else >), or -1. Threads take contiguous ranges; the first crossing is the least index any
-// thread finds.
+// `inclusive`, else >), or -1. Each warp takes a contiguous segment and reads it coalesced; the warps'
+// totals, summed in warp order, say which segment the crossing is in, and that warp walks it 32 at a time
+// with shuffle scans. Values are non-negative, so the running sum only grows. Every thread returns it.
 template <typename Value>
 __device__ int first_crossing(const Value& value, int n, double target, bool inclusive, Scratch& s) {
-  const int per = (n + kThreads - 1) / kThreads;
-  const int begin = min(n, static_cast<int>(threadIdx.x) * per), end = min(n, begin + per);
+  if (n > 0 && (inclusive ? 0.0 >= target : 0.0 > target)) return 0;  // (the first element is always taken)
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int seg = ((n + kWarps - 1) / kWarps + 31) / 32 * 32;
+  const int begin = min(n, warp * seg), end = min(n, begin + seg);
   double own = 0.0;
-  for (int j = begin; j < end; ++j) own += value(j);
-  double running = block_exclusive_scan(own, s.sums);
-  int found = INT_MAX;
-  for (int j = begin; j < end; ++j) {
-    running += value(j);
-    if (inclusive ? running >= target : running > target) {
-      found = j;
-      break;
+  for (int j = begin + lane; j < end; j += 32) own += value(j);
+  for (int o = 16; o > 0; o >>= 1) own += __shfl_xor_sync(0xffffffffu, own, o);
+  __syncthreads();  // (s may still be read by a block_* call before)
+  if (lane == 0) s.sums[warp] = own;
+  if (threadIdx.x == 0) s.found = INT_MAX;
+  __syncthreads();
+  double before = 0.0;
+  for (int w = 0; w < warp; ++w) before += s.sums[w];
+  const double after = before + s.sums[warp];
+  auto crossed = [&](double running) { return inclusive ? running >= target : running > target; };
+  if (!crossed(before) && crossed(after)) {  // (one warp at most: the sums grow warp to warp)
+    double running = before;
+    for (int j0 = begin; j0 < end; j0 += 32) {
+      const int j = j0 + lane;
+      double incl = j < end ? value(j) : 0.0;
+      for (int o = 1; o < 32; o <<= 1) {
+        const double up = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += up;
+      }
+      const unsigned hit = __ballot_sync(0xffffffffu, j < end && crossed(running + incl));
+      if (hit) {
+        if (lane == 0) s.found = j0 + __ffs(hit) - 1;
+        break;
+      }
+      running += __shfl_sync(0xffffffffu, incl, 31);
     }
+    // Rounding may leave the walk short of the target the segment totals passed: the segment's last index.
+    if (lane == 0 && s.found == INT_MAX) s.found = end - 1;
   }
-  found = block_min(found, s.imin);
+  __syncthreads();
+  const int found = s.found;
   return found == INT_MAX ? -1 : found;
 }
 
-// probs = exp((logits - max) / T) per row (0 for a logit that is not a number), their id-order total, and
+// probs = exp((logits - max) / T) per row (0 for a logit that is not a number), their total, and
 // (cut) the sort keys: (rows - 1 - row) above the probability's bits, so that a descending sort keeps the
 // rows in order and sorts each by probability.
 __global__ void __launch_bounds__(kThreads)
@@ -128,10 +115,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = threadIdx.x; i < vocab; i += kThreads) keys[static_cast<int64_t>(row) * vocab + i] = row_key;
     return;
   }
-  const int per = (vocab + kThreads - 1) / kThreads;
-  const int begin = min(vocab, static_cast<int>(threadIdx.x) * per), end = min(vocab, begin + per);
   double own = 0.0;
-  for (int i = begin; i < end; ++i) {
+  for (int i = threadIdx.x; i < vocab; i += kThreads) {  // (coalesced: one block writes the whole row)
     const float v = l[i];
     const float p = isnan(v) ? 0.0f : expf((v - mx) / temperature);
     probs[static_cast<int64_t>(row) * vocab + i] = p;
@@ -233,8 +218,7 @@ void sample_rows(const float* logits, int rows, int vocab, const SamplingParams&
   if (cut) {
     size_t temp = ws.sort_temp_bytes_;
     LLM_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(ws.sort_temp_, temp, ws.keys_, ws.sorted_keys_, ws.ids_,
-                                                             ws.sorted_ids_, rows * vocab, 0, end_bit(ws.rows_),
-                                                             stream));
+                                                             ws.sorted_ids_, rows * vocab, 0, end_bit(rows), stream));
   }
   pick_kernel<<<rows, kThreads, 0, stream>>>(vocab, params.top_k, params.top_p, cut, uniforms, ws.probs_, ws.totals_,
                                              ws.sorted_keys_, ws.sorted_ids_, ids);
