@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -104,6 +105,49 @@ TEST(BackendChain, FollowsConfiguredOrderAndSkipsMissingBackendsWithAReason) {
                      attention_shape(small_model(), 64, 1));
   EXPECT_EQ(chain.names(), (std::vector<std::string>{"flaky_cpu", "mha_cpu"}));
   EXPECT_EQ(chain.active_name(), "flaky_cpu");
+}
+
+// While a CUDA graph is captured, a backend that fails is left as usual, but the call throws rather than
+// run the next backend inside the capture (whose context_create could not allocate there); outside it, the
+// next backend serves the same call.
+TEST(BackendChain, ABackendFailingWhileAGraphIsCapturedThrowsInsteadOfTryingTheNextInsideIt) {
+  auto all = load_plugins({LLM_PLUGIN_DIR, LLM_TEST_PLUGIN_DIR});
+  const ModelConfig model = small_model();
+  const int head_dim = model.dim / model.n_heads, kv_dim = model.n_kv_heads * head_dim, ctx = 64;
+  ::setenv("LLM_FLAKY_FAIL_AT", "1", 1);  // (read when its context is created: begin_capture below)
+  BackendChain chain(all, {"flaky_cpu", "mha_cpu"}, cpu_device_info(1), attention_shape(model, ctx, 1));
+  chain.begin_capture();
+  ::unsetenv("LLM_FLAKY_FAIL_AT");
+
+  std::vector<float> k(static_cast<size_t>(ctx) * kv_dim, 0.5f), v(k.size(), 0.25f), q(model.dim, 1.0f);
+  std::vector<float> out(model.dim, std::nanf(""));
+  std::vector<int32_t> q_start{0, 1}, kv_len{3}, slot{0};
+  llm_kv_cache_view view{};
+  view.struct_size = sizeof(view);
+  view.layout = LLM_KV_LAYOUT_CONTIGUOUS;
+  view.dtype = LLM_DTYPE_F32;
+  view.device_kind = LLM_DEVICE_CPU;
+  view.k = k.data(), view.v = v.data();
+  view.seq_stride = static_cast<int64_t>(ctx) * kv_dim, view.token_stride = kv_dim, view.head_stride = head_dim;
+  llm_attention_args a{};
+  a.struct_size = sizeof(a);
+  a.num_seqs = 1, a.total_q_tokens = 1, a.max_q_len = 1, a.max_kv_len = 3, a.causal = 1;
+  a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  a.dtype = LLM_DTYPE_F32;
+  a.q = q.data(), a.q_token_stride = model.dim, a.q_head_stride = head_dim;
+  a.out = out.data(), a.out_token_stride = model.dim, a.out_head_stride = head_dim;
+  a.q_start = q_start.data(), a.kv_len = kv_len.data(), a.seq_slot = slot.data(), a.kv = &view;
+
+  EXPECT_THAT([&] { chain.decode(a); },
+              testing::ThrowsMessage<Error>(
+                  HasSubstr("attention backend 'flaky_cpu' failed while a CUDA graph was being captured")));
+  EXPECT_EQ(chain.active_name(), "mha_cpu");
+  EXPECT_TRUE(chain.served_by().empty());
+  EXPECT_TRUE(std::isnan(out[0])) << "mha_cpu ran inside the capture";
+  chain.end_capture();
+  chain.decode(a);  // the step again, outside the capture
+  EXPECT_EQ(chain.served_by(), (std::vector<std::string>{"mha_cpu"}));
+  for (float x : out) EXPECT_FLOAT_EQ(x, 0.25f);  // every key holds the same value row
 }
 
 TEST(BackendChain, DefaultOrderPutsOurBackendsFirstThenOthersByPriority) {
