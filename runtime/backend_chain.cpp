@@ -199,7 +199,8 @@ std::string BackendChain::open_context(Link& link) {
   llm_status s = t.context_create(&link.device, &link.shape, &link.ctx);
   if (s == LLM_OK && link.ctx) return "";
   link.ctx = nullptr;
-  return "context_create failed (status " + std::to_string(s) + "): " + t.last_error(nullptr);
+  const char* why = t.last_error(nullptr);
+  return "context_create failed (status " + std::to_string(s) + ")" + (why && *why ? std::string(": ") + why : "");
 }
 
 void BackendChain::leave(Link& link, const char* where, int layer, const std::string& error) {
@@ -207,11 +208,11 @@ void BackendChain::leave(Link& link, const char* where, int layer, const std::st
   // The next backend that can read the data (on its device, or through the bridge) takes the calls from here.
   size_t next = active_ + 1;
   while (next < links_.size() && links_[next].bridged && !bridge_) ++next;
-  log().error(
-      "attention backend '{}' failed in {} (layer {}): {}; {}", link.verdict.plugin->name(), where, layer, error,
-      next < links_.size()
-          ? "switching to '" + links_[next].verdict.plugin->name() + "' for this call and the rest of the session"
-          : std::string("no backend left in the chain"));
+  log().error("attention backend '{}' failed in {}{}: {}; {}", link.verdict.plugin->name(), where,
+              layer >= 0 ? fmt::format(" (layer {})", layer) : std::string(), error,
+              next < links_.size() ? "switching to '" + links_[next].verdict.plugin->name() + "' for " +
+                                         (layer >= 0 ? "this call and " : "") + "the rest of the session"
+                                   : std::string("no backend left in the chain"));
   active_ = next;
 }
 
@@ -221,7 +222,7 @@ void BackendChain::begin_capture() {
     if (link.bridged) break;  // (bridged links are never captured: they synchronize with the host)
     std::string error = open_context(link);
     if (error.empty()) break;
-    leave(link, "setup for a CUDA graph", -1, error);
+    leave(link, "its setup for a CUDA graph", -1, error);
   }
   capturing_ = true;
 }

@@ -115,7 +115,8 @@ class BackendChain {
   void call(const llm_attention_args& args, bool decode);
   std::string try_link(Link& link, const llm_attention_args& args, bool decode);
   std::string open_context(Link& link);  // "" once link.ctx exists, else why not
-  void leave(Link& link, const char* where, int layer, const std::string& error);  // logs; the next one serves
+  // Logs why `link` failed in `where` (at `layer`, where >= 0); the next backend serves from here.
+  void leave(Link& link, const char* where, int layer, const std::string& error);
 
   llm_device_info device_;
   llm_attention_shape shape_;

@@ -2,7 +2,8 @@
 // until its Nth attention call, which fails. N comes from LLM_FLAKY_FAIL_AT (default 3; 0: never).
 // Used to prove that the chain falls back mid-generation with identical output. With LLM_FLAKY_BAD_AT=M
 // its Mth call instead returns success with a bad result: a NaN in the output (LLM_FLAKY_BAD=nan, the
-// default) or nothing written at all (LLM_FLAKY_BAD=skip), for the runtime's output check.
+// default) or nothing written at all (LLM_FLAKY_BAD=skip), for the runtime's output check. With
+// LLM_FLAKY_NO_CONTEXT=1 its context_create fails.
 #include <llm/attention_backend.h>
 
 #include <cmath>
@@ -33,6 +34,8 @@ llm_status probe(const llm_device_info* device, const llm_attention_shape* shape
 }
 
 llm_status context_create(const llm_device_info* device, const llm_attention_shape* shape, llm_backend_context** out) {
+  if (const char* refuse = std::getenv("LLM_FLAKY_NO_CONTEXT"); refuse && std::string(refuse) == "1")
+    return LLM_ERR_OUT_OF_MEMORY;  // (as a backend whose workspace cannot be allocated)
   const char* env = std::getenv("LLM_FLAKY_FAIL_AT");
   const char* bad_at = std::getenv("LLM_FLAKY_BAD_AT");
   const char* bad = std::getenv("LLM_FLAKY_BAD");
