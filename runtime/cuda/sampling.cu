@@ -1,8 +1,8 @@
-// Sampling on the GPU (sampling.h). One block per row: the temperature softmax and its total;
-// where top-k or top-p cut the tail, one radix sort of every row's (row, probability) keys, stable, so
-// that equal probabilities stay in id order as on the host; then the nucleus and the pick, each a block's
-// walk of running sums in double. Every read and write of a row is coalesced (one block streams it). Every sum and scan
-// runs in a fixed order: the same ids call after call.
+// Sampling on the GPU (sampling.h). One block per row: the temperature softmax and its total; where top-k
+// or top-p cut the tail, one radix sort of every row's (row, probability) keys, stable, so that equal
+// probabilities stay in id order as on the host; then the nucleus and the pick, each a block's walk of
+// running sums in double. Every read and write of a row is coalesced (one block streams it), and every sum
+// and scan runs in a fixed order: the same ids call after call.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -134,8 +134,8 @@ __global__ void fill_ids_kernel(int32_t* ids, int vocab, int64_t n) {
 }
 
 // The pick, as Sampler::pick walks it: in id order when nothing is cut; otherwise over the sorted
-// candidates, the first top_k, then the smallest prefix reaching top_p of their mass (of every candidate's
-// id-order total when top-p alone cuts), then the first whose running sum passes u times the kept sum.
+// candidates, the first top_k, then the smallest prefix reaching top_p of their mass (of the row's total
+// when top-p alone cuts), then the first whose running sum passes u times the kept sum.
 __global__ void __launch_bounds__(kThreads)
     pick_kernel(int vocab, int top_k, float top_p, bool cut, const float* uniforms, const float* probs,
                 const double* totals, const uint64_t* sorted_keys, const int32_t* sorted_ids, int32_t* ids) {

@@ -31,7 +31,7 @@ class SamplingWorkspace {
                           cudaStream_t);
   int rows_ = 0, vocab_ = 0;
   float* probs_ = nullptr;    // [rows][vocab]
-  double* totals_ = nullptr;  // [rows]: id-order sum of probs, NaN where the row has no number
+  double* totals_ = nullptr;  // [rows]: sum of probs (in a fixed order), NaN where the row has no number
   uint64_t* keys_ = nullptr;  // [rows][vocab] (row, probability) sort keys, and sorted
   uint64_t* sorted_keys_ = nullptr;
   int32_t* ids_ = nullptr;  // [rows][vocab]: 0 .. vocab - 1 each row, and sorted
