@@ -23,7 +23,7 @@ cudaDataType cuda_type(DType t) { return t == DType::F32 ? CUDA_R_32F : t == DTy
 // cuBLAS needs its own workspace to be captured in a graph without allocating (32 MiB suits Hopper).
 constexpr size_t kCublasWorkspace = size_t{32} << 20;
 
-// LLM_STEPS_AHEAD (greedy_steps_ahead; 1 when unset), read before anything is allocated.
+// LLM_STEPS_AHEAD (greedy_steps_ahead; kDefaultStepsAhead when unset), read before anything is allocated.
 int steps_ahead_from_env() {
   const char* v = std::getenv("LLM_STEPS_AHEAD");
   if (!v || !*v) return LlamaCuda::kDefaultStepsAhead;
@@ -32,6 +32,12 @@ int steps_ahead_from_env() {
   if (*end || n < 1 || n > LlamaCuda::kMaxStepsAhead)
     fail("LLM_STEPS_AHEAD='{}': expected greedy decode steps per graph launch, 1 to {}", v, LlamaCuda::kMaxStepsAhead);
   return static_cast<int>(n);
+}
+
+// LLM_SAMPLE_ON_HOST=1: sampling steps copy the logits out and pick on the host, as before, for comparison.
+bool sample_on_host_from_env() {
+  const char* v = std::getenv("LLM_SAMPLE_ON_HOST");
+  return v && std::string(v) == "1";
 }
 
 }  // namespace
@@ -49,7 +55,8 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       max_context_(max_context),
       alloc_(std::make_unique<CachingAllocator>(device.index)),
       gemv_kernel_(gemv_kernel_from_env()),
-      steps_ahead_(steps_ahead_from_env()) {
+      steps_ahead_(steps_ahead_from_env()),
+      sample_on_host_(sample_on_host_from_env()) {
   LLM_CUDA_CHECK(cudaSetDevice(device.index));
   LLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   LLM_CUBLAS_CHECK(cublasCreate(&cublas_));
@@ -524,12 +531,7 @@ void LlamaCuda::forward_argmax_steps(const std::vector<SequenceChunk>& chunks, i
 
 void LlamaCuda::forward_sample(const std::vector<SequenceChunk>& chunks, const SamplingParams& params,
                                const float* uniforms, int* ids) {
-  // (LLM_SAMPLE_ON_HOST=1: the logits copied out and picked on the host, as before, for comparison)
-  static const bool on_host = [] {
-    const char* v = std::getenv("LLM_SAMPLE_ON_HOST");
-    return v && std::string(v) == "1";
-  }();
-  if (!(params.temperature > 0.0f) || !head_ || tp_.collective || on_host)
+  if (!(params.temperature > 0.0f) || !head_ || tp_.collective || sample_on_host_)
     return LanguageModel::forward_sample(chunks, params, uniforms, ids);
   run(chunks);
   const int n = static_cast<int>(chunks.size()), vocab = config_.vocab_size;

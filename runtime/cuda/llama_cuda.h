@@ -187,6 +187,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   std::vector<Graph> graphs_;                         // by chunk count, decode only
   std::map<std::pair<int, int>, Graph> step_graphs_;  // forward_argmax_steps: by (chunk count, steps)
   int steps_ahead_ = kDefaultStepsAhead;              // greedy_steps_ahead (LLM_STEPS_AHEAD; docs/GPU.md)
+  bool sample_on_host_ = false;                       // LLM_SAMPLE_ON_HOST=1: forward_sample picks on the host
   std::string graph_backend_;                         // the backend the graphs were captured with
   int graph_replays_ = 0;
   void drop_graphs();
