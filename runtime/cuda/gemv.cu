@@ -5,7 +5,10 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <type_traits>
+#include <utility>
 
 #include "cuda_check.h"
 #include "dtype_convert.cuh"
@@ -117,20 +120,22 @@ struct Activations {
   }
 };
 
-// acc[i][t] = row_i . x[t] for the warp's two rows (a, b), reduced over the warp: every lane ends with
-// the totals. Lanes take 16-byte chunks round-robin, kUnroll of them per row loaded before any is used
-// (see launch_tokens for how many).
+// acc[i][t] = row_i . x[t] over the 16-byte chunks [c0, c1) of the warp's two rows (a, b), and ss[t] the
+// sum of x[t]'s squares over them (Norm), reduced over the warp: every lane ends with the totals. Lanes
+// take chunks round-robin, kUnroll of them per row loaded before any is used (see launch_tokens for how
+// many). The warp whose range ends the row (c1 == the row's chunks) also takes the elements past the last
+// whole chunk. An inactive warp (past the last row) reads nothing and ends with zeros.
 template <typename T, int NT, int kUnroll, bool Norm>
-__device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activations<T, Norm>& x, float eps,
-                                          float (&acc)[2][NT]) {
+__device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activations<T, Norm>& x, int c0, int c1,
+                                          bool active, float (&acc)[2][NT], float (&ss)[NT]) {
   constexpr int kPer = 16 / sizeof(T);  // elements per chunk
   const int lane = threadIdx.x & 31, cols = x.cols;
-  float ss[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) acc[0][t] = acc[1][t] = ss[t] = 0.0f;
   // 16-byte chunks need rows that start on 16 bytes: otherwise (an odd shape) every element is a tail.
   const int chunks = cols % kPer == 0 ? cols / kPer : 0;
-  int c = lane;
+  int c = c0 + lane;
+  const int end = active ? min(c1, chunks) : c0;
   uint4 wa[kUnroll], wb[kUnroll];
   auto load_batch = [&] {
 #pragma unroll
@@ -139,7 +144,7 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
       wb[u] = load_stream(b + static_cast<int64_t>(c + u * 32) * kPer);
     }
   };
-  bool full = c + (kUnroll - 1) * 32 < chunks;
+  bool full = c + (kUnroll - 1) * 32 < end;
   if (full) load_batch();
   // The first weights are on their way; x (and the outputs) may still be in the previous kernel's hands.
   wait_for_previous_kernel();
@@ -149,22 +154,23 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
 #pragma unroll
       for (int t = 0; t < NT; ++t) x.dot_chunk(wa[u], wb[u], t, c + u * 32, acc[0][t], acc[1][t], ss[t]);
     c += kUnroll * 32;
-    full = c + (kUnroll - 1) * 32 < chunks;
+    full = c + (kUnroll - 1) * 32 < end;
     if (full) load_batch();
   }
-  for (; c < chunks; c += 32) {
+  for (; c < end; c += 32) {
     const uint4 wa = load_stream(a + static_cast<int64_t>(c) * kPer);
     const uint4 wb = load_stream(b + static_cast<int64_t>(c) * kPer);
 #pragma unroll
     for (int t = 0; t < NT; ++t) x.dot_chunk(wa, wb, t, c, acc[0][t], acc[1][t], ss[t]);
   }
-  for (int i = chunks * kPer + lane; i < cols; i += 32)  // a tail shorter than a chunk
+  if (active && c1 >= chunks)
+    for (int i = chunks * kPer + lane; i < cols; i += 32)  // a tail shorter than a chunk
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float xv = x.element(t, i, ss[t]);
-      acc[0][t] = fmaf(to_f32(a[i]), xv, acc[0][t]);
-      acc[1][t] = fmaf(to_f32(b[i]), xv, acc[1][t]);
-    }
+      for (int t = 0; t < NT; ++t) {
+        const float xv = x.element(t, i, ss[t]);
+        acc[0][t] = fmaf(to_f32(a[i]), xv, acc[0][t]);
+        acc[1][t] = fmaf(to_f32(b[i]), xv, acc[1][t]);
+      }
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
 #pragma unroll
@@ -173,25 +179,63 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
       acc[1][t] += __shfl_xor_sync(0xffffffffu, acc[1][t], o);
       if constexpr (Norm) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
     }
-    if constexpr (Norm) {
+  }
+}
+
+// The warps of a row unit (a pair of rows; Swiglu: a row of W1 and W3) are `splits` consecutive warps of
+// a block, each a slice of the columns. Their totals are added through shared memory in slice order (the
+// same order every run), and the first warp of the unit goes on with them; the others return false.
+// Then the RMSNorm's 1 / rms scales the totals.
+template <int NT, bool Norm>
+__device__ __forceinline__ bool combine_slices(int splits, int slice, bool valid, float (&acc)[2][NT], float (&ss)[NT],
+                                               int cols, float eps) {
+  if (splits > 1) {
+    __shared__ float part[kWarps][3][NT];
+    const int w = threadIdx.x >> 5;
+    if ((threadIdx.x & 31) == 0)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) part[w][0][t] = acc[0][t], part[w][1][t] = acc[1][t], part[w][2][t] = ss[t];
+    __syncthreads();
+    if (slice != 0 || !valid) return false;
+    for (int s = 1; s < splits; ++s)
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        acc[0][t] += part[w + s][0][t], acc[1][t] += part[w + s][1][t], ss[t] += part[w + s][2][t];
+  } else if (!valid) {
+    return false;
+  }
+  if constexpr (Norm) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
       const float inv = rsqrtf(ss[t] / cols + eps);
       acc[0][t] *= inv, acc[1][t] *= inv;
     }
   }
+  return true;
 }
 
-template <typename T, int NT, int U, GemvEpilogue E, bool Norm>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
+// Split: row units are `splits` warps (a compile-time 1 otherwise, which keeps the registers of the
+// whole-row kernels as they were: 62-70 against 72-80 for four chunks a lane, and 102-106 against 120-138
+// for eight).
+template <typename T, int NT, int U, GemvEpilogue E, bool Norm, bool Split>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int split_count) {
+  const int splits = Split ? split_count : 1;
   allow_next_kernel();
-  const int warp = blockIdx.x * kWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31;
+  const int gw = blockIdx.x * kWarps + (threadIdx.x >> 5), warp = gw / splits, slice = gw % splits;
   const int cols = p.cols;
   const Activations<T, Norm> x{p.x, p.norm_gain, cols};
-  float acc[2][NT];
+  // This warp's slice of the row's chunks (splits > 1 only where the row is whole chunks)
+  constexpr int kPer = 16 / sizeof(T);
+  const int row_chunks = cols / kPer, c0 = row_chunks * slice / splits, c1 = row_chunks * (slice + 1) / splits;
+  float acc[2][NT], ss[NT];
   if constexpr (E == GemvEpilogue::Swiglu) {
     const int r = warp;
-    if (r >= p.rows[0]) return;
-    const int64_t off = static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT, U>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, p.norm_eps, acc);
+    const bool valid = r < p.rows[0];
+    const int64_t off = static_cast<int64_t>(valid ? r : 0) * cols;
+    warp_dot2<T, NT, U>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, c0, c1, valid, acc,
+                        ss);
+    if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
     if (lane < NT) {  // lane t writes token t (the totals are in every lane; pick with a constant index)
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -208,11 +252,12 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
       r -= p.rows[0], m = 1;
       if (r >= p.rows[1]) r -= p.rows[1], m = 2;
     }
-    if (m == 2 && r >= p.rows[2]) return;
+    const bool valid = !(m == 2 && r >= p.rows[2]);
     // (selected, not indexed: a run-time index into the parameter array would copy it to local memory)
     const void* wm = m == 0 ? p.w[0] : m == 1 ? p.w[1] : p.w[2];
-    const T* w = static_cast<const T*>(wm) + static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT, U>(w, w + cols, x, p.norm_eps, acc);
+    const T* w = static_cast<const T*>(wm) + static_cast<int64_t>(valid ? r : 0) * cols;
+    warp_dot2<T, NT, U>(w, w + cols, x, c0, c1, valid, acc, ss);
+    if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
     if (lane < NT) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -238,10 +283,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
     }
   } else {
     const int rows = p.rows[0], r = 2 * warp;
-    if (r >= rows) return;
+    const bool valid = r < rows;
     const bool second = r + 1 < rows;  // an odd last row: the warp computes it twice, writes it once
-    const T* w = static_cast<const T*>(p.w[0]) + static_cast<int64_t>(r) * cols;
-    warp_dot2<T, NT, U>(w, second ? w + cols : w, x, p.norm_eps, acc);
+    const T* w = static_cast<const T*>(p.w[0]) + static_cast<int64_t>(valid ? r : 0) * cols;
+    warp_dot2<T, NT, U>(w, second ? w + cols : w, x, c0, c1, valid, acc, ss);
+    if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
     if (lane < NT) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -259,63 +305,142 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p) {
   }
 }
 
-template <typename T, int NT, int U>
-void launch_unrolled(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
-  int warps = 0;
+using GemvKernelFn = void (*)(const GemvArgs, int);
+
+// Row units of a product: pairs of rows (an odd last row alone), or Swiglu's rows of W1 with W3.
+int64_t row_units(GemvEpilogue e, const GemvArgs& p) {
   switch (e) {
-    case GemvEpilogue::QkvRope: warps = (p.rows[0] + p.rows[1] + p.rows[2]) / 2; break;
-    case GemvEpilogue::Swiglu: warps = p.rows[0]; break;
-    default: warps = (p.rows[0] + 1) / 2; break;
-  }
-  const dim3 grid((warps + kWarps - 1) / kWarps), block(kWarps * 32);
-  const bool norm = p.norm_gain != nullptr;
-  auto launch = [&](auto epilogue) {
-    constexpr GemvEpilogue kE = decltype(epilogue)::value;
-    if constexpr (kE == GemvEpilogue::AddF32) {  // the residual add never follows a norm
-      launch_pdl(gemv_kernel<T, NT, U, kE, false>, grid, block, stream, p);
-    } else {
-      if (norm)
-        launch_pdl(gemv_kernel<T, NT, U, kE, true>, grid, block, stream, p);
-      else
-        launch_pdl(gemv_kernel<T, NT, U, kE, false>, grid, block, stream, p);
-    }
-  };
-  switch (e) {
-    case GemvEpilogue::QkvRope: launch(std::integral_constant<GemvEpilogue, GemvEpilogue::QkvRope>{}); break;
-    case GemvEpilogue::Swiglu: launch(std::integral_constant<GemvEpilogue, GemvEpilogue::Swiglu>{}); break;
-    case GemvEpilogue::AddF32: launch(std::integral_constant<GemvEpilogue, GemvEpilogue::AddF32>{}); break;
-    case GemvEpilogue::StoreF32: launch(std::integral_constant<GemvEpilogue, GemvEpilogue::StoreF32>{}); break;
+    case GemvEpilogue::QkvRope: return (p.rows[0] + p.rows[1] + p.rows[2]) / 2;
+    case GemvEpilogue::Swiglu: return p.rows[0];
+    default: return (p.rows[0] + 1) / 2;
   }
 }
 
-// Four chunks a lane per batch. At one token, where a row is 4 KB (2048 columns of bf16) or 1.5 KB (768)
-// the batch is the whole row, eight or three chunks, in flight before the wait on the kernel before; an
-// 11 KB row (5632) is two whole batches of eleven instead of five of four and two single chunks. H200,
-// decode at batch 1: TinyLlama 994 -> 1,050 (eight) -> 1,085-1,093 tok/s (eleven), stories110M 3,715-3,724
-// -> 4,056-4,073 (three). Eight for 7B's 8 KB rows (253 -> 240), and a row's last partial batch loaded as
-// one batch (TinyLlama 1,050 -> 1,012-1,017), measured slower: docs/PERFORMANCE.md.
-template <typename T, int NT>
-void launch_tokens(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
-  if constexpr (NT == 1) {
-    const size_t bytes = static_cast<size_t>(p.cols) * sizeof(T);
-    if (bytes == 8 * 32 * 16) return launch_unrolled<T, NT, 8>(e, p, stream);
-    if (bytes == 3 * 32 * 16) return launch_unrolled<T, NT, 3>(e, p, stream);
-    if (bytes == 22 * 32 * 16) return launch_unrolled<T, NT, 11>(e, p, stream);
+template <typename T, int NT, int U, bool Split>
+GemvKernelFn kernel_for(GemvEpilogue e, bool norm) {
+  using E = GemvEpilogue;
+  switch (e) {
+    case E::QkvRope:
+      return norm ? gemv_kernel<T, NT, U, E::QkvRope, true, Split> : gemv_kernel<T, NT, U, E::QkvRope, false, Split>;
+    case E::Swiglu:
+      return norm ? gemv_kernel<T, NT, U, E::Swiglu, true, Split> : gemv_kernel<T, NT, U, E::Swiglu, false, Split>;
+    case E::AddF32: return gemv_kernel<T, NT, U, E::AddF32, false, Split>;  // the residual add never follows a norm
+    default:
+      return norm ? gemv_kernel<T, NT, U, E::StoreF32, true, Split> : gemv_kernel<T, NT, U, E::StoreF32, false, Split>;
   }
-  launch_unrolled<T, NT, 4>(e, p, stream);
+}
+
+// Chunks a lane per batch, by the bytes of a warp's slice of a row. Four, but at one token, where a slice
+// is 4 KB (2048 columns of bf16), 1.5 KB (768) or 5.5 KB (2816) the batch is the whole slice, eight, three
+// or eleven chunks, in flight before the wait on the kernel before; an 11 KB slice (5632) is two whole
+// batches of eleven instead of five of four and two single chunks. H200, decode at batch 1 (whole rows):
+// TinyLlama 994 -> 1,050 (eight) -> 1,085-1,093 tok/s (eleven), stories110M 3,715-3,724 -> 4,056-4,073
+// (three). Eight for 7B's 8 KB rows (253 -> 240), and a row's last partial batch loaded as one batch
+// (TinyLlama 1,050 -> 1,012-1,017), measured slower: docs/PERFORMANCE.md.
+template <typename T, int NT>
+GemvKernelFn unrolled_for(size_t slice_bytes, bool split, GemvEpilogue e, bool norm) {
+  if constexpr (NT == 1) {  // (only one token splits rows)
+    if (split) {            // (not eight: 120-138 registers, and fewer warps resident, where splitting wants more)
+      if (slice_bytes == 22 * 32 * 16 || slice_bytes == 11 * 32 * 16) return kernel_for<T, NT, 11, true>(e, norm);
+      return kernel_for<T, NT, 4, true>(e, norm);
+    }
+    if (slice_bytes == 8 * 32 * 16) return kernel_for<T, NT, 8, false>(e, norm);
+    if (slice_bytes == 3 * 32 * 16) return kernel_for<T, NT, 3, false>(e, norm);
+    if (slice_bytes == 22 * 32 * 16) return kernel_for<T, NT, 11, false>(e, norm);
+  }
+  return kernel_for<T, NT, 4, false>(e, norm);
+}
+
+// Warps of `kernel` that fit on the device at once (its occupancy, per device and kernel, asked once).
+int resident_warps(GemvKernelFn kernel) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, GemvKernelFn>, int> known;
+  int device = 0;
+  LLM_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto [it, added] = known.try_emplace({device, kernel}, 0);
+  if (added) {
+    int sms = 0, blocks = 0;
+    LLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    LLM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarps * 32, 0));
+    it->second = sms * blocks * kWarps;
+  }
+  return it->second;
+}
+
+// LLM_GEMV_SPLITS: warps a row unit (1, 2, 4 or 8), or auto (unset). For measurement.
+int splits_from_env() {
+  static const int splits = [] {
+    const char* v = std::getenv("LLM_GEMV_SPLITS");
+    if (!v || !*v || std::strcmp(v, "auto") == 0) return 0;
+    for (int s : {1, 2, 4, 8})
+      if (std::atoi(v) == s && std::strlen(v) == 1) return s;
+    fail("LLM_GEMV_SPLITS='{}': expected 1, 2, 4, 8 or auto", v);
+  }();
+  return splits;
+}
+
+// A row unit (a pair of rows; Swiglu: a row of W1 and of W3) is `splits` warps, each a slice of the
+// columns, where whole rows would leave at least half of the resident warps idle, and with them half the
+// bytes that could be in flight: Llama-2-7B's wo and w2 (2,048 pairs), TinyLlama's w2 (1,024). Split,
+// every warp of TinyLlama's w2 loads its whole slice before the wait on the SwiGLU product, where whole
+// rows were two batches. The split is chosen by how full the waves of warps are, one wave preferred; a
+// slice keeps at least four chunks a lane, so that its loads stay batched. Products of several waves
+// split in two only where that doubles the warps resident (below). H200, batch 1: Llama-2-7B
+// 252-253 -> 261 tok/s, TinyLlama 1,118-1,119 -> 1,159; TinyLlama's q/k/v (1,280 pairs, 61% of the warps
+// busy) split in two added 4.9 us a layer where whole rows added 3.7-4.0 (docs/PERFORMANCE.md).
+struct CudaCorePlan {
+  int splits = 1;
+  GemvKernelFn kernel = nullptr;
+};
+
+template <typename T, int NT>
+CudaCorePlan plan_tokens(GemvEpilogue e, const GemvArgs& p, int forced) {
+  constexpr int kPer = 16 / sizeof(T);
+  const bool norm = p.norm_gain != nullptr;
+  const size_t row_bytes = static_cast<size_t>(p.cols) * sizeof(T);
+  const int64_t units = row_units(e, p);
+  CudaCorePlan plan{1, unrolled_for<T, NT>(row_bytes, false, e, norm)};
+  const int whole_resident = resident_warps(plan.kernel);
+  if (!forced && units > whole_resident && NT == 1 && p.cols % kPer == 0 && row_bytes / 2 >= 4 * 32 * 16) {
+    // Waves of whole rows through a kernel whose registers hold half the warps that halves of rows would
+    // (eight chunks a lane): halves, twice the warps resident (TinyLlama's SwiGLU, 15.5 -> 14.8 us).
+    const GemvKernelFn halves = unrolled_for<T, NT>(row_bytes / 2, true, e, norm);
+    if (resident_warps(halves) >= 2 * whole_resident) return {2, halves};
+  }
+  if (!forced && 2 * units > whole_resident) return plan;  // whole rows keep half the warps busy
+  double best = -1.0;
+  for (int s : {1, 2, 4, 8}) {
+    const bool fits = s == 1 || (NT == 1 && p.cols % kPer == 0 && row_bytes / s >= 4 * 32 * 16);
+    if (!fits || (forced && s != forced)) continue;
+    const GemvKernelFn k = unrolled_for<T, NT>(row_bytes / s, s > 1, e, norm);
+    const int resident = resident_warps(k);
+    const int64_t warps = units * s, waves = (warps + resident - 1) / resident;
+    const double fill = static_cast<double>(warps) / (static_cast<double>(waves) * resident) * (waves > 1 ? 0.9 : 1.0);
+    if (fill > best + 1e-9) best = fill, plan = {s, k};
+  }
+  return plan;
 }
 
 template <typename T>
-void launch_typed(GemvEpilogue e, const GemvArgs& p, cudaStream_t stream) {
+CudaCorePlan plan_typed(GemvEpilogue e, const GemvArgs& p, int forced) {
   switch (p.tokens) {
-    case 1: launch_tokens<T, 1>(e, p, stream); break;
-    case 2: launch_tokens<T, 2>(e, p, stream); break;
-    case 3: launch_tokens<T, 3>(e, p, stream); break;
-    case 4: launch_tokens<T, 4>(e, p, stream); break;
-    default: break;
+    case 1: return plan_tokens<T, 1>(e, p, forced);
+    case 2: return plan_tokens<T, 2>(e, p, forced);
+    case 3: return plan_tokens<T, 3>(e, p, forced);
+    default: return plan_tokens<T, 4>(e, p, forced);
   }
 }
-static_assert(kGemvCudaCoreMaxTokens == 4, "launch_typed instantiates 1 to 4 tokens");
+static_assert(kGemvCudaCoreMaxTokens == 4, "plan_typed instantiates 1 to 4 tokens");
+
+CudaCorePlan plan_cuda_core(GemvEpilogue e, const GemvArgs& p, DType type, const GemvTuning& tuning) {
+  const int forced = tuning.splits ? tuning.splits : splits_from_env();
+  switch (type) {
+    case DType::F32: return plan_typed<float>(e, p, forced);
+    case DType::F16: return plan_typed<__half>(e, p, forced);
+    default: return plan_typed<__nv_bfloat16>(e, p, forced);
+  }
+}
 
 bool takes_tensor_cores(GemvKernel kernel, DType type, int tokens) {
   if (type == DType::F32) return false;
@@ -358,17 +483,22 @@ void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t 
          gemv_kernel_name(kernel), dtype_name(type));
   if (args.norm_gain && epilogue == GemvEpilogue::AddF32) fail("gemv: no fused RMSNorm before a residual add");
   if (takes_tensor_cores(kernel, type, args.tokens)) return gemv_tensor_core(epilogue, args, type, stream, tuning);
-  switch (type) {
-    case DType::F32: launch_typed<float>(epilogue, args, stream); break;
-    case DType::F16: launch_typed<__half>(epilogue, args, stream); break;
-    case DType::BF16: launch_typed<__nv_bfloat16>(epilogue, args, stream); break;
-  }
+  if (tuning.splits && tuning.splits != 1 && tuning.splits != 2 && tuning.splits != 4 && tuning.splits != 8)
+    fail("gemv: {} warps a row unit; the CUDA-core kernel takes 1, 2, 4 or 8", tuning.splits);
+  const CudaCorePlan plan = plan_cuda_core(epilogue, args, type, tuning);
+  const int64_t warps = row_units(epilogue, args) * plan.splits;
+  launch_pdl(plan.kernel, dim3(static_cast<unsigned>((warps + kWarps - 1) / kWarps)), dim3(kWarps * 32), stream, args,
+             plan.splits);
   LLM_CUDA_CHECK_LAUNCH();
 }
 
 GemvTuning gemv_plan(GemvEpilogue epilogue, const GemvArgs& args, DType type, GemvKernel kernel,
                      const GemvTuning& tuning) {
-  if (!takes_tensor_cores(kernel, type, args.tokens)) return {};
+  if (!takes_tensor_cores(kernel, type, args.tokens)) {
+    GemvTuning plan;
+    plan.splits = plan_cuda_core(epilogue, args, type, tuning).splits;
+    return plan;
+  }
   return gemv_tensor_core_plan(epilogue, args, type, tuning);
 }
 

@@ -75,10 +75,15 @@ struct GemvArgs {
   int64_t seq_stride = 0;  // elements between slots; rows of rows[1] elements per position
 };
 
-// How the tensor-core kernel cuts a product (0: chosen from the shape and the device; for measurement).
+// How a kernel cuts a product (0: chosen from the shape and the device; for measurement and tests).
 struct GemvTuning {
+  // the tensor-core kernel
   int warps = 0;      // warps per block, each a slice of the columns (1, 2, 4, 8 or 16)
   int row_tiles = 0;  // 16-row tiles per block (1 or 2; Swiglu: 1, of W1 and of W3 each)
+  // the CUDA-core kernel at one token: warps per pair of rows (Swiglu: per row of W1 and W3), each a slice
+  // of the columns (1, 2, 4 or 8; where a slice would be under 2 KB, or more tokens, 1). LLM_GEMV_SPLITS
+  // sets it for every product.
+  int splits = 0;
 };
 
 // Whether gemv takes norm_gain (a fused RMSNorm) for a step of `tokens` tokens: the CUDA-core kernel does.
@@ -88,8 +93,8 @@ bool gemv_normalizes_input(GemvKernel kernel, DType type, int tokens);
 void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream,
           GemvKernel kernel = GemvKernel::Auto, const GemvTuning& tuning = {});
 
-// What gemv would use for this product: `tuning` with its zeros filled in (for the tensor-core kernel;
-// the current device's), or {0, 0} where the product goes to the CUDA-core kernel.
+// What gemv would use for this product on the current device: `tuning` with its zeros filled in, the
+// tensor-core kernel's warps and row tiles, or the CUDA-core kernel's splits.
 GemvTuning gemv_plan(GemvEpilogue epilogue, const GemvArgs& args, DType type, GemvKernel kernel = GemvKernel::Auto,
                      const GemvTuning& tuning = {});
 

@@ -410,7 +410,7 @@ void check_kernel(GemvKernel kernel, const std::vector<GemvTuning>& tunings, boo
           const double err = problem.run(tokens, kernel, tuning);
           worst = std::max(worst, std::isnan(err) ? INFINITY : err);
           EXPECT_LT(err, bound) << dtype_name(type) << " " << s.name() << " tokens " << tokens << " warps "
-                                << tuning.warps << " row tiles " << tuning.row_tiles;
+                                << tuning.warps << " row tiles " << tuning.row_tiles << " splits " << tuning.splits;
         }
       std::printf("%s %-28s%s worst relative L2 error %.3e (bound %.0e)\n", dtype_name(type), s.name().c_str(),
                   norm ? " RMSNorm fused:" : "", worst, bound);
@@ -461,16 +461,59 @@ TEST(Gemv, ReadsXOnlyOnceTheKernelBeforeHasWrittenIt) {
   }
 }
 
+// Every split of the rows among warps: the rows of 4096-5632 columns take 2, 4 and 8 (slices of uneven
+// chunk counts at 4104 columns), the others fall back to whole rows; the plan's own choice first.
+std::vector<GemvTuning> cuda_core_splits() {
+  std::vector<GemvTuning> t(5);
+  for (int i = 1; i < 5; ++i) t[i].splits = 1 << (i - 1);
+  return t;
+}
+
 TEST(Gemv, CudaCoreKernelMatchesAFloat64Reference) {
   LLM_REQUIRE_GPU();
-  check_kernel(GemvKernel::CudaCore, {GemvTuning{}});
+  check_kernel(GemvKernel::CudaCore, cuda_core_splits());
 }
 
 // The RMSNorm fused into the CUDA-core products (the model's batch-1 step): q/k/v, SwiGLU and the
-// classifier read the fp32 residual; tails, odd columns and 1 to 4 tokens as above.
+// classifier read the fp32 residual; tails, odd columns and 1 to 4 tokens as above. Its sum of squares
+// is split with the rows.
 TEST(Gemv, CudaCoreKernelFusesTheRmsNormBeforeIt) {
   LLM_REQUIRE_GPU();
-  check_kernel(GemvKernel::CudaCore, {GemvTuning{}}, true);
+  check_kernel(GemvKernel::CudaCore, cuda_core_splits(), true);
+}
+
+// The CUDA-core kernel's split at one token, on the decode shapes: products of few rows (Llama-2-7B's
+// wo, 2,048 pairs of 8 KB rows) are split so that the GPU has a wave of warps, products of many rows
+// (its SwiGLU, 11,008 rows) and rows too short to cut (stories110M's 768 columns) are not; more tokens
+// never split. The figures that chose the rule are in docs/PERFORMANCE.md.
+TEST(Gemv, CudaCorePlanSplitsTheRowsOfFewRowProducts) {
+  LLM_REQUIRE_GPU();
+  using E = GemvEpilogue;
+  auto splits = [](E e, int rows, int cols, int tokens = 1) {
+    GemvArgs a;
+    a.rows[0] = rows, a.cols = cols, a.tokens = tokens;
+    return cuda::gemv_plan(e, a, DType::BF16, GemvKernel::CudaCore).splits;
+  };
+  EXPECT_GE(splits(E::AddF32, 4096, 4096), 2);
+  EXPECT_GE(splits(E::AddF32, 4096, 11008), 2);
+  EXPECT_EQ(splits(E::Swiglu, 11008, 4096), 1);
+  EXPECT_EQ(splits(E::Swiglu, 5632, 2048), 2);  // TinyLlama's: waves of eight-chunk warps, halves hold twice as many
+  EXPECT_EQ(splits(E::AddF32, 768, 768), 1);
+  EXPECT_EQ(splits(E::QkvRope, 2560, 2048), 1);  // TinyLlama's q/k/v: 61% of the warps busy whole
+  EXPECT_EQ(splits(E::AddF32, 4096, 4096, 2), 1);
+  GemvArgs a;
+  a.rows[0] = 4096, a.cols = 4096, a.tokens = 1;
+  GemvTuning forced;
+  forced.splits = 4;  // slices of 2 KB
+  EXPECT_EQ(cuda::gemv_plan(E::AddF32, a, DType::BF16, GemvKernel::CudaCore, forced).splits, 4);
+  forced.splits = 8;  // slices of 1 KB: too short, whole rows
+  EXPECT_EQ(cuda::gemv_plan(E::AddF32, a, DType::BF16, GemvKernel::CudaCore, forced).splits, 1);
+  forced.splits = 3;
+  EXPECT_THROW(cuda::gemv(E::AddF32, a, DType::BF16, nullptr, GemvKernel::CudaCore, forced), Error);
+  EXPECT_GE(splits(E::AddF32, 2048, 5632), 2);  // TinyLlama's w2
+  std::printf("splits at one token: 7B wo %d, w2 %d, SwiGLU %d; TinyLlama q/k/v %d, w2 %d\n",
+              splits(E::AddF32, 4096, 4096), splits(E::AddF32, 4096, 11008), splits(E::Swiglu, 11008, 4096),
+              splits(E::QkvRope, 2560, 2048), splits(E::AddF32, 2048, 5632));
 }
 
 // The same with the residual written just before the product by a kernel it overlaps (PDL), as the
