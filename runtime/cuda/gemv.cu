@@ -122,7 +122,7 @@ struct Activations {
 
 // acc[i][t] = row_i . x[t] over the 16-byte chunks [c0, c1) of the warp's two rows (a, b), and ss[t] the
 // sum of x[t]'s squares over them (Norm), reduced over the warp: every lane ends with the totals. Lanes
-// take chunks round-robin, kUnroll of them per row loaded before any is used (see launch_tokens for how
+// take chunks round-robin, kUnroll of them per row loaded before any is used (see unrolled_for for how
 // many). The warp whose range ends the row (c1 == the row's chunks) also takes the elements past the last
 // whole chunk. An inactive warp (past the last row) reads nothing and ends with zeros.
 template <typename T, int NT, int kUnroll, bool Norm>
@@ -368,15 +368,9 @@ int resident_warps(GemvKernelFn kernel) {
   return it->second;
 }
 
-// LLM_GEMV_SPLITS: warps a row unit (1, 2, 4 or 8), or auto (unset). For measurement.
-int splits_from_env() {
-  static const int splits = [] {
-    const char* v = std::getenv("LLM_GEMV_SPLITS");
-    if (!v || !*v || std::strcmp(v, "auto") == 0) return 0;
-    for (int s : {1, 2, 4, 8})
-      if (std::atoi(v) == s && std::strlen(v) == 1) return s;
-    fail("LLM_GEMV_SPLITS='{}': expected 1, 2, 4, 8 or auto", v);
-  }();
+// LLM_GEMV_SPLITS, read once: every product launched on the per-token path consults it.
+int splits_from_env_once() {
+  static const int splits = gemv_splits_from_env();
   return splits;
 }
 
@@ -386,8 +380,8 @@ int splits_from_env() {
 // every warp of TinyLlama's w2 loads its whole slice before the wait on the SwiGLU product, where whole
 // rows were two batches. The split is chosen by how full the waves of warps are, one wave preferred; a
 // slice keeps at least four chunks a lane, so that its loads stay batched. Products of several waves
-// split in two only where that doubles the warps resident (below). H200, batch 1: Llama-2-7B
-// 252-253 -> 261 tok/s, TinyLlama 1,118-1,119 -> 1,159; TinyLlama's q/k/v (1,280 pairs, 61% of the warps
+// split in two only where that doubles the warps resident (below). H200, batch 1: Llama-2-7B 254 ->
+// 263-264 tok/s, TinyLlama 1,111-1,116 -> 1,162-1,163; TinyLlama's q/k/v (1,280 pairs, 61% of the warps
 // busy) split in two added 4.9 us a layer where whole rows added 3.7-4.0 (docs/PERFORMANCE.md).
 struct CudaCorePlan {
   int splits = 1;
@@ -400,9 +394,11 @@ CudaCorePlan plan_tokens(GemvEpilogue e, const GemvArgs& p, int forced) {
   const bool norm = p.norm_gain != nullptr;
   const size_t row_bytes = static_cast<size_t>(p.cols) * sizeof(T);
   const int64_t units = row_units(e, p);
+  // s warps a unit: one token, rows of whole chunks, slices of at least four chunks a lane
+  auto can_split = [&](int s) { return NT == 1 && p.cols % kPer == 0 && row_bytes / s >= 4 * 32 * 16; };
   CudaCorePlan plan{1, unrolled_for<T, NT>(row_bytes, false, e, norm)};
   const int whole_resident = resident_warps(plan.kernel);
-  if (!forced && units > whole_resident && NT == 1 && p.cols % kPer == 0 && row_bytes / 2 >= 4 * 32 * 16) {
+  if (!forced && units > whole_resident && can_split(2)) {
     // Waves of whole rows through a kernel whose registers hold half the warps that halves of rows would
     // (eight chunks a lane): halves, twice the warps resident (TinyLlama's SwiGLU, 15.5 -> 14.8 us).
     const GemvKernelFn halves = unrolled_for<T, NT>(row_bytes / 2, true, e, norm);
@@ -411,8 +407,7 @@ CudaCorePlan plan_tokens(GemvEpilogue e, const GemvArgs& p, int forced) {
   if (!forced && 2 * units > whole_resident) return plan;  // whole rows keep half the warps busy
   double best = -1.0;
   for (int s : {1, 2, 4, 8}) {
-    const bool fits = s == 1 || (NT == 1 && p.cols % kPer == 0 && row_bytes / s >= 4 * 32 * 16);
-    if (!fits || (forced && s != forced)) continue;
+    if ((s > 1 && !can_split(s)) || (forced && s != forced)) continue;
     const GemvKernelFn k = unrolled_for<T, NT>(row_bytes / s, s > 1, e, norm);
     const int resident = resident_warps(k);
     const int64_t warps = units * s, waves = (warps + resident - 1) / resident;
@@ -434,7 +429,7 @@ CudaCorePlan plan_typed(GemvEpilogue e, const GemvArgs& p, int forced) {
 static_assert(kGemvCudaCoreMaxTokens == 4, "plan_typed instantiates 1 to 4 tokens");
 
 CudaCorePlan plan_cuda_core(GemvEpilogue e, const GemvArgs& p, DType type, const GemvTuning& tuning) {
-  const int forced = tuning.splits ? tuning.splits : splits_from_env();
+  const int forced = tuning.splits ? tuning.splits : splits_from_env_once();
   switch (type) {
     case DType::F32: return plan_typed<float>(e, p, forced);
     case DType::F16: return plan_typed<__half>(e, p, forced);
@@ -455,6 +450,14 @@ GemvKernel gemv_kernel_from_env() {
   if (std::strcmp(v, "cuda_core") == 0) return GemvKernel::CudaCore;
   if (std::strcmp(v, "tensor_core") == 0) return GemvKernel::TensorCore;
   fail("LLM_GEMV='{}': expected cuda_core, tensor_core or auto", v);
+}
+
+int gemv_splits_from_env() {
+  const char* v = std::getenv("LLM_GEMV_SPLITS");
+  if (!v || !*v || std::strcmp(v, "auto") == 0) return 0;
+  for (const char* s : {"1", "2", "4", "8"})
+    if (std::strcmp(v, s) == 0) return std::atoi(s);
+  fail("LLM_GEMV_SPLITS='{}': expected 1, 2, 4, 8 or auto", v);
 }
 
 const char* gemv_kernel_name(GemvKernel kernel) {

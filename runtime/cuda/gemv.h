@@ -49,6 +49,9 @@ enum class GemvKernel {
 // LLM_GEMV as a GemvKernel (unset or empty: Auto); throws llm::Error naming the variable on another value.
 GemvKernel gemv_kernel_from_env();
 const char* gemv_kernel_name(GemvKernel kernel);
+// LLM_GEMV_SPLITS as GemvTuning::splits for every product (unset, empty or auto: 0, chosen per product);
+// throws llm::Error naming the variable on another value. gemv reads it once per process.
+int gemv_splits_from_env();
 
 // The most tokens `kernel` takes for a model of dtype `type`; longer steps belong to cuBLAS.
 int gemv_max_tokens(GemvKernel kernel, DType type);

@@ -508,8 +508,6 @@ TEST(Gemv, CudaCorePlanSplitsTheRowsOfFewRowProducts) {
   EXPECT_EQ(cuda::gemv_plan(E::AddF32, a, DType::BF16, GemvKernel::CudaCore, forced).splits, 4);
   forced.splits = 8;  // slices of 1 KB: too short, whole rows
   EXPECT_EQ(cuda::gemv_plan(E::AddF32, a, DType::BF16, GemvKernel::CudaCore, forced).splits, 1);
-  forced.splits = 3;
-  EXPECT_THROW(cuda::gemv(E::AddF32, a, DType::BF16, nullptr, GemvKernel::CudaCore, forced), Error);
   EXPECT_GE(splits(E::AddF32, 2048, 5632), 2);  // TinyLlama's w2
   std::printf("splits at one token: 7B wo %d, w2 %d, SwiGLU %d; TinyLlama q/k/v %d, w2 %d\n",
               splits(E::AddF32, 4096, 4096), splits(E::AddF32, 4096, 11008), splits(E::Swiglu, 11008, 4096),
@@ -612,6 +610,40 @@ TEST(Gemv, TokenLimitsAndTheLlmGemvVariable) {
     setenv("LLM_GEMV", restore.c_str(), 1);
   else
     unsetenv("LLM_GEMV");
+}
+
+// LLM_GEMV_SPLITS, and a split the CUDA-core kernel does not take, are errors that name what was wrong.
+TEST(Gemv, TheLlmGemvSplitsVariable) {
+  const char* saved = std::getenv("LLM_GEMV_SPLITS");
+  const std::string restore = saved ? saved : "";
+  for (auto [value, splits] : {std::pair{"", 0}, {"auto", 0}, {"1", 1}, {"2", 2}, {"4", 4}, {"8", 8}}) {
+    setenv("LLM_GEMV_SPLITS", value, 1);
+    EXPECT_EQ(cuda::gemv_splits_from_env(), splits) << value;
+  }
+  for (const char* bad : {"3", "16", "2x", "two", "-1"}) {
+    setenv("LLM_GEMV_SPLITS", bad, 1);
+    try {
+      cuda::gemv_splits_from_env();
+      ADD_FAILURE() << "LLM_GEMV_SPLITS=" << bad << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("LLM_GEMV_SPLITS='" + std::string(bad) + "'"), std::string::npos)
+          << e.what();
+    }
+  }
+  if (saved)
+    setenv("LLM_GEMV_SPLITS", restore.c_str(), 1);
+  else
+    unsetenv("LLM_GEMV_SPLITS");
+  GemvArgs a;
+  a.rows[0] = 16, a.cols = 16, a.tokens = 1;
+  GemvTuning tuning;
+  tuning.splits = 3;
+  try {
+    cuda::gemv(GemvEpilogue::StoreF32, a, DType::BF16, nullptr, GemvKernel::CudaCore, tuning);
+    ADD_FAILURE() << "3 warps a row unit accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("3 warps a row unit"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
