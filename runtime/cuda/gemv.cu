@@ -124,10 +124,18 @@ struct Activations {
 // sum of x[t]'s squares over them (Norm), reduced over the warp: every lane ends with the totals. Lanes
 // take chunks round-robin, kUnroll of them per row loaded before any is used (see unrolled_for for how
 // many). The warp whose range ends the row (c1 == the row's chunks) also takes the elements past the last
-// whole chunk. An inactive warp (past the last row) reads nothing and ends with zeros.
-template <typename T, int NT, int kUnroll, bool Norm>
+// whole chunk. An inactive warp (past the last row) reads nothing and ends with zeros. The epilogue's own
+// loads go beside the weights' rather than after the sums (an L2 round trip or two at the end of every
+// warp's path): before_wait() runs once the first weights are on their way, for what no kernel writes
+// (it may stall there while the kernel before still runs); after_wait() once that kernel has finished.
+struct Nothing {
+  __device__ void operator()() const {}
+};
+template <typename T, int NT, int kUnroll, bool Norm, typename BeforeWait = Nothing, typename AfterWait = Nothing>
 __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activations<T, Norm>& x, int c0, int c1,
-                                          bool active, float (&acc)[2][NT], float (&ss)[NT]) {
+                                          bool active, float (&acc)[2][NT], float (&ss)[NT],
+                                          const BeforeWait& before_wait = BeforeWait{},
+                                          const AfterWait& after_wait = AfterWait{}) {
   constexpr int kPer = 16 / sizeof(T);  // elements per chunk
   const int lane = threadIdx.x & 31, cols = x.cols;
 #pragma unroll
@@ -146,8 +154,10 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
   };
   bool full = c + (kUnroll - 1) * 32 < end;
   if (full) load_batch();
+  before_wait();
   // The first weights are on their way; x (and the outputs) may still be in the previous kernel's hands.
   wait_for_previous_kernel();
+  after_wait();
   while (full) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
@@ -256,7 +266,20 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
     // (selected, not indexed: a run-time index into the parameter array would copy it to local memory)
     const void* wm = m == 0 ? p.w[0] : m == 1 ? p.w[1] : p.w[2];
     const T* w = static_cast<const T*>(wm) + static_cast<int64_t>(valid ? r : 0) * cols;
-    warp_dot2<T, NT, U>(w, w + cols, x, c0, c1, valid, acc, ss);
+    // Lane t reads token t's position, cache slot and rotation (the step's metadata, written by the host
+    // before the step, and the rotation table: no kernel writes them) before the wait.
+    int pos = 0, slot = 0;
+    float rc = 1.0f, rs = 0.0f;
+    warp_dot2<T, NT, U>(w, w + cols, x, c0, c1, valid, acc, ss, [&] {
+      if (lane < NT && valid) {
+        pos = p.pos[lane];
+        if (m > 0) slot = p.slot[lane];
+        if (m < 2) {
+          const float* cs = p.cos_sin + static_cast<int64_t>(pos) * p.head_dim + (r % p.head_dim);
+          rc = cs[0], rs = cs[1];
+        }
+      }
+    });
     if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
     if (lane < NT) {
 #pragma unroll
@@ -264,17 +287,14 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
         if (t == lane) {
           float a = acc[0][t], b = acc[1][t];
           if (m < 2) {  // RoPE on the pair (llama2.c's adjacent layout)
-            const float* cs = p.cos_sin + static_cast<int64_t>(p.pos[t]) * p.head_dim + (r % p.head_dim);
-            const float c = cs[0], s = cs[1];
-            const float ra = a * c - b * s, rb = a * s + b * c;
+            const float ra = a * rc - b * rs, rb = a * rs + b * rc;
             a = ra, b = rb;
           }
           T* dst;
           if (m == 0) {
             dst = static_cast<T*>(p.out) + static_cast<int64_t>(t) * p.rows[0] + r;
           } else {
-            const int64_t row =
-                static_cast<int64_t>(p.slot[t]) * p.seq_stride + static_cast<int64_t>(p.pos[t]) * p.rows[1];
+            const int64_t row = static_cast<int64_t>(slot) * p.seq_stride + static_cast<int64_t>(pos) * p.rows[1];
             dst = static_cast<T*>(m == 1 ? p.k_cache : p.v_cache) + row + r;
           }
           dst[0] = from_f32<T>(a);
@@ -286,21 +306,38 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
     const bool valid = r < rows;
     const bool second = r + 1 < rows;  // an odd last row: the warp computes it twice, writes it once
     const T* w = static_cast<const T*>(p.w[0]) + static_cast<int64_t>(valid ? r : 0) * cols;
-    warp_dot2<T, NT, U>(w, second ? w + cols : w, x, c0, c1, valid, acc, ss);
-    if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
-    if (lane < NT) {
+    if constexpr (E == GemvEpilogue::AddF32) {
+      // Lane t reads token t's residual once the kernel before (which adds into it too) is done.
+      float* y = static_cast<float*>(p.out) + static_cast<int64_t>(lane) * rows + r;
+      const bool adds = lane < NT && valid && slice == 0;
+      float y0 = 0.0f, y1 = 0.0f;
+      warp_dot2<T, NT, U>(w, second ? w + cols : w, x, c0, c1, valid, acc, ss, Nothing{}, [&] {
+        if (adds) {
+          y0 = y[0];
+          if (second) y1 = y[1];
+        }
+      });
+      if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
+      if (lane < NT) {
 #pragma unroll
-      for (int t = 0; t < NT; ++t)
-        if (t == lane) {
-          float* y = static_cast<float*>(p.out) + static_cast<int64_t>(t) * rows + r;
-          if constexpr (E == GemvEpilogue::AddF32) {
-            y[0] += acc[0][t];
-            if (second) y[1] += acc[1][t];
-          } else {
+        for (int t = 0; t < NT; ++t)
+          if (t == lane) {
+            y[0] = y0 + acc[0][t];
+            if (second) y[1] = y1 + acc[1][t];
+          }
+      }
+    } else {
+      warp_dot2<T, NT, U>(w, second ? w + cols : w, x, c0, c1, valid, acc, ss);
+      if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
+      if (lane < NT) {
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+          if (t == lane) {
+            float* y = static_cast<float*>(p.out) + static_cast<int64_t>(t) * rows + r;
             y[0] = acc[0][t];
             if (second) y[1] = acc[1][t];
           }
-        }
+      }
     }
   }
 }
