@@ -124,17 +124,16 @@ struct Activations {
 // sum of x[t]'s squares over them (Norm), reduced over the warp: every lane ends with the totals. Lanes
 // take chunks round-robin, kUnroll of them per row loaded before any is used (see unrolled_for for how
 // many). The warp whose range ends the row (c1 == the row's chunks) also takes the elements past the last
-// whole chunk. An inactive warp (past the last row) reads nothing and ends with zeros. The epilogue's own
-// loads go beside the weights' rather than after the sums (an L2 round trip or two at the end of every
-// warp's path): before_wait() runs once the first weights are on their way, for what no kernel writes
-// (it may stall there while the kernel before still runs); after_wait() once that kernel has finished.
+// whole chunk. An inactive warp (past the last row) reads nothing and ends with zeros. after_wait() runs
+// once the kernel before has finished, while the first weights are on their way: the epilogue's own loads
+// go there rather than after the sums (an L2 round trip or two at the end of every warp's path). (Before
+// the wait only weights are read: tools/pdl_check.)
 struct Nothing {
   __device__ void operator()() const {}
 };
-template <typename T, int NT, int kUnroll, bool Norm, typename BeforeWait = Nothing, typename AfterWait = Nothing>
+template <typename T, int NT, int kUnroll, bool Norm, typename AfterWait = Nothing>
 __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activations<T, Norm>& x, int c0, int c1,
                                           bool active, float (&acc)[2][NT], float (&ss)[NT],
-                                          const BeforeWait& before_wait = BeforeWait{},
                                           const AfterWait& after_wait = AfterWait{}) {
   constexpr int kPer = 16 / sizeof(T);  // elements per chunk
   const int lane = threadIdx.x & 31, cols = x.cols;
@@ -154,7 +153,6 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
   };
   bool full = c + (kUnroll - 1) * 32 < end;
   if (full) load_batch();
-  before_wait();
   // The first weights are on their way; x (and the outputs) may still be in the previous kernel's hands.
   wait_for_previous_kernel();
   after_wait();
@@ -266,8 +264,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
     // (selected, not indexed: a run-time index into the parameter array would copy it to local memory)
     const void* wm = m == 0 ? p.w[0] : m == 1 ? p.w[1] : p.w[2];
     const T* w = static_cast<const T*>(wm) + static_cast<int64_t>(valid ? r : 0) * cols;
-    // Lane t reads token t's position, cache slot and rotation (the step's metadata, written by the host
-    // before the step, and the rotation table: no kernel writes them) before the wait.
+    // Lane t reads token t's position, cache slot and rotation beside the weights, not after the sums.
     int pos = 0, slot = 0;
     float rc = 1.0f, rs = 0.0f;
     warp_dot2<T, NT, U>(w, w + cols, x, c0, c1, valid, acc, ss, [&] {
@@ -311,7 +308,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
       float* y = static_cast<float*>(p.out) + static_cast<int64_t>(lane) * rows + r;
       const bool adds = lane < NT && valid && slice == 0;
       float y0 = 0.0f, y1 = 0.0f;
-      warp_dot2<T, NT, U>(w, second ? w + cols : w, x, c0, c1, valid, acc, ss, Nothing{}, [&] {
+      warp_dot2<T, NT, U>(w, second ? w + cols : w, x, c0, c1, valid, acc, ss, [&] {
         if (adds) {
           y0 = y[0];
           if (second) y1 = y[1];
