@@ -323,7 +323,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
             if (second) y[1] = y1 + acc[1][t];
           }
       }
-    } else {
+    } else {  // (apart from AddF32's: one body for both changed the classifier's registers, 58 -> 64 and 70 -> 64)
       warp_dot2<T, NT, U>(w, second ? w + cols : w, x, c0, c1, valid, acc, ss);
       if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
       if (lane < NT) {
