@@ -1,7 +1,8 @@
 // gemv_bench: the decode-step matrix-vector products alone (gemv.h), on the product shapes of Llama-2-7B,
 // TinyLlama and stories110M, beside cuBLAS: microseconds per call, GB/s of weight bytes and their share of
 // the device's copy bandwidth (cudaMemcpy device to device of 2 GiB, bytes read + written, measured in
-// the same run), for the CUDA-core kernel (up to 4 tokens), the tensor-core kernel and cuBLAS
+// the same run), for the CUDA-core kernel (up to 4 tokens; also with the RMSNorm before it fused, as a
+// batch-1 step runs the q/k/v, SwiGLU and classifier products), the tensor-core kernel and cuBLAS
 // (cublasGemmEx as LlamaCuda::gemm issues it: q, k and v as three products, W1 and W3 as two; the RoPE and
 // SwiGLU kernels that path needs after them are not counted). A product is a fixed stream of weight
 // bytes whatever the tokens, so the share of the copy bandwidth says how close a kernel is to the floor.
@@ -116,6 +117,14 @@ class Bench {
     for (auto& v : x) v = to_bits(u(rng));
     x_ = std::make_unique<DeviceMemory>(x.size() * e);
     LLM_CUDA_CHECK(cudaMemcpy(x_->p, x.data(), x.size() * e, cudaMemcpyHostToDevice));
+    // The fp32 residual and the RMSNorm's gain, for the products that take the norm in a decode step.
+    std::vector<float> residual(static_cast<size_t>(kMaxTokens) * p.cols), gain(p.cols);
+    for (auto& v : residual) v = u(rng);
+    for (auto& v : gain) v = 1.0f + 0.1f * u(rng);
+    residual_ = std::make_unique<DeviceMemory>(residual.size() * sizeof(float));
+    gain_ = std::make_unique<DeviceMemory>(gain.size() * sizeof(float));
+    LLM_CUDA_CHECK(cudaMemcpy(residual_->p, residual.data(), residual.size() * sizeof(float), cudaMemcpyHostToDevice));
+    LLM_CUDA_CHECK(cudaMemcpy(gain_->p, gain.data(), gain.size() * sizeof(float), cudaMemcpyHostToDevice));
     const size_t out_rows = static_cast<size_t>(kMaxTokens) * p.weight_rows();
     out_ = std::make_unique<DeviceMemory>(out_rows * sizeof(float));
     out2_ = std::make_unique<DeviceMemory>(out_rows * sizeof(float));
@@ -143,6 +152,9 @@ class Bench {
 
   size_t weight_bytes() const { return bytes_; }
 
+  // Whether a decode step gives this product the RMSNorm before it (the CUDA-core kernel, batch 1).
+  bool takes_norm() const { return p_.epilogue != GemvEpilogue::AddF32; }
+
   // The product for `tokens` tokens on copy `i` of the weights, in its own epilogue.
   GemvArgs args(int i, int tokens) const {
     const size_t e = llm::dtype_size(o_.type);
@@ -166,10 +178,16 @@ class Bench {
     return a;
   }
 
-  // Microseconds per call of a GEMV kernel; -1 where it does not take `tokens`.
-  double time_gemv(GemvKernel kernel, int tokens, const GemvTuning& tuning = {}) {
+  // Microseconds per call of a GEMV kernel; -1 where it does not take `tokens`. norm: the product reads the
+  // fp32 residual and applies the RMSNorm (as the CUDA-core kernel does at batch 1), -1 where it does not.
+  double time_gemv(GemvKernel kernel, int tokens, const GemvTuning& tuning = {}, bool norm = false) {
     if (tokens > llm::cuda::gemv_max_tokens(kernel, o_.type)) return -1;
-    return time_calls([&](int i) { llm::cuda::gemv(p_.epilogue, args(i, tokens), o_.type, stream_, kernel, tuning); });
+    if (norm && (!takes_norm() || !llm::cuda::gemv_normalizes_input(kernel, o_.type, tokens))) return -1;
+    return time_calls([&](int i) {
+      GemvArgs a = args(i, tokens);
+      if (norm) a.x = residual_->p, a.norm_gain = gain_->as<float>(), a.norm_eps = 1e-5f;
+      llm::cuda::gemv(p_.epilogue, a, o_.type, stream_, kernel, tuning);
+    });
   }
 
   // Microseconds per call of the cuBLAS path's products (as LlamaCuda::gemm: y = W x, W row-major).
@@ -253,7 +271,7 @@ class Bench {
   cudaStream_t stream_;
   size_t bytes_ = 0;
   int copies_ = 0;
-  std::unique_ptr<DeviceMemory> weights_, x_, out_, out2_, k_cache_, v_cache_, cos_sin_, meta_;
+  std::unique_ptr<DeviceMemory> weights_, x_, out_, out2_, k_cache_, v_cache_, cos_sin_, meta_, residual_, gain_;
 };
 
 std::string plan_label(const GemvTuning& t) { return std::to_string(t.warps) + "w x " + std::to_string(t.row_tiles); }
@@ -307,9 +325,9 @@ int main(int argc, char** argv) {
   std::printf(
       "us per call, GB/s of weight bytes, %% of the copy bandwidth; plan: warps a block x 16-row tiles a block; "
       "check: relative L2 of the CUDA-core / tensor-core product against cuBLAS's\n\n"
-      "| shape | product | rows x cols | MB | tokens | CUDA cores us | GB/s | %% | tensor cores us | GB/s | %% | plan "
-      "| cuBLAS us | GB/s | %% | check |\n"
-      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n");
+      "| shape | product | rows x cols | MB | tokens | CUDA cores us | GB/s | %% | with the RMSNorm us | GB/s | %% "
+      "| tensor cores us | GB/s | %% | plan | cuBLAS us | GB/s | %% | check |\n"
+      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n");
   std::fflush(stdout);
   auto cell = [&](double us, size_t bytes) {
     if (us < 0) return std::string("- | - | -");
@@ -331,6 +349,7 @@ int main(int argc, char** argv) {
       const size_t bytes = bench.weight_bytes();
       for (int tokens : token_counts) {
         const double cc = bench.time_gemv(GemvKernel::CudaCore, tokens);
+        const double ccn = bench.time_gemv(GemvKernel::CudaCore, tokens, {}, true);
         const double tc = bench.time_gemv(GemvKernel::TensorCore, tokens);
         const double cb = bench.time_cublas(tokens);
         const GemvTuning plan = llm::cuda::gemv_plan(p.epilogue, bench.args(0, tokens), o.type, GemvKernel::TensorCore);
@@ -338,10 +357,10 @@ int main(int argc, char** argv) {
         const std::string dims = (p.epilogue == GemvEpilogue::Swiglu ? "2x" : "") +
                                  std::to_string(p.epilogue == GemvEpilogue::Swiglu ? p.rows[0] : p.weight_rows()) +
                                  "x" + std::to_string(p.cols);
-        std::printf("| %s | %s | %s | %.1f | %d | %s | %s | %s | %s | %s / %s |\n", shape.c_str(), p.name.c_str(),
-                    dims.c_str(), bytes / 1e6, tokens, cell(cc, bytes).c_str(), cell(tc, bytes).c_str(),
-                    plan_label(plan).c_str(), cell(cb, bytes).c_str(), err_text(err_cc).c_str(),
-                    err_text(err_tc).c_str());
+        std::printf("| %s | %s | %s | %.1f | %d | %s | %s | %s | %s | %s | %s / %s |\n", shape.c_str(), p.name.c_str(),
+                    dims.c_str(), bytes / 1e6, tokens, cell(cc, bytes).c_str(), cell(ccn, bytes).c_str(),
+                    cell(tc, bytes).c_str(), plan_label(plan).c_str(), cell(cb, bytes).c_str(),
+                    err_text(err_cc).c_str(), err_text(err_tc).c_str());
         std::fflush(stdout);
       }
     }

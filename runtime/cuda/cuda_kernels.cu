@@ -38,15 +38,22 @@ __device__ float block_sum(float v) {
 }
 
 template <typename T>
-__global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, int vocab, float* x) {
+__global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, int vocab, float* x, EmbedNextNorm next) {
   const int t = blockIdx.x, token = tokens[t];
   float* out = x + static_cast<int64_t>(t) * dim;
-  if (token < 0 || token >= vocab) {
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[i] = __int_as_float(0x7fc00000);  // NaN
-    return;
+  const bool valid = token >= 0 && token < vocab;
+  const T* row = table + static_cast<int64_t>(valid ? token : 0) * dim;
+  T* next_x = static_cast<T*>(next.x) + static_cast<int64_t>(t) * dim;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = valid ? to_f32(row[i]) : __int_as_float(0x7fc00000);  // NaN
+    out[i] = v;
+    if (next.x) next_x[i] = from_f32<T>(v * next.gain[i]), ss = fmaf(v, v, ss);
   }
-  const T* row = table + static_cast<int64_t>(token) * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) out[i] = to_f32(row[i]);
+  if (next.x) {
+    ss = block_sum(ss);
+    if (threadIdx.x == 0) next.parts[t] = ss;
+  }
 }
 
 template <typename T>
@@ -164,10 +171,10 @@ int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((
 }  // namespace
 
 void embed(const int32_t* tokens, int n_tokens, const void* embedding, DType type, int dim, int vocab, float* x,
-           cudaStream_t stream) {
+           cudaStream_t stream, const EmbedNextNorm& next) {
   by_type(type, [&](auto tag) {
     using T = decltype(tag);
-    embed_kernel<T><<<n_tokens, 256, 0, stream>>>(tokens, static_cast<const T*>(embedding), dim, vocab, x);
+    embed_kernel<T><<<n_tokens, 256, 0, stream>>>(tokens, static_cast<const T*>(embedding), dim, vocab, x, next);
   });
   LLM_CUDA_CHECK_LAUNCH();
 }

@@ -11,11 +11,19 @@
 
 namespace llm::cuda {
 
-// x[t] = embedding[tokens[t]] as fp32; embedding is [vocab][dim] in `type`.
+// The first RMSNorm's input, prepared for the product after the embedding (gemv.h, GemvArgs::norm_parts):
+// x [tokens][dim] = gain * the embedded row in `type`, parts [tokens] its sums of squares. x null: none.
+struct EmbedNextNorm {
+  const float* gain = nullptr;
+  void* x = nullptr;
+  float* parts = nullptr;
+};
+
+// x[t] = embedding[tokens[t]] as fp32; embedding is [vocab][dim] in `type`; and `next` where set.
 // (A token outside [0, vocab) gives a row of NaN: ids picked on the device, from logits with no number in
 // them, reach the next step that way and are reported once the ids are back on the host.)
 void embed(const int32_t* tokens, int n_tokens, const void* embedding, DType type, int dim, int vocab, float* x,
-           cudaStream_t stream);
+           cudaStream_t stream, const EmbedNextNorm& next = {});
 
 // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * gain, written in `type`; rows[t] picks the row of x for output
 // row t (nullptr: row t), so the classifier can norm only each sequence's last token.

@@ -120,6 +120,37 @@ struct Activations {
   }
 };
 
+// The partial sums of squares of a prepared norm (GemvArgs::norm_parts). Each thread of the block loads up
+// to kEach of them right after the wait, beside the weights, and the block adds them once its warps have
+// their sums (total(): every thread calls it), in the same order every run. Loading them into registers
+// keeps their round trip off the path to the first x loads, where summing them there would put it on.
+struct NormParts {
+  static constexpr int kEach = 2, kThreads = kWarps * 32;  // in registers up to 512 partial sums; more at the end
+  float v[kEach];
+  __device__ __forceinline__ void load(const GemvArgs& p) {
+#pragma unroll
+    for (int i = 0; i < kEach; ++i) {
+      const int at = threadIdx.x + i * kThreads;
+      v[i] = at < p.norm_parts_count ? p.norm_parts[at] : 0.0f;
+    }
+  }
+  __device__ __forceinline__ float total(const GemvArgs& p) const {
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kEach; ++i) s += v[i];
+    for (int at = threadIdx.x + kEach * kThreads; at < p.norm_parts_count; at += kThreads) s += p.norm_parts[at];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    __shared__ float warp_sums[kWarps];
+    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
+    __syncthreads();
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += warp_sums[w];
+    return sum;
+  }
+};
+
 // acc[i][t] = row_i . x[t] over the 16-byte chunks [c0, c1) of the warp's two rows (a, b), and ss[t] the
 // sum of x[t]'s squares over them (Norm), reduced over the warp: every lane ends with the totals. Lanes
 // take chunks round-robin, kUnroll of them per row loaded before any is used (see unrolled_for for how
@@ -127,14 +158,15 @@ struct Activations {
 // whole chunk. An inactive warp (past the last row) reads nothing and ends with zeros. after_wait() runs
 // once the kernel before has finished, while the first weights are on their way: the epilogue's own loads
 // go there rather than after the sums (an L2 round trip or two at the end of every warp's path). (Before
-// the wait only weights are read: tools/pdl_check.)
+// the wait only weights are read: tools/pdl_check.) Parts: the norm's partial sums are loaded there too
+// (combine_slices adds them).
 struct Nothing {
   __device__ void operator()() const {}
 };
-template <typename T, int NT, int kUnroll, bool Norm, typename AfterWait = Nothing>
-__device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activations<T, Norm>& x, int c0, int c1,
-                                          bool active, float (&acc)[2][NT], float (&ss)[NT],
-                                          const AfterWait& after_wait = AfterWait{}) {
+template <typename T, int NT, int kUnroll, bool Norm, bool Parts, typename AfterWait = Nothing>
+__device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activations<T, Norm>& x, const GemvArgs& p,
+                                          NormParts& parts, int c0, int c1, bool active, float (&acc)[2][NT],
+                                          float (&ss)[NT], const AfterWait& after_wait = AfterWait{}) {
   constexpr int kPer = 16 / sizeof(T);  // elements per chunk
   const int lane = threadIdx.x & 31, cols = x.cols;
 #pragma unroll
@@ -156,6 +188,7 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
   // The first weights are on their way; x (and the outputs) may still be in the previous kernel's hands.
   wait_for_previous_kernel();
   after_wait();
+  if constexpr (Parts) parts.load(p);
   while (full) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
@@ -194,9 +227,12 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
 // a block, each a slice of the columns. Their totals are added through shared memory in slice order (the
 // same order every run), and the first warp of the unit goes on with them; the others return false.
 // Then the RMSNorm's 1 / rms scales the totals.
-template <int NT, bool Norm>
+// Parts: ss is the whole row's, from the norm's partial sums (every warp of the block calls this), not
+// added over the slices.
+template <int NT, bool Norm, bool Parts>
 __device__ __forceinline__ bool combine_slices(int splits, int slice, bool valid, float (&acc)[2][NT], float (&ss)[NT],
-                                               int cols, float eps) {
+                                               int cols, float eps, const NormParts& parts, const GemvArgs& p) {
+  if constexpr (Parts) ss[0] = parts.total(p);
   if (splits > 1) {
     __shared__ float part[kWarps][3][NT];
     const int w = threadIdx.x >> 5;
@@ -208,11 +244,11 @@ __device__ __forceinline__ bool combine_slices(int splits, int slice, bool valid
     for (int s = 1; s < splits; ++s)
 #pragma unroll
       for (int t = 0; t < NT; ++t)
-        acc[0][t] += part[w + s][0][t], acc[1][t] += part[w + s][1][t], ss[t] += part[w + s][2][t];
+        acc[0][t] += part[w + s][0][t], acc[1][t] += part[w + s][1][t], ss[t] += Parts ? 0.0f : part[w + s][2][t];
   } else if (!valid) {
     return false;
   }
-  if constexpr (Norm) {
+  if constexpr (Norm || Parts) {
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       const float inv = rsqrtf(ss[t] / cols + eps);
@@ -224,9 +260,10 @@ __device__ __forceinline__ bool combine_slices(int splits, int slice, bool valid
 
 // Split: row units are `splits` warps (a compile-time 1 otherwise, which keeps the registers of the
 // whole-row kernels as they were: 62-70 against 72-80 for four chunks a lane, and 102-106 against 120-138
-// for eight).
-template <typename T, int NT, int U, GemvEpilogue E, bool Norm, bool Split>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int split_count) {
+// for eight). Norm: the RMSNorm on the fp32 x; Parts (one token): prepared by the product before
+// (norm_parts). An AddF32 at one token writes the next norm's input where next_x is set.
+template <typename T, int NT, int U, GemvEpilogue E, bool Norm, bool Parts, bool Split>
+__device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count) {
   const int splits = Split ? split_count : 1;
   allow_next_kernel();
   const int lane = threadIdx.x & 31;
@@ -237,13 +274,14 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
   constexpr int kPer = 16 / sizeof(T);
   const int row_chunks = cols / kPer, c0 = row_chunks * slice / splits, c1 = row_chunks * (slice + 1) / splits;
   float acc[2][NT], ss[NT];
+  NormParts parts;  // (Parts)
   if constexpr (E == GemvEpilogue::Swiglu) {
     const int r = warp;
     const bool valid = r < p.rows[0];
     const int64_t off = static_cast<int64_t>(valid ? r : 0) * cols;
-    warp_dot2<T, NT, U>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, c0, c1, valid, acc,
-                        ss);
-    if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
+    warp_dot2<T, NT, U, Norm, Parts>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, p,
+                                     parts, c0, c1, valid, acc, ss);
+    if (!combine_slices<NT, Norm, Parts>(splits, slice, valid, acc, ss, cols, p.norm_eps, parts, p)) return;
     if (lane < NT) {  // lane t writes token t (the totals are in every lane; pick with a constant index)
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -267,7 +305,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
     // Lane t reads token t's position, cache slot and rotation beside the weights, not after the sums.
     int pos = 0, slot = 0;
     float rc = 1.0f, rs = 0.0f;
-    warp_dot2<T, NT, U>(w, w + cols, x, c0, c1, valid, acc, ss, [&] {
+    warp_dot2<T, NT, U, Norm, Parts>(w, w + cols, x, p, parts, c0, c1, valid, acc, ss, [&] {
       if (lane < NT && valid) {
         pos = p.pos[lane];
         if (m > 0) slot = p.slot[lane];
@@ -277,7 +315,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
         }
       }
     });
-    if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
+    if (!combine_slices<NT, Norm, Parts>(splits, slice, valid, acc, ss, cols, p.norm_eps, parts, p)) return;
     if (lane < NT) {
 #pragma unroll
       for (int t = 0; t < NT; ++t)
@@ -304,28 +342,50 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
     const bool second = r + 1 < rows;  // an odd last row: the warp computes it twice, writes it once
     const T* w = static_cast<const T*>(p.w[0]) + static_cast<int64_t>(valid ? r : 0) * cols;
     if constexpr (E == GemvEpilogue::AddF32) {
-      // Lane t reads token t's residual once the kernel before (which adds into it too) is done.
+      // Lane t reads token t's residual once the kernel before (which adds into it too) is done (and at one
+      // token, the next norm's gain for the rows).
       float* y = static_cast<float*>(p.out) + static_cast<int64_t>(lane) * rows + r;
       const bool adds = lane < NT && valid && slice == 0;
-      float y0 = 0.0f, y1 = 0.0f;
-      warp_dot2<T, NT, U>(w, second ? w + cols : w, x, c0, c1, valid, acc, ss, [&] {
+      const bool next = NT == 1 && p.next_x != nullptr;  // (the same in every thread)
+      float y0 = 0.0f, y1 = 0.0f, g0 = 0.0f, g1 = 0.0f;
+      warp_dot2<T, NT, U, Norm, Parts>(w, second ? w + cols : w, x, p, parts, c0, c1, valid, acc, ss, [&] {
         if (adds) {
           y0 = y[0];
           if (second) y1 = y[1];
+          if (next) g0 = p.next_gain[r], g1 = second ? p.next_gain[r + 1] : 0.0f;
         }
       });
-      if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
-      if (lane < NT) {
+      const bool writes = combine_slices<NT, Norm, Parts>(splits, slice, valid, acc, ss, cols, p.norm_eps, parts, p);
+      float sq = 0.0f;  // (next) this warp's share of the sum of squares of y
+      if (writes && lane < NT) {
 #pragma unroll
         for (int t = 0; t < NT; ++t)
           if (t == lane) {
-            y[0] = y0 + acc[0][t];
-            if (second) y[1] = y1 + acc[1][t];
+            const float a = y0 + acc[0][t], b = y1 + acc[1][t];
+            y[0] = a;
+            if (second) y[1] = b;
+            if (next) {
+              T* nx = static_cast<T*>(p.next_x) + r;
+              nx[0] = from_f32<T>(a * g0);
+              if (second) nx[1] = from_f32<T>(b * g1);
+              sq = second ? fmaf(a, a, b * b) : a * a;
+            }
           }
       }
+      if (next) {  // the block's partial sum, its warps in order
+        __shared__ float warp_sq[kWarps];
+        if (lane == 0) warp_sq[threadIdx.x >> 5] = sq;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+          float total = 0.0f;
+#pragma unroll
+          for (int i = 0; i < kWarps; ++i) total += warp_sq[i];
+          p.next_parts[blockIdx.x] = total;
+        }
+      }
     } else {  // (apart from AddF32's: one body for both changed the classifier's registers, 58 -> 64 and 70 -> 64)
-      warp_dot2<T, NT, U>(w, second ? w + cols : w, x, c0, c1, valid, acc, ss);
-      if (!combine_slices<NT, Norm>(splits, slice, valid, acc, ss, cols, p.norm_eps)) return;
+      warp_dot2<T, NT, U, Norm, Parts>(w, second ? w + cols : w, x, p, parts, c0, c1, valid, acc, ss);
+      if (!combine_slices<NT, Norm, Parts>(splits, slice, valid, acc, ss, cols, p.norm_eps, parts, p)) return;
       if (lane < NT) {
 #pragma unroll
         for (int t = 0; t < NT; ++t)
@@ -339,6 +399,19 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
   }
 }
 
+template <typename T, int NT, int U, GemvEpilogue E, bool Norm, bool Parts, bool Split>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int split_count) {
+  gemv_body<T, NT, U, E, Norm, Parts, Split>(p, split_count);
+}
+
+// The residual add at one token, held to the blocks a SM it had before it also prepared the next norm
+// (four for up to four chunks a lane, two for eight and eleven): the split plan counts on them (7B's wo and
+// w2 went from halves of rows to whole rows at three a SM, 16.4 -> 19.6 us).
+template <typename T, int U, bool Split>
+__global__ void __launch_bounds__(kWarps * 32, U <= 4 ? 4 : 2) gemv_add_kernel(const GemvArgs p, int split_count) {
+  gemv_body<T, 1, U, GemvEpilogue::AddF32, false, false, Split>(p, split_count);
+}
+
 using GemvKernelFn = void (*)(const GemvArgs, int);
 
 // Row units of a product: pairs of rows (an odd last row alone), or Swiglu's rows of W1 with W3.
@@ -350,17 +423,26 @@ int64_t row_units(GemvEpilogue e, const GemvArgs& p) {
   }
 }
 
+// norm: 0 none, 1 the RMSNorm in the kernel (norm_gain), 2 the RMSNorm prepared before it (norm_parts, one
+// token).
 template <typename T, int NT, int U, bool Split>
-GemvKernelFn kernel_for(GemvEpilogue e, bool norm) {
+GemvKernelFn kernel_for(GemvEpilogue e, int norm) {
   using E = GemvEpilogue;
+  auto pick = [norm](auto epilogue) -> GemvKernelFn {
+    constexpr E k = decltype(epilogue)::value;
+    if constexpr (NT == 1)
+      if (norm == 2) return gemv_kernel<T, NT, U, k, false, true, Split>;
+    return norm == 1 ? gemv_kernel<T, NT, U, k, true, false, Split> : gemv_kernel<T, NT, U, k, false, false, Split>;
+  };
   switch (e) {
-    case E::QkvRope:
-      return norm ? gemv_kernel<T, NT, U, E::QkvRope, true, Split> : gemv_kernel<T, NT, U, E::QkvRope, false, Split>;
-    case E::Swiglu:
-      return norm ? gemv_kernel<T, NT, U, E::Swiglu, true, Split> : gemv_kernel<T, NT, U, E::Swiglu, false, Split>;
-    case E::AddF32: return gemv_kernel<T, NT, U, E::AddF32, false, Split>;  // the residual add never follows a norm
-    default:
-      return norm ? gemv_kernel<T, NT, U, E::StoreF32, true, Split> : gemv_kernel<T, NT, U, E::StoreF32, false, Split>;
+    case E::QkvRope: return pick(std::integral_constant<E, E::QkvRope>{});
+    case E::Swiglu: return pick(std::integral_constant<E, E::Swiglu>{});
+    case E::AddF32:  // (never after a norm)
+      if constexpr (NT == 1)
+        return gemv_add_kernel<T, U, Split>;
+      else
+        return gemv_kernel<T, NT, U, E::AddF32, false, false, Split>;
+    default: return pick(std::integral_constant<E, E::StoreF32>{});
   }
 }
 
@@ -372,7 +454,7 @@ GemvKernelFn kernel_for(GemvEpilogue e, bool norm) {
 // (three). Eight for 7B's 8 KB rows (253 -> 240), and a row's last partial batch loaded as one batch
 // (TinyLlama 1,050 -> 1,012-1,017), measured slower: docs/PERFORMANCE.md.
 template <typename T, int NT>
-GemvKernelFn unrolled_for(size_t slice_bytes, bool split, GemvEpilogue e, bool norm) {
+GemvKernelFn unrolled_for(size_t slice_bytes, bool split, GemvEpilogue e, int norm) {
   if constexpr (NT == 1) {  // (only one token splits rows)
     if (split) {            // (not eight: 120-138 registers, and fewer warps resident, where splitting wants more)
       if (slice_bytes == 22 * 32 * 16 || slice_bytes == 11 * 32 * 16) return kernel_for<T, NT, 11, true>(e, norm);
@@ -425,7 +507,7 @@ struct CudaCorePlan {
 template <typename T, int NT>
 CudaCorePlan plan_tokens(GemvEpilogue e, const GemvArgs& p, int forced) {
   constexpr int kPer = 16 / sizeof(T);
-  const bool norm = p.norm_gain != nullptr;
+  const int norm = p.norm_parts ? 2 : p.norm_gain ? 1 : 0;
   const size_t row_bytes = static_cast<size_t>(p.cols) * sizeof(T);
   const int64_t units = row_units(e, p);
   // s warps a unit: one token, rows of whole chunks, slices of at least four chunks a lane
@@ -506,12 +588,16 @@ bool gemv_normalizes_input(GemvKernel kernel, DType type, int tokens) {
   return tokens >= 1 && tokens <= gemv_max_tokens(kernel, type) && !takes_tensor_cores(kernel, type, tokens);
 }
 
+bool gemv_prepares_norm(GemvKernel kernel, DType type, int tokens) {
+  return tokens == 1 && gemv_normalizes_input(kernel, type, tokens);
+}
+
 int gemv_max_tokens(GemvKernel kernel, DType type) {
   return type == DType::F32 || kernel == GemvKernel::CudaCore ? kGemvCudaCoreMaxTokens : kGemvMaxTokens;
 }
 
-void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream, GemvKernel kernel,
-          const GemvTuning& tuning) {
+int gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream, GemvKernel kernel,
+         const GemvTuning& tuning) {
   if (args.tokens < 1 || args.tokens > gemv_max_tokens(kernel, type))
     fail("gemv: {} tokens; the {} kernel takes 1 to {} for {}", args.tokens, gemv_kernel_name(kernel),
          gemv_max_tokens(kernel, type), dtype_name(type));
@@ -519,14 +605,28 @@ void gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t 
     fail("gemv: a fused RMSNorm needs the CUDA-core kernel ({} tokens, {} kernel, {})", args.tokens,
          gemv_kernel_name(kernel), dtype_name(type));
   if (args.norm_gain && epilogue == GemvEpilogue::AddF32) fail("gemv: no fused RMSNorm before a residual add");
-  if (takes_tensor_cores(kernel, type, args.tokens)) return gemv_tensor_core(epilogue, args, type, stream, tuning);
+  if ((args.norm_parts || args.next_x) && !gemv_prepares_norm(kernel, type, args.tokens))
+    fail(
+        "gemv: an RMSNorm prepared by the product before needs the CUDA-core kernel at one token ({} tokens, {} "
+        "kernel, {})",
+        args.tokens, gemv_kernel_name(kernel), dtype_name(type));
+  if (args.norm_parts && (args.norm_gain || epilogue == GemvEpilogue::AddF32 || args.norm_parts_count < 1))
+    fail("gemv: norm_parts needs a product other than AddF32, no norm_gain, and at least one partial sum ({})",
+         args.norm_parts_count);
+  if (args.next_x && (epilogue != GemvEpilogue::AddF32 || !args.next_gain || !args.next_parts))
+    fail("gemv: next_x is written by an AddF32 product, with next_gain and next_parts");
+  if (takes_tensor_cores(kernel, type, args.tokens)) {
+    gemv_tensor_core(epilogue, args, type, stream, tuning);
+    return 0;
+  }
   if (tuning.splits && tuning.splits != 1 && tuning.splits != 2 && tuning.splits != 4 && tuning.splits != 8)
     fail("gemv: {} warps a row unit; the CUDA-core kernel takes 1, 2, 4 or 8", tuning.splits);
   const CudaCorePlan plan = plan_cuda_core(epilogue, args, type, tuning);
   const int64_t warps = row_units(epilogue, args) * plan.splits;
-  launch_pdl(plan.kernel, dim3(static_cast<unsigned>((warps + kWarps - 1) / kWarps)), dim3(kWarps * 32), stream, args,
-             plan.splits);
+  const int blocks = static_cast<int>((warps + kWarps - 1) / kWarps);
+  launch_pdl(plan.kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), stream, args, plan.splits);
   LLM_CUDA_CHECK_LAUNCH();
+  return blocks;
 }
 
 GemvTuning gemv_plan(GemvEpilogue epilogue, const GemvArgs& args, DType type, GemvKernel kernel,

@@ -40,6 +40,14 @@ bool sample_on_host_from_env() {
   return v && std::string(v) == "1";
 }
 
+// LLM_PREPARED_NORM: 1 (or unset) prepares the next norm's input in the residual adds at one token, 0 not.
+bool prepare_norm_from_env() {
+  const char* v = std::getenv("LLM_PREPARED_NORM");
+  if (!v || !*v || std::string(v) == "1") return true;
+  if (std::string(v) == "0") return false;
+  fail("LLM_PREPARED_NORM='{}': expected 0 or 1", v);
+}
+
 }  // namespace
 
 LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, const DeviceStatus& device,
@@ -55,6 +63,7 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       max_context_(max_context),
       alloc_(std::make_unique<CachingAllocator>(device.index)),
       gemv_kernel_(gemv_kernel_from_env()),
+      prepare_norm_(prepare_norm_from_env()),
       steps_ahead_(steps_ahead_from_env()),
       sample_on_host_(sample_on_host_from_env()) {
   LLM_CUDA_CHECK(cudaSetDevice(device.index));
@@ -118,6 +127,11 @@ void LlamaCuda::set_gemv_max_tokens(int n) {
 
 void LlamaCuda::set_fuse_norm(bool on) {
   fuse_norm_ = on;
+  drop_graphs();
+}
+
+void LlamaCuda::set_prepare_norm(bool on) {
+  prepare_norm_ = on;
   drop_graphs();
 }
 
@@ -219,8 +233,9 @@ LlamaCuda::DeviceMatrix LlamaCuda::upload(const Matrix& m) {
 void LlamaCuda::grow_buffers(int tokens, int chunks) {
   if (tokens <= cap_tokens_ && chunks <= cap_chunks_) return;
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  for (void* p : {static_cast<void*>(x_), xb_, q_, k_, v_, static_cast<void*>(h1_), static_cast<void*>(h3_), hb_, last_,
-                  static_cast<void*>(logits_), static_cast<void*>(meta_), static_cast<void*>(ids_)})
+  for (void* p :
+       {static_cast<void*>(x_), xb_, q_, k_, v_, static_cast<void*>(h1_), static_cast<void*>(h3_), hb_, last_, xn_,
+        static_cast<void*>(parts_), static_cast<void*>(logits_), static_cast<void*>(meta_), static_cast<void*>(ids_)})
     release(p);
   drop_graphs();  // graphs hold the old addresses
   cap_tokens_ = std::max(tokens, cap_tokens_);
@@ -237,6 +252,9 @@ void LlamaCuda::grow_buffers(int tokens, int chunks) {
   h3_ = static_cast<float*>(alloc(t * h.hidden_dim * sizeof(float), AllocTag::Activations));
   hb_ = alloc(t * h.hidden_dim * e, AllocTag::Activations);
   last_ = alloc(c * m.dim * e, AllocTag::Activations);
+  xn_ = alloc(m.dim * e, AllocTag::Activations);
+  // (a residual add at one token writes a partial sum per block: at most a block per two rows)
+  parts_ = static_cast<float*>(alloc((m.dim / 2 + 1) * sizeof(float), AllocTag::Activations));
   logits_ = static_cast<float*>(alloc(c * m.vocab_size * sizeof(float), AllocTag::Activations));
   meta_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * meta_block_ints() * sizeof(int32_t), AllocTag::Activations));
   ids_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * c * sizeof(int32_t), AllocTag::Activations));
@@ -323,7 +341,18 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   const int32_t* last = seq_slot + cap_chunks_;
   const size_t e = dtype_size(dtype_);
 
-  embed(tok, tokens, embedding_.data, dtype_, c.dim, c.vocab_size, x_, stream_);
+  // The CUDA-core products take the RMSNorm before them (batch 1). At one token, without tensor parallelism,
+  // the kernel that writes the residual (the embedding, a residual add) also writes the next norm's input
+  // for them: xn = gain * x in the dtype and parts_ its partial sums of squares (gemv.h).
+  const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
+  const bool gemv_path = tokens <= gemv_tokens && chunks <= gemv_tokens;
+  const bool fused_norm = fuse_norm_ && gemv_path && gemv_normalizes_input(gemv_kernel_, dtype_, tokens);
+  const bool prepared =
+      fused_norm && prepare_norm_ && !tp_.collective && gemv_prepares_norm(gemv_kernel_, dtype_, tokens);
+  int parts = 0;  // partial sums in parts_ (prepared)
+  EmbedNextNorm first;
+  if (prepared) first.gain = layers_[0].rms_att, first.x = xn_, first.parts = parts_, parts = 1;
+  embed(tok, tokens, embedding_.data, dtype_, c.dim, c.vocab_size, x_, stream_, first);
 
   llm_kv_cache_view view{};
   view.struct_size = sizeof(view);
@@ -343,12 +372,9 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   args.stream = stream_;
 
   // Decode steps (up to 16 tokens: a batch of sequences a token each) stream the weights through the
-  // fused matrix-vector kernels; longer steps (prefill) go through cuBLAS.
-  const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
-  const bool gemv_path = tokens <= gemv_tokens && chunks <= gemv_tokens;
-  // The CUDA-core products (batch 1 under LLM_GEMV=auto) take the RMSNorm before them into their own
-  // launch: they read the fp32 residual and the norm's gain instead of a normalized copy.
-  const bool fused_norm = fuse_norm_ && gemv_path && gemv_normalizes_input(gemv_kernel_, dtype_, tokens);
+  // fused matrix-vector kernels (gemv_path); longer steps (prefill) go through cuBLAS. The CUDA-core products
+  // (batch 1 under LLM_GEMV=auto) take the RMSNorm before them into their own launch (fused_norm): from
+  // the input prepared for them (prepared), or else from the fp32 residual and the norm's gain.
   GemvArgs qkv;
   if (gemv_path) {
     qkv.rows[0] = h.dim, qkv.rows[1] = h.kv_dim(), qkv.rows[2] = h.kv_dim();
@@ -362,15 +388,30 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
     qkv.slot = slot;
     qkv.seq_stride = seq_stride_;
   }
+  // The norm a fused product takes: prepared (x = xn_, parts_), or from the residual x_ and `gain`.
+  auto take_norm = [&](GemvArgs& a, const float* gain) {
+    a.norm_eps = c.rms_norm_eps;
+    if (prepared) {
+      a.x = xn_, a.norm_parts = parts_, a.norm_parts_count = parts;
+    } else {
+      a.x = x_, a.norm_gain = gain;
+    }
+  };
   // y (+)= W x through whichever path this step takes; y fp32. With norm_gain (fused_norm only), x is the
-  // residual and the product takes the RMSNorm.
+  // residual and the product takes the RMSNorm. A residual add (prepared) writes the input of the norm
+  // with gain next_gain for the product after it.
   auto product_f32 = [&](const DeviceMatrix& w, const void* x, int n, float* y, bool add,
-                         const float* norm_gain = nullptr) {
+                         const float* norm_gain = nullptr, const float* next_gain = nullptr) {
     if (!gemv_path) return gemm(w, x, n, y, true, add ? 1.0f : 0.0f);
     GemvArgs a;
     a.w[0] = w.data, a.rows[0] = w.rows, a.cols = w.cols, a.x = x, a.tokens = n, a.out = y;
-    a.norm_gain = norm_gain, a.norm_eps = c.rms_norm_eps;
-    gemv(add ? GemvEpilogue::AddF32 : GemvEpilogue::StoreF32, a, dtype_, stream_, gemv_kernel_);
+    if (norm_gain) take_norm(a, norm_gain);
+    if (prepared && next_gain) a.next_gain = next_gain, a.next_x = xn_, a.next_parts = parts_;
+    const int blocks = gemv(add ? GemvEpilogue::AddF32 : GemvEpilogue::StoreF32, a, dtype_, stream_, gemv_kernel_);
+    if (a.next_x) {
+      if (blocks > c.dim / 2 + 1) fail("gemv: {} partial sums for a buffer of {}", blocks, c.dim / 2 + 1);
+      parts = blocks;
+    }
   };
 
   for (int l = 0; l < c.n_layers; ++l) {
@@ -380,7 +421,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
 
     // attention rmsnorm, q/k/v products, RoPE with k and v written into the cache
     if (fused_norm) {
-      qkv.x = x_, qkv.norm_gain = L.rms_att, qkv.norm_eps = c.rms_norm_eps;
+      take_norm(qkv, L.rms_att);
     } else {
       rmsnorm(x_, nullptr, tokens, L.rms_att, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
     }
@@ -404,7 +445,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
       chain_->decode(args);
     else
       chain_->prefill(args);
-    product_f32(L.wo, xb_, tokens, x_, add_into_residual);
+    product_f32(L.wo, xb_, tokens, x_, add_into_residual, nullptr, L.rms_ffn);
     all_reduce(tokens);
 
     // ffn rmsnorm, SwiGLU, down product added into the residual
@@ -413,14 +454,15 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
       GemvArgs a;
       a.w[0] = L.w1.data, a.w[1] = L.w3.data, a.rows[0] = L.w1.rows, a.cols = L.w1.cols;
       a.x = xb_, a.tokens = tokens, a.out = hb_;
-      if (fused_norm) a.x = x_, a.norm_gain = L.rms_ffn, a.norm_eps = c.rms_norm_eps;
+      if (fused_norm) take_norm(a, L.rms_ffn);
       gemv(GemvEpilogue::Swiglu, a, dtype_, stream_, gemv_kernel_);
     } else {
       gemm(L.w1, xb_, tokens, h1_, true, 0.0f);
       gemm(L.w3, xb_, tokens, h3_, true, 0.0f);
       swiglu(h1_, h3_, static_cast<int64_t>(tokens) * h.hidden_dim, hb_, dtype_, stream_);
     }
-    product_f32(L.w2, hb_, tokens, x_, add_into_residual);
+    product_f32(L.w2, hb_, tokens, x_, add_into_residual, nullptr,
+                l + 1 < c.n_layers ? layers_[l + 1].rms_att : rms_final_);
     all_reduce(tokens);
   }
   if (!head_) return;

@@ -80,6 +80,12 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   GemvKernel gemv_kernel() const { return gemv_kernel_; }
   // Whether the CUDA-core products take the RMSNorm before them (default); off only to measure the gain.
   void set_fuse_norm(bool on);
+  // Whether, at one token, the residual adds (and the embedding) prepare the next norm's input for the
+  // product after them, where the products take the norm (default, or LLM_PREPARED_NORM=0 for off: the
+  // product then norms the fp32 residual itself; gemv.h). Off under tensor parallelism (the residual is
+  // whole only after the all-reduce).
+  void set_prepare_norm(bool on);
+  bool prepare_norm() const { return prepare_norm_; }
   // For measurement: the step `chunks` run `steps` times, each enqueued without waiting for the one before,
   // then one wait. What the GPU alone takes a step, without the host's round trip for each token's id.
   void run_back_to_back(const std::vector<SequenceChunk>& chunks, int steps);
@@ -153,7 +159,9 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   float *h1_ = nullptr, *h3_ = nullptr;              // (tokens, hidden) fp32
   void* hb_ = nullptr;                               // (tokens, hidden) dtype
   void* last_ = nullptr;                             // (chunks, dim) dtype
-  float* logits_ = nullptr;                          // (chunks, vocab)
+  void* xn_ = nullptr;       // (1, dim) dtype: the next RMSNorm's gain * residual (set_prepare_norm)
+  float* parts_ = nullptr;   // its partial sums of squares, one per block of the kernel that wrote it
+  float* logits_ = nullptr;  // (chunks, vocab)
   int32_t* meta_ = nullptr;  // device: tokens, pos, slot [tokens]; q_start [chunks+1], kv_len, seq_slot, last [chunks]
   int32_t* ids_ = nullptr;   // device argmax output [chunks]
   // A view of pinned host memory (freed by the model).
@@ -184,6 +192,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   int gemv_max_tokens_ = kGemvMaxTokens;
   GemvKernel gemv_kernel_ = GemvKernel::Auto;
   bool fuse_norm_ = true;
+  bool prepare_norm_ = true;
   std::vector<Graph> graphs_;                         // by chunk count, decode only
   std::map<std::pair<int, int>, Graph> step_graphs_;  // forward_argmax_steps: by (chunk count, steps)
   int steps_ahead_ = kDefaultStepsAhead;              // greedy_steps_ahead (LLM_STEPS_AHEAD; docs/GPU.md)

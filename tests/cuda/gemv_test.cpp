@@ -145,6 +145,15 @@ struct XProducer {
   }
 };
 
+// The input of a product's RMSNorm prepared by the residual add before it (GemvArgs::next_x, norm_parts):
+// the device's gain * residual and partial sums, and the residual itself (the reference norms it).
+struct PreparedNorm {
+  const void* x = nullptr;
+  const float* parts = nullptr;
+  int count = 0;
+  std::vector<float> residual;  // [cols], one token
+};
+
 // Inputs of one shape in one dtype, on the host (rounded) and the device, and the reference outputs for
 // kMaxTokens tokens (fewer tokens: the first rows of each; token t has the same inputs in every count).
 // With `norm`, the product takes a fused RMSNorm (GemvArgs::norm_gain): x is an fp32 residual of a few
@@ -199,7 +208,10 @@ class Problem {
   // (infinity where one is not finite, or where an element outside them was written). With an XProducer,
   // x is not uploaded but written on `stream` just before the product by an RMSNorm that overlaps it
   // (PDL), as in the model (see XProducer); the reference then follows the x it wrote.
-  double run(int tokens, GemvKernel kernel, const GemvTuning& tuning, const XProducer* producer = nullptr) {
+  // With a PreparedNorm (norm, one token), the product reads it instead of the residual, and the
+  // reference norms its residual.
+  double run(int tokens, GemvKernel kernel, const GemvTuning& tuning, const XProducer* producer = nullptr,
+             const PreparedNorm* prepared = nullptr) {
     const Shape& s = s_;
     const size_t e = dtype_size(type_);
     GemvArgs a;
@@ -209,6 +221,15 @@ class Problem {
     a.x = dx_->get();
     a.tokens = tokens;
     if (norm_) a.norm_gain = static_cast<const float*>(dgain_->get()), a.norm_eps = kEps;
+    if (prepared) {
+      if (!norm_ || tokens != 1) fail("Problem: a prepared norm needs `norm` and one token");
+      a.x = prepared->x, a.norm_gain = nullptr, a.norm_parts = prepared->parts, a.norm_parts_count = prepared->count;
+      if (!std::equal(prepared->residual.begin(), prepared->residual.end(), residual_.begin())) {
+        std::copy(prepared->residual.begin(), prepared->residual.end(), residual_.begin());
+        normalize();
+        reference();
+      }
+    }
     const size_t out_count = static_cast<size_t>(tokens) * s.rows[0];
     const bool f32_out = s.epilogue == GemvEpilogue::AddF32 || s.epilogue == GemvEpilogue::StoreF32;
     DeviceBuffer out((out_count + kGuard) * (f32_out ? 4 : e));
@@ -354,6 +375,12 @@ class Problem {
   Shape s_;
   DType type_;
   bool norm_;
+
+ public:
+  const std::vector<float>& gain() const { return gain_; }
+  int cols() const { return s_.cols; }
+
+ private:
   std::vector<float> residual_, gain_;
   std::unique_ptr<DeviceBuffer> dgain_;
   std::vector<std::vector<double>> w_;
@@ -480,6 +507,91 @@ TEST(Gemv, CudaCoreKernelMatchesAFloat64Reference) {
 TEST(Gemv, CudaCoreKernelFusesTheRmsNormBeforeIt) {
   LLM_REQUIRE_GPU();
   check_kernel(GemvKernel::CudaCore, cuda_core_splits(), true);
+}
+
+// The RMSNorm prepared by the residual add before the product (the model's batch-1 step at one token): an
+// AddF32 writes y = y0 + W x, next_x = gain * y in the dtype and a partial sum of squares of y per block;
+// the product after reads next_x and the partial sums. Checked: y and next_x element by element, the
+// partial sums' total against float64, and the product against the float64 RMSNorm of the y the device
+// wrote; every split of the add and of the product, every shape that takes a norm, bf16 and fp16.
+TEST(Gemv, CudaCoreKernelTakesTheRmsNormPreparedByTheAddBefore) {
+  LLM_REQUIRE_GPU();
+  using E = GemvEpilogue;
+  std::mt19937 rng(20240615);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (DType type : {DType::BF16, DType::F16}) {
+    const double bound = type == DType::BF16 ? 1e-2 : 1e-3;
+    const double rounding = type == DType::BF16 ? 1.0 / 256 : 1.0 / 2048;  // of one element of next_x
+    for (const Shape& s : shapes()) {
+      if (s.epilogue == E::AddF32) continue;
+      Problem problem(s, type, rng, true);
+      const int n = s.cols;  // the add's rows: the product's columns
+      for (int add_cols : {40, 2048}) {
+        // the add: W [n][add_cols], x [add_cols] in the dtype, y0 [n] fp32
+        std::vector<uint16_t> wbits(static_cast<size_t>(n) * add_cols), xbits(add_cols);
+        std::vector<double> w(wbits.size()), x(add_cols);
+        for (size_t i = 0; i < wbits.size(); ++i)
+          wbits[i] = to_bits(0.2f * u(rng), type), w[i] = from_bits(wbits[i], type);
+        for (int i = 0; i < add_cols; ++i) xbits[i] = to_bits(u(rng), type), x[i] = from_bits(xbits[i], type);
+        std::vector<float> y0(n);
+        for (float& v : y0) v = 3 * u(rng);
+        DeviceBuffer dw(wbits.size() * 2), dx(xbits.size() * 2), dgain(n * 4);
+        dw.upload(wbits), dx.upload(xbits), dgain.upload(problem.gain());
+        for (int add_splits : {0, 1, 2, 4}) {
+          DeviceBuffer y((n + kGuard) * 4), next((n + kGuard) * 2), parts((n / 2 + 1 + kGuard) * 4);
+          y.poison(), next.poison(), parts.poison();
+          LLM_CUDA_CHECK(cudaMemcpy(y.get(), y0.data(), n * 4, cudaMemcpyHostToDevice));
+          GemvArgs a;
+          a.w[0] = dw.get(), a.rows[0] = n, a.cols = add_cols, a.x = dx.get(), a.tokens = 1, a.out = y.get();
+          a.next_gain = static_cast<const float*>(dgain.get()), a.next_x = next.get();
+          a.next_parts = static_cast<float*>(parts.get());
+          GemvTuning t;
+          t.splits = add_splits;
+          const int blocks = cuda::gemv(E::AddF32, a, type, nullptr, GemvKernel::CudaCore, t);
+          LLM_CUDA_CHECK(cudaDeviceSynchronize());
+          ASSERT_GE(blocks, 1);
+          ASSERT_LE(blocks, n / 2 + 1);
+          // y and next_x, element by element; the guards past them and past the partial sums untouched
+          const auto yraw = y.download<float>();
+          const auto nraw = next.download<uint16_t>();
+          const auto praw = parts.download<uint32_t>();
+          PreparedNorm prepared{next.get(), static_cast<const float*>(parts.get()), blocks, {}};
+          double ss = 0, y_err = 0, y_norm = 0, worst_next = 0;
+          for (int r = 0; r < n; ++r) {
+            double want = y0[r];
+            for (int k = 0; k < add_cols; ++k) want += w[static_cast<size_t>(r) * add_cols + k] * x[k];
+            y_err += (yraw[r] - want) * (yraw[r] - want), y_norm += want * want;
+            ss += static_cast<double>(yraw[r]) * yraw[r];
+            const double g = static_cast<double>(problem.gain()[r]) * yraw[r], got = from_bits(nraw[r], type);
+            worst_next =
+                std::max(worst_next, std::isfinite(got) ? std::abs(got - g) / std::max(std::abs(g), 1e-3) : INFINITY);
+            prepared.residual.push_back(yraw[r]);
+          }
+          EXPECT_LT(std::sqrt(y_err / y_norm), 1e-5) << s.name() << " add of " << add_cols << " columns";
+          EXPECT_LE(worst_next, rounding) << s.name() << " add of " << add_cols << " columns";
+          bool guards = true;
+          for (size_t i = n; i < yraw.size(); ++i) guards = guards && std::isnan(yraw[i]);
+          for (size_t i = n; i < nraw.size(); ++i) guards = guards && nraw[i] == 0xffffu;
+          for (size_t i = blocks; i < praw.size(); ++i) guards = guards && praw[i] == 0xffffffffu;
+          EXPECT_TRUE(guards) << s.name() << ": written past an output";
+          double total = 0;
+          for (int b = 0; b < blocks; ++b) {
+            float f;
+            std::memcpy(&f, &praw[b], 4);
+            total += f;
+          }
+          EXPECT_LT(std::abs(total - ss) / ss, 1e-5) << s.name() << " partial sums of squares";
+          for (int splits : {0, 1, 2, 4, 8}) {
+            GemvTuning pt;
+            pt.splits = splits;
+            const double err = problem.run(1, GemvKernel::CudaCore, pt, nullptr, &prepared);
+            EXPECT_LT(err, bound) << dtype_name(type) << " " << s.name() << " add splits " << add_splits
+                                  << " product splits " << splits;
+          }
+        }
+      }
+    }
+  }
 }
 
 // The CUDA-core kernel's split at one token, on the decode shapes: products of few rows (Llama-2-7B's

@@ -248,6 +248,23 @@ TEST(LlamaCuda, StepsAheadComeFromTheEnvironmentAndABadValueIsAClearError) {
   EXPECT_EQ(single.model().greedy_steps_ahead(), 1) << "1 turns runs off";
 }
 
+TEST(LlamaCuda, PreparedNormComesFromTheEnvironmentAndABadValueIsAClearError) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  for (const char* bad : {"2", "off", "yes"}) {
+    ::setenv("LLM_PREPARED_NORM", bad, 1);
+    EXPECT_THAT([&] { Engine(gpu_config(model, "fp32")); },
+                testing::ThrowsMessage<Error>(
+                    testing::HasSubstr(std::string("LLM_PREPARED_NORM='") + bad + "': expected 0 or 1")));
+  }
+  ::setenv("LLM_PREPARED_NORM", "0", 1);
+  Engine off(gpu_config(model, "fp32"));
+  ::unsetenv("LLM_PREPARED_NORM");
+  EXPECT_FALSE(dynamic_cast<cuda::LlamaCuda&>(off.model()).prepare_norm());
+  Engine on(gpu_config(model, "fp32"));
+  EXPECT_TRUE(dynamic_cast<cuda::LlamaCuda&>(on.model()).prepare_norm()) << "on unless asked otherwise";
+}
+
 TEST(LlamaCuda, Int8CheckpointRunsOnTheGpu) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(q80, "stories260K_q80.bin");
@@ -387,6 +404,30 @@ TEST(LlamaCuda, GemvKernelsMatchCublas) {
   dynamic_cast<cuda::LlamaCuda&>(cublas.model()).set_gemv_max_tokens(0);
   const auto a = fused.generate_batch(prompts, o), b = cublas.generate_batch(prompts, o);
   for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(a[i].tokens, b[i].tokens) << prompts[i];
+}
+
+// At one token the residual adds prepare the next RMSNorm's input for the products after them (gemv.h);
+// with that off the products norm the fp32 residual themselves. Same logits along a greedy path, within
+// the dtype's rounding of the prepared input (fp32: summation order only), in graphs and out of them.
+TEST(LlamaCuda, PreparedNormGivesTheLogitsOfTheNormInTheProduct) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  for (auto [dtype, bound] : {std::pair{"fp32", 1e-5}, {"fp16", 1e-2}, {"bf16", 3e-2}}) {
+    for (bool graphs : {true, false}) {
+      Engine prepared(gpu_config(model, dtype)), in_product(gpu_config(model, dtype));
+      auto& a = dynamic_cast<cuda::LlamaCuda&>(prepared.model());
+      auto& b = dynamic_cast<cuda::LlamaCuda&>(in_product.model());
+      b.set_prepare_norm(false);
+      a.set_use_graphs(graphs), b.set_use_graphs(graphs);
+      const test::PathComparison c = test::compare_along_path(prepared, in_product, 120);
+      std::printf(
+          "%s%s: prepared norm vs norm in the product, 120 greedy steps: max relative L2 logit error %.3e "
+          "(bound %.0e), argmax differs at %d step(s), %d not explained by a tie\n",
+          dtype, graphs ? "" : " (no graphs)", c.max_rel_err, bound, c.argmax_differs, c.unexplained);
+      EXPECT_LT(c.max_rel_err, bound) << dtype;
+      EXPECT_EQ(c.unexplained, 0) << dtype;
+    }
+  }
 }
 
 }  // namespace
