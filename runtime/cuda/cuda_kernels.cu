@@ -37,6 +37,12 @@ __device__ float block_sum(float v) {
   return total;
 }
 
+// Four elements of T, loaded and stored as one access (8 bytes of bf16/fp16, 16 of fp32).
+template <typename T>
+struct alignas(4 * sizeof(T)) Four {
+  T e[4];
+};
+
 template <typename T>
 __global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, int vocab, float* x, EmbedNextNorm next) {
   const int t = blockIdx.x, token = tokens[t];
@@ -44,11 +50,47 @@ __global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, int
   const bool valid = token >= 0 && token < vocab;
   const T* row = table + static_cast<int64_t>(valid ? token : 0) * dim;
   T* next_x = static_cast<T*>(next.x) + static_cast<int64_t>(t) * dim;
+  const float nan = __int_as_float(0x7fc00000);
   float ss = 0.0f;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = valid ? to_f32(row[i]) : __int_as_float(0x7fc00000);  // NaN
-    out[i] = v;
-    if (next.x) next_x[i] = from_f32<T>(v * next.gain[i]), ss = fmaf(v, v, ss);
+  if (dim % 4 == 0) {
+    // Four elements a thread per access, a batch of accesses in flight at once: a row is one round trip
+    // (element by element it was one a loop turn: 13.7 us for a 4096-wide row on the H200).
+    constexpr int kBatch = 4;
+    const int groups = dim / 4;
+    for (int base = threadIdx.x; base < groups; base += kBatch * blockDim.x) {
+      Four<T> r[kBatch];
+      float4 g[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = base + u * blockDim.x;
+        if (i < groups) {
+          r[u] = reinterpret_cast<const Four<T>*>(row)[i];
+          if (next.x) g[u] = reinterpret_cast<const float4*>(next.gain)[i];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = base + u * blockDim.x;
+        if (i >= groups) break;
+        float v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) v[k] = valid ? to_f32(r[u].e[k]) : nan;
+        reinterpret_cast<float4*>(out)[i] = make_float4(v[0], v[1], v[2], v[3]);
+        if (next.x) {
+          const float gk[4] = {g[u].x, g[u].y, g[u].z, g[u].w};
+          Four<T> n;
+#pragma unroll
+          for (int k = 0; k < 4; ++k) n.e[k] = from_f32<T>(v[k] * gk[k]), ss = fmaf(v[k], v[k], ss);
+          reinterpret_cast<Four<T>*>(next_x)[i] = n;
+        }
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+      const float v = valid ? to_f32(row[i]) : nan;
+      out[i] = v;
+      if (next.x) next_x[i] = from_f32<T>(v * next.gain[i]), ss = fmaf(v, v, ss);
+    }
   }
   if (next.x) {
     ss = block_sum(ss);
