@@ -120,6 +120,18 @@ struct Activations {
   }
 };
 
+// The sum over the block's warps of one value each (lane 0's), added in warp order: the same total, the
+// same every run, in every thread. Every thread of the block calls it.
+__device__ __forceinline__ float sum_over_warps(float v) {
+  __shared__ float warp_values[kWarps];
+  if ((threadIdx.x & 31) == 0) warp_values[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float sum = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) sum += warp_values[w];
+  return sum;
+}
+
 // The partial sums of squares of a prepared norm (GemvArgs::norm_parts). Each thread of the block loads up
 // to kEach of them right after the wait, beside the weights, and the block adds them once its warps have
 // their sums (total(): every thread calls it), in the same order every run. Loading them into registers
@@ -141,13 +153,7 @@ struct NormParts {
     for (int at = threadIdx.x + kEach * kThreads; at < p.norm_parts_count; at += kThreads) s += p.norm_parts[at];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    __shared__ float warp_sums[kWarps];
-    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
-    __syncthreads();
-    float sum = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += warp_sums[w];
-    return sum;
+    return sum_over_warps(s);
   }
 };
 
@@ -372,16 +378,9 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count) {
             }
           }
       }
-      if (next) {  // the block's partial sum, its warps in order
-        __shared__ float warp_sq[kWarps];
-        if (lane == 0) warp_sq[threadIdx.x >> 5] = sq;
-        __syncthreads();
-        if (threadIdx.x == 0) {
-          float total = 0.0f;
-#pragma unroll
-          for (int i = 0; i < kWarps; ++i) total += warp_sq[i];
-          p.next_parts[blockIdx.x] = total;
-        }
+      if (next) {  // the block's partial sum
+        const float total = sum_over_warps(sq);
+        if (threadIdx.x == 0) p.next_parts[blockIdx.x] = total;
       }
     } else {  // (apart from AddF32's: one body for both changed the classifier's registers, 58 -> 64 and 70 -> 64)
       warp_dot2<T, NT, U, Norm, Parts>(w, second ? w + cols : w, x, p, parts, c0, c1, valid, acc, ss);
@@ -587,6 +586,8 @@ const char* gemv_kernel_name(GemvKernel kernel) {
 bool gemv_normalizes_input(GemvKernel kernel, DType type, int tokens) {
   return tokens >= 1 && tokens <= gemv_max_tokens(kernel, type) && !takes_tensor_cores(kernel, type, tokens);
 }
+
+int gemv_next_parts_capacity(int rows) { return (rows + 1) / 2; }
 
 bool gemv_prepares_norm(GemvKernel kernel, DType type, int tokens) {
   return tokens == 1 && gemv_normalizes_input(kernel, type, tokens);

@@ -88,7 +88,7 @@ struct GemvArgs {
   int64_t seq_stride = 0;  // elements between slots; rows of rows[1] elements per position
   // AddF32 at one token (CUDA-core kernel) only: the input of the RMSNorm after it, for a product with
   // norm_parts: next_x = next_gain * y in the model dtype [rows], and into next_parts one partial sum of
-  // squares of y per block (as many as gemv returns; at most rows / 2).
+  // squares of y per block (as many as gemv returns; at most gemv_next_parts_capacity(rows)).
   const float* next_gain = nullptr;
   void* next_x = nullptr;
   float* next_parts = nullptr;
@@ -110,6 +110,9 @@ bool gemv_normalizes_input(GemvKernel kernel, DType type, int tokens);
 // Whether gemv takes norm_parts and next_x (the RMSNorm prepared by the product before): the CUDA-core
 // kernel at one token.
 bool gemv_prepares_norm(GemvKernel kernel, DType type, int tokens);
+
+// The most partial sums an AddF32 with next_parts writes for `rows` rows: a block per pair of rows at most.
+int gemv_next_parts_capacity(int rows);
 
 // Enqueues the product on `stream`; tokens in [1, gemv_max_tokens(kernel, type)]. Returns the blocks
 // launched (for an AddF32 with next_parts: the partial sums written).

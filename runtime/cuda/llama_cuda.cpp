@@ -253,8 +253,7 @@ void LlamaCuda::grow_buffers(int tokens, int chunks) {
   hb_ = alloc(t * h.hidden_dim * e, AllocTag::Activations);
   last_ = alloc(c * m.dim * e, AllocTag::Activations);
   xn_ = alloc(m.dim * e, AllocTag::Activations);
-  // (a residual add at one token writes a partial sum per block: at most a block per two rows)
-  parts_ = static_cast<float*>(alloc((m.dim / 2 + 1) * sizeof(float), AllocTag::Activations));
+  parts_ = static_cast<float*>(alloc(gemv_next_parts_capacity(m.dim) * sizeof(float), AllocTag::Activations));
   logits_ = static_cast<float*>(alloc(c * m.vocab_size * sizeof(float), AllocTag::Activations));
   meta_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * meta_block_ints() * sizeof(int32_t), AllocTag::Activations));
   ids_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * c * sizeof(int32_t), AllocTag::Activations));
@@ -409,7 +408,8 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
     if (prepared && next_gain) a.next_gain = next_gain, a.next_x = xn_, a.next_parts = parts_;
     const int blocks = gemv(add ? GemvEpilogue::AddF32 : GemvEpilogue::StoreF32, a, dtype_, stream_, gemv_kernel_);
     if (a.next_x) {
-      if (blocks > c.dim / 2 + 1) fail("gemv: {} partial sums for a buffer of {}", blocks, c.dim / 2 + 1);
+      if (blocks > gemv_next_parts_capacity(c.dim))
+        fail("gemv: {} partial sums for a buffer of {}", blocks, gemv_next_parts_capacity(c.dim));
       parts = blocks;
     }
   };

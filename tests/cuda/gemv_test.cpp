@@ -538,7 +538,8 @@ TEST(Gemv, CudaCoreKernelTakesTheRmsNormPreparedByTheAddBefore) {
         DeviceBuffer dw(wbits.size() * 2), dx(xbits.size() * 2), dgain(n * 4);
         dw.upload(wbits), dx.upload(xbits), dgain.upload(problem.gain());
         for (int add_splits : {0, 1, 2, 4}) {
-          DeviceBuffer y((n + kGuard) * 4), next((n + kGuard) * 2), parts((n / 2 + 1 + kGuard) * 4);
+          DeviceBuffer y((n + kGuard) * 4), next((n + kGuard) * 2),
+              parts((cuda::gemv_next_parts_capacity(n) + kGuard) * 4);
           y.poison(), next.poison(), parts.poison();
           LLM_CUDA_CHECK(cudaMemcpy(y.get(), y0.data(), n * 4, cudaMemcpyHostToDevice));
           GemvArgs a;
@@ -550,7 +551,7 @@ TEST(Gemv, CudaCoreKernelTakesTheRmsNormPreparedByTheAddBefore) {
           const int blocks = cuda::gemv(E::AddF32, a, type, nullptr, GemvKernel::CudaCore, t);
           LLM_CUDA_CHECK(cudaDeviceSynchronize());
           ASSERT_GE(blocks, 1);
-          ASSERT_LE(blocks, n / 2 + 1);
+          ASSERT_LE(blocks, cuda::gemv_next_parts_capacity(n));
           // y and next_x, element by element; the guards past them and past the partial sums untouched
           const auto yraw = y.download<float>();
           const auto nraw = next.download<uint16_t>();
@@ -667,6 +668,54 @@ TEST(Gemv, AutoPlanFollowsTheTokenCount) {
 }
 
 // What runs without a GPU: the token limits and LLM_GEMV.
+// The RMSNorm prepared by the product before (norm_parts, next_x) is the CUDA-core kernel's at one token;
+// asked for elsewhere, or with its pieces missing, gemv says what is wrong before it launches anything.
+TEST(Gemv, APreparedNormAskedForWrongIsAClearError) {
+  EXPECT_TRUE(cuda::gemv_prepares_norm(GemvKernel::Auto, DType::BF16, 1));
+  EXPECT_TRUE(cuda::gemv_prepares_norm(GemvKernel::CudaCore, DType::F32, 1));
+  EXPECT_FALSE(cuda::gemv_prepares_norm(GemvKernel::CudaCore, DType::BF16, 2));
+  EXPECT_FALSE(cuda::gemv_prepares_norm(GemvKernel::TensorCore, DType::BF16, 1));
+  EXPECT_EQ(cuda::gemv_next_parts_capacity(4096), 2048);
+  EXPECT_EQ(cuda::gemv_next_parts_capacity(37), 19);
+  auto message = [](GemvEpilogue e, const GemvArgs& a, GemvKernel kernel) -> std::string {
+    try {
+      cuda::gemv(e, a, DType::BF16, nullptr, kernel);
+    } catch (const Error& err) {
+      return err.what();
+    }
+    return "(no error)";
+  };
+  const float part = 1.0f, gain = 1.0f;
+  float parts_out[8];
+  uint16_t next_x[16];
+  GemvArgs reads;  // a product reading a prepared norm
+  reads.rows[0] = 16, reads.cols = 16, reads.tokens = 1;
+  reads.norm_parts = &part, reads.norm_parts_count = 1;
+  const std::string where = "an RMSNorm prepared by the product before needs the CUDA-core kernel at one token";
+  EXPECT_NE(message(GemvEpilogue::StoreF32, reads, GemvKernel::TensorCore).find(where), std::string::npos);
+  reads.tokens = 2;
+  EXPECT_NE(message(GemvEpilogue::StoreF32, reads, GemvKernel::CudaCore).find(where + " (2 tokens"), std::string::npos);
+  reads.tokens = 1;
+  const std::string pieces = "norm_parts needs a product other than AddF32, no norm_gain, and at least one partial sum";
+  EXPECT_NE(message(GemvEpilogue::AddF32, reads, GemvKernel::CudaCore).find(pieces), std::string::npos);
+  reads.norm_parts_count = 0;
+  EXPECT_NE(message(GemvEpilogue::Swiglu, reads, GemvKernel::CudaCore).find(pieces + " (0)"), std::string::npos);
+  reads.norm_parts_count = 1, reads.norm_gain = &gain;
+  EXPECT_NE(message(GemvEpilogue::QkvRope, reads, GemvKernel::CudaCore).find(pieces), std::string::npos);
+
+  GemvArgs writes;  // a residual add writing one
+  writes.rows[0] = 16, writes.cols = 16, writes.tokens = 1;
+  writes.next_x = next_x, writes.next_gain = &gain, writes.next_parts = parts_out;
+  const std::string writer = "next_x is written by an AddF32 product, with next_gain and next_parts";
+  EXPECT_NE(message(GemvEpilogue::StoreF32, writes, GemvKernel::CudaCore).find(writer), std::string::npos);
+  writes.next_gain = nullptr;
+  EXPECT_NE(message(GemvEpilogue::AddF32, writes, GemvKernel::CudaCore).find(writer), std::string::npos);
+  writes.next_gain = &gain, writes.next_parts = nullptr;
+  EXPECT_NE(message(GemvEpilogue::AddF32, writes, GemvKernel::CudaCore).find(writer), std::string::npos);
+  writes.next_parts = parts_out, writes.tokens = 3;
+  EXPECT_NE(message(GemvEpilogue::AddF32, writes, GemvKernel::CudaCore).find(where), std::string::npos);
+}
+
 TEST(Gemv, TokenLimitsAndTheLlmGemvVariable) {
   using cuda::gemv_max_tokens;
   EXPECT_EQ(gemv_max_tokens(GemvKernel::Auto, DType::BF16), 16);
