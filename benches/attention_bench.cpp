@@ -3,8 +3,8 @@
 // PyTorch's scaled_dot_product_attention (flash and cuDNN backends) on the same shapes in the same run.
 //   prefill: head dim 64 and 128, causal and not, s = 512, 2K, 8K, 16K with b*s = 16K and 2048/d heads
 //            (q heads = kv heads); TFLOP/s = 4*b*h*s^2*d / t, halved when causal.
-//   decode:  32 query heads over 8 kv heads, d = 128, b in {1, 8, 32}, kv length in {1K, 4K, 16K};
-//            GB/s = bytes of K and V read (b * kv * 8 * 128 * 2 * 2) / t.
+//   decode:  32 query heads over 8 kv heads, d = 128 (--decode-heads), b in {1, 8, 32}, kv length in
+//            {1K, 4K, 16K}; TB/s = bytes of K and V read (b * kv * kv heads * d * 2 * 2) / t.
 // Inputs are random (never zeros), rotated among enough copies that the working set exceeds the L2
 // cache, and each figure is the median of --reps timings of --iters calls after a warm-up.
 #include <cuda_bf16.h>
@@ -231,6 +231,11 @@ int main(int argc, char** argv) {
   std::vector<int> batches{1, 8, 32}, kv_lens{1024, 4096, 16384};
   app.add_option("--batches", batches, "decode batch sizes")->delimiter(',')->capture_default_str();
   app.add_option("--kv-lens", kv_lens, "decode kv lengths")->delimiter(',')->capture_default_str();
+  // q heads / kv heads / head dim; e.g. 32/32/128 is Llama-2-7B's attention, 32/4/64 TinyLlama's.
+  std::vector<std::string> decode_heads{"32/8/128"};
+  app.add_option("--decode-heads", decode_heads, "decode q heads/kv heads/head dim")
+      ->delimiter(',')
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   const llm::cuda::DeviceStatus status = llm::cuda::probe_device(0);
@@ -250,8 +255,15 @@ int main(int argc, char** argv) {
       for (bool causal : {false, true})
         for (int s : lens) shapes.push_back({false, 16384 / s, s, s, 2048 / d, 2048 / d, d, causal});
   if (what == "decode" || what == "all")
-    for (int b : batches)
-      for (int kv : kv_lens) shapes.push_back({true, b, 1, kv, 32, 8, 128, true});
+    for (const std::string& h : decode_heads) {
+      int q = 0, k = 0, d = 0;
+      if (std::sscanf(h.c_str(), "%d/%d/%d", &q, &k, &d) != 3 || q < 1 || k < 1 || q % k != 0 || d < 8) {
+        std::fprintf(stderr, "attention_bench: --decode-heads %s: expected q/kv/d, q a multiple of kv\n", h.c_str());
+        return 2;
+      }
+      for (int b : batches)
+        for (int kv : kv_lens) shapes.push_back({true, b, 1, kv, q, k, d, true});
+    }
 
   const bool head_major = kv_layout == "head_major";
   std::printf("## attention_bench (%s, bf16, KV cache %s)\n\n", status.name.c_str(), kv_layout.c_str());

@@ -195,7 +195,8 @@ llm_status create_checked(const llm_device_info& device, const llm_attention_sha
                        : flash_cuda::configure_prefill(fp16, shape.head_dim);
   if (e == cudaSuccess) e = flash_cuda::configure_decode(fp16, shape.head_dim);
   int capacity[flash_cuda::kMaxClusterSplits + 1] = {};
-  if (e == cudaSuccess && cluster) e = flash_cuda::decode_cluster_capacity(fp16, shape.head_dim, capacity);
+  if (e == cudaSuccess && cluster)
+    e = flash_cuda::decode_cluster_capacity(fp16, shape.head_dim, shape.num_q_heads / shape.num_kv_heads, capacity);
   if (e != cudaSuccess) {
     cudaGetLastError();
     g_create_error =

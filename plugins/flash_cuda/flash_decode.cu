@@ -4,11 +4,11 @@
 // still fills the GPU; inside a block the four warps take interleaved 16-key slices of each 64-key tile
 // (kStages tiles in flight) and merge their softmax states through shared memory at the end.
 // With several splits every block has an unnormalised partial (m, l, o) of its range, merged in split
-// order. On Hopper, where the splits of a (sequence, kv head, row tile) fit one thread block cluster, the
-// blocks keep their partials in shared memory and merge them together through the cluster's shared
-// memory after a cluster barrier. Otherwise each block writes its partial to global memory and the last
-// block to finish (counted on a device counter) merges them. Either way: one launch, and the orders are
-// fixed, so results are bitwise reproducible for a launch plan.
+// order. On Hopper, where the splits of a (sequence, kv head, row tile) fit one thread block cluster, each
+// block pushes its partial into the first block's shared memory (st.async, counted on that block's
+// barrier) and is done; the first block merges them once they have all landed. Otherwise each block writes
+// its partial to global memory and the last block to finish (counted on a device counter) merges them.
+// Either way: one launch, and the orders are fixed, so results are bitwise reproducible for a launch plan.
 // The real kv lengths are read on the device, so one captured launch serves every step of a CUDA graph.
 // K and V come in with cp.async (any GPU, any cache) or, on Hopper with a contiguous cache, through the
 // copy engine: four instructions a tile from one thread rather than sixteen copies from each, and the
@@ -43,6 +43,18 @@ template <typename T, int D, bool kTma>
 constexpr size_t decode_smem_bytes() {
   return (kTma ? 1024 : 0) +
          (static_cast<size_t>(kRows) * Smem<D>::kStride + 2 * kStages * kTileElems<D, kTma>)*sizeof(T);
+}
+
+// The cluster merge's landing area in the first block, after Q: a slot per split, each a partial of the
+// cluster's rows (at most kRows of the group): o as [row][D], then (m, l) as [row][2], padded to 16 bytes
+// (the pushes are 16-byte stores).
+template <int D>
+__host__ __device__ constexpr int cluster_slot_floats(int rows) {
+  return (rows * (D + 2) + 3) / 4 * 4;
+}
+template <int D>
+constexpr size_t cluster_slots_bytes(int splits, int rows) {
+  return static_cast<size_t>(splits) * cluster_slot_floats<D>(rows) * sizeof(float);
 }
 
 // Keys per split: the real length cut into `splits` ranges, rounded up to whole tiles.
@@ -94,13 +106,14 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   T* sv = sk + kStages * kTile;
   T* sq = sv + kStages * kTile;
   __shared__ __align__(8) uint64_t full[kStages];  // kTma: stage s holds its tile once full[s] completes
+  __shared__ __align__(8) uint64_t landed;         // kCluster, first block: every peer's partial is in
 
   const int splits = p.num_splits;
   const int split = static_cast<int>(blockIdx.x) % splits, rtile = static_cast<int>(blockIdx.x) / splits;
   const int kv_head = blockIdx.y, seq = blockIdx.z, group = p.group;
   const int token = p.q_start[seq];
   const int n_kv = p.kv_len[seq], slot = p.seq_slot[seq];
-  const int r0 = rtile * kRows, nrows = min(kRows, group - r0);
+  const int r0 = rtile * kRows, nrows = min(kRows, group - r0), landing_rows = min(kRows, group);
   const int chunk = split_chunk(n_kv, splits);
   const int k_begin = split * chunk, k_end = min(n_kv, k_begin + chunk);
   // An empty range (short context) writes nothing and is not counted; an empty context still has its
@@ -112,9 +125,15 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   if constexpr (kTma) {
     if (threadIdx.x == 0) {
       for (int s = 0; s < kStages; ++s) mbar_init(smem_addr(&full[s]), 1);
+      if (kCluster && split == 0) {  // the peers' partials: o of their rows' real columns, and (m, l)
+        mbar_init(smem_addr(&landed), 1);
+        mbar_expect_bytes(smem_addr(&landed), (splits - 1) * nrows * (p.head_dim + 2) * sizeof(float));
+      }
       mbar_init_fence();
     }
     __syncthreads();
+    // The first block's barrier is published to the cluster; peers wait on this before they push.
+    if constexpr (kCluster) cluster_arrive_relaxed();
   }
   const T* Q = static_cast<const T*>(p.q);
   constexpr int kChunks = D / 8;
@@ -192,7 +211,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
       w.template step<kWarpKeys, kPanelRows>(sq, sk + (i % kStages) * kTile + row, sv + (i % kStages) * kTile + row,
                                              key0, limit, key0 + kWarpKeys > k_end, p.scale_log2);
     }
-    if constexpr (kTma) {
+    if (kTma && i + kStages < n_tiles) {
       __syncthreads();  // every warp is done with this stage: it takes tile i + kStages
       load(i + kStages);
     }
@@ -207,8 +226,6 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   static_assert(
       (kWarps * kRows * (D + 2) + kMaxSplits * kRows * 2 + kRows) * sizeof(float) <= 2 * kStages * kTile * sizeof(T),
       "the merges' buffers fit in the K/V stages");
-  static_assert((kWarps + 1) * kRows * (D + 2) * sizeof(float) <= 2 * kStages * kTile * sizeof(T),
-                "the block's partial fits in the K/V stages after the warps' states");
   float* sm_o = reinterpret_cast<float*>(sk);  // [kWarps][kRows][D]
   float* sm_m = sm_o + kWarps * kRows * D;     // [kWarps][kRows]
   float* sm_l = sm_m + kWarps * kRows;
@@ -234,29 +251,43 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   float* po = p.workspace;
   float* ml = p.workspace + splits * parts * D;
   const int64_t first = static_cast<int64_t>(seq) * p.num_q_heads + kv_head * group + r0;  // row 0, split 0
-  for (int e = threadIdx.x; e < nrows * D; e += kThreads) {
-    const int r = e / D, d = e - r * D;
+  // kCluster: the first block's landing slots, a partial of its cluster's rows a split.
+  float* landing = reinterpret_cast<float*>(sq + kRows * kStride);
+  const int partial_floats = cluster_slot_floats<D>(landing_rows);
+  uint32_t first_landing = 0, first_landed = 0;
+  if constexpr (kCluster) {
+    first_landing = cluster_peer(smem_addr(landing + split * partial_floats), 0);
+    first_landed = cluster_peer(smem_addr(&landed), 0);
+    cluster_wait();  // the first block's barrier is initialised
+  }
+  // Four columns of a row a thread (head dims are multiples of 8: four columns are all in or all out).
+  for (int e = threadIdx.x; e < nrows * (D / 4); e += kThreads) {
+    const int r = e / (D / 4), d = (e - r * (D / 4)) * 4;
     if (d >= p.head_dim) continue;
     float M = -INFINITY;
 #pragma unroll
     for (int x = 0; x < kWarps; ++x) M = fmaxf(M, sm_m[x * kRows + r]);
-    float L = 0.0f, O = 0.0f;
+    float L = 0.0f, O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int x = 0; x < kWarps; ++x) {
       const float m = sm_m[x * kRows + r];
       const float wt = m == -INFINITY ? 0.0f : exp2_approx(m - M);
+      const float4 o = *reinterpret_cast<const float4*>(sm_o + (x * kRows + r) * D + d);
       L = fmaf(sm_l[x * kRows + r], wt, L);
-      O = fmaf(sm_o[(x * kRows + r) * D + d], wt, O);
+      O[0] = fmaf(o.x, wt, O[0]), O[1] = fmaf(o.y, wt, O[1]);
+      O[2] = fmaf(o.z, wt, O[2]), O[3] = fmaf(o.w, wt, O[3]);
     }
     if (splits == 1) {
-      out[token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d] =
-          static_cast<T>(L > 0.0f ? O / L : 0.0f);
-    } else if constexpr (kCluster) {  // the block's partial, for its peers to read: o [kRows][D], (m, l) [kRows]
-      float* part = sm_l + kWarps * kRows;
-      part[r * D + d] = O;
-      if (d == 0) {
-        part[kRows * D + 2 * r] = M;
-        part[kRows * D + 2 * r + 1] = L;
+      T* o = out + token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) o[c] = static_cast<T>(L > 0.0f ? O[c] / L : 0.0f);
+    } else if constexpr (kCluster) {  // into the split's slot in the first block
+      if (split == 0) {
+        *reinterpret_cast<float4*>(landing + r * D + d) = make_float4(O[0], O[1], O[2], O[3]);
+        if (d == 0) *reinterpret_cast<float2*>(landing + landing_rows * D + 2 * r) = make_float2(M, L);
+      } else {
+        cluster_push(first_landing + (r * D + d) * sizeof(float), O, first_landed);
+        if (d == 0) cluster_push(first_landing + (landing_rows * D + 2 * r) * sizeof(float), M, L, first_landed);
       }
     } else {
       const int64_t part = split * parts + first + r;
@@ -264,46 +295,40 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
         ml[2 * part] = M;
         ml[2 * part + 1] = L;
       }
-      po[part * D + d] = O;
+      *reinterpret_cast<float4*>(po + part * D + d) = make_float4(O[0], O[1], O[2], O[3]);
     }
   }
   if (splits == 1) return;
 
   if constexpr (kCluster) {
-    // Every split's partial is in its block's shared memory once all have passed the barrier. The blocks
-    // then share the output's elements; each reads its element's (m, l, o) from every split (loads all in
-    // flight together) and folds them in split order. The second barrier keeps every block, and so its
-    // shared memory, alive until its peers are done reading it.
-    cluster_sync();
-    const uint32_t part = smem_addr(sm_l + kWarps * kRows);
-    for (int e = split * kThreads + threadIdx.x; e < nrows * D; e += splits * kThreads) {
-      const int r = e / D, d = e - r * D;
+    // A peer is done once its partial is pushed: nothing reads its shared memory. The first block waits
+    // for every peer's partial to land, then folds each element's (m, l, o) in split order.
+    if (split > 0) return;
+    __syncthreads();  // its own slot
+    mbar_wait_cluster(smem_addr(&landed), 0);
+    for (int e = threadIdx.x; e < nrows * (D / 4); e += kThreads) {
+      const int r = e / (D / 4), d = (e - r * (D / 4)) * 4;
       if (d >= p.head_dim) continue;
-      float m[kMaxClusterSplits], l[kMaxClusterSplits], o[kMaxClusterSplits];
-#pragma unroll
-      for (int x = 0; x < kMaxClusterSplits; ++x)
-        if (x < splits) {
-          const uint32_t peer = cluster_peer(part, x);
-          o[x] = cluster_load(peer + (r * D + d) * sizeof(float));
-          m[x] = cluster_load(peer + (kRows * D + 2 * r) * sizeof(float));
-          l[x] = cluster_load(peer + (kRows * D + 2 * r + 1) * sizeof(float));
-        }
       float M = -INFINITY;
 #pragma unroll
       for (int x = 0; x < kMaxClusterSplits; ++x)
-        if (x < splits) M = fmaxf(M, m[x]);
-      float L = 0.0f, O = 0.0f;
+        if (x < splits) M = fmaxf(M, landing[x * partial_floats + landing_rows * D + 2 * r]);
+      float L = 0.0f, O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int x = 0; x < kMaxClusterSplits; ++x)
         if (x < splits) {
-          const float wt = m[x] == -INFINITY ? 0.0f : exp2_approx(m[x] - M);
-          L = fmaf(l[x], wt, L);
-          O = fmaf(o[x], wt, O);
+          const float* part = landing + x * partial_floats;
+          const float m = part[landing_rows * D + 2 * r];
+          const float wt = m == -INFINITY ? 0.0f : exp2_approx(m - M);
+          const float4 o = *reinterpret_cast<const float4*>(part + r * D + d);
+          L = fmaf(part[landing_rows * D + 2 * r + 1], wt, L);
+          O[0] = fmaf(o.x, wt, O[0]), O[1] = fmaf(o.y, wt, O[1]);
+          O[2] = fmaf(o.z, wt, O[2]), O[3] = fmaf(o.w, wt, O[3]);
         }
-      out[token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d] =
-          static_cast<T>(L > 0.0f ? O / L : 0.0f);
+      T* o = out + token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) o[c] = static_cast<T>(L > 0.0f ? O[c] / L : 0.0f);
     }
-    cluster_sync();
     return;
   }
 
@@ -393,7 +418,8 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
         cudaLaunchConfig_t config{};
         config.gridDim = grid;
         config.blockDim = dim3(kThreads);
-        config.dynamicSmemBytes = decode_smem_bytes<T, D, true>();
+        config.dynamicSmemBytes =
+            decode_smem_bytes<T, D, true>() + cluster_slots_bytes<D>(p.num_splits, std::min(p.group, kRows));
         config.stream = stream;
         cudaLaunchAttribute cluster{};
         cluster.id = cudaLaunchAttributeClusterDimension;
@@ -411,21 +437,42 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// The cluster kernel's dynamic shared memory: the plain kernel's and the landing slots, at most what a
+// block of it may opt in to on the current device.
+template <typename T, int D>
+size_t cluster_smem_limit() {
+  int device = 0, optin = 0;
+  cudaFuncAttributes a{};
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+      cudaFuncGetAttributes(&a, decode_kernel<T, D, true, true>) != cudaSuccess) {
+    cudaGetLastError();
+    return decode_smem_bytes<T, D, true>();
+  }
+  return std::min(decode_smem_bytes<T, D, true>() + cluster_slots_bytes<D>(kMaxClusterSplits, kRows),
+                  static_cast<size_t>(optin) - a.sharedSizeBytes);
+}
+
 template <typename T, int D>
 cudaError_t configure_typed() {
   cudaError_t e = cudaFuncSetAttribute(decode_kernel<T, D, false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(decode_smem_bytes<T, D, false>()));
-  if constexpr (kTmaDim<D>)
-    for (auto kernel : {decode_kernel<T, D, true, false>, decode_kernel<T, D, true, true>})
-      if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(decode_smem_bytes<T, D, true>()));
+  if constexpr (kTmaDim<D>) {
+    if (e == cudaSuccess)
+      e = cudaFuncSetAttribute(decode_kernel<T, D, true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(decode_smem_bytes<T, D, true>()));
+    if (e == cudaSuccess)
+      e = cudaFuncSetAttribute(decode_kernel<T, D, true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(cluster_smem_limit<T, D>()));
+  }
   return e;
 }
 
-// capacity[s]: clusters of s blocks of the cluster kernel the current device holds at once.
+// capacity[s]: clusters of s blocks of the cluster kernel the current device holds at once, for groups
+// of `group` query heads (the first block's landing slots grow with the cluster and the rows); 0 where
+// the slots would not fit the shared memory a block may have.
 template <typename T, int D>
-cudaError_t cluster_capacity_typed(int* capacity) {
+cudaError_t cluster_capacity_typed(int group, int* capacity) {
   std::fill(capacity, capacity + kMaxClusterSplits + 1, 0);
   if constexpr (kTmaDim<D>) {
     const auto kernel = decode_kernel<T, D, true, true>;
@@ -433,10 +480,12 @@ cudaError_t cluster_capacity_typed(int* capacity) {
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
       cudaGetLastError();
     for (int s = 2; s <= kMaxClusterSplits; ++s) {
+      const size_t smem = decode_smem_bytes<T, D, true>() + cluster_slots_bytes<D>(s, std::min(group, kRows));
+      if (smem > cluster_smem_limit<T, D>()) continue;
       cudaLaunchConfig_t config{};
       config.gridDim = dim3(static_cast<unsigned>(s));
       config.blockDim = dim3(kThreads);
-      config.dynamicSmemBytes = decode_smem_bytes<T, D, true>();
+      config.dynamicSmemBytes = smem;
       cudaLaunchAttribute cluster{};
       cluster.id = cudaLaunchAttributeClusterDimension;
       cluster.val.clusterDim.x = static_cast<unsigned>(s);
@@ -499,9 +548,9 @@ cudaError_t configure_decode(bool fp16, int head_dim) {
                          [](auto t, auto d) { return configure_typed<decltype(t), decltype(d)::value>(); });
 }
 
-cudaError_t decode_cluster_capacity(bool fp16, int head_dim, int* capacity) {
+cudaError_t decode_cluster_capacity(bool fp16, int head_dim, int group, int* capacity) {
   return with_any_kernel(fp16, head_dim, [&](auto t, auto d) {
-    return cluster_capacity_typed<decltype(t), decltype(d)::value>(capacity);
+    return cluster_capacity_typed<decltype(t), decltype(d)::value>(group, capacity);
   });
 }
 

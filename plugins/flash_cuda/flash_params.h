@@ -78,10 +78,11 @@ constexpr size_t kScheduleInts = 2;  // Params::schedule
 // engine): the splits of one (sequence, kv head, row tile) run as one cluster and merge in shared memory,
 // where the other path takes a round of global writes, a fence, a counter and global reads. A cluster
 // holds at most kMaxClusterSplits blocks. decode_cluster_capacity fills capacity[0 .. kMaxClusterSplits]
-// with how many clusters of each size the current device holds at once (0: none); decode_cluster_fits says
+// with how many clusters of each size the current device holds at once for groups of `group` query heads
+// a kv head (0: none); decode_cluster_fits says
 // whether a call's plan runs in one wave of them, which is when p.cluster_merge may be set.
 constexpr int kMaxClusterSplits = 16;
-cudaError_t decode_cluster_capacity(bool fp16, int head_dim, int* capacity);
+cudaError_t decode_cluster_capacity(bool fp16, int head_dim, int group, int* capacity);
 bool decode_cluster_fits(const Params& p, const int* capacity);
 
 // Decode: one query per sequence; p.num_splits from decode_splits.

@@ -41,6 +41,17 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
                  : "memory");
   } while (!done));
 }
+// mbar_wait for bytes stored by other blocks of the cluster (cluster_push): acquires at cluster scope.
+__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+  FLASH_CUDA_SM90(uint32_t done; do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, "
+        "p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done));
+}
 // Arrives, announcing `bytes` more to land on the barrier in this phase.
 __device__ __forceinline__ void mbar_expect_bytes(uint32_t bar, uint32_t bytes) {
   FLASH_CUDA_SM90(asm volatile(

@@ -240,7 +240,8 @@ TEST(FlashCuda, BothDecodeCopyPathsMatchTheReference) {
 // On Hopper decode merges its key splits inside a thread block cluster where the plan fits one (up to 16
 // splits), else through global memory. Both merges against the reference, with the same bits call after
 // call: split counts up to the cluster's limit and past it, ranges left empty by short sequences, two row
-// tiles per kv head (MQA 32/1), every kernel width the copy engine serves, NaN in the cache past the ends.
+// tiles per kv head (MQA 32/1), one row (MHA), every kernel width the copy engine serves, NaN in the cache
+// past the ends.
 TEST(FlashCuda, DecodeSplitMergesMatchTheReference) {
   LLM_REQUIRE_GPU();
   auto plugin = load_flash();
@@ -262,6 +263,9 @@ TEST(FlashCuda, DecodeSplitMergesMatchTheReference) {
         Case mqa{128, 32, 1, {1, 1}, {9, 1500}};
         mqa.dtype = dtype;
         table.add(tag + " MQA 32/1", run_case(*plugin, mqa, rng, true));
+        Case mha{128, 8, 8, {1, 1}, {700, 2}};  // one row a cluster (Llama-2-7B's attention)
+        mha.dtype = dtype, mha.nan_past_end = true;
+        table.add(tag + " MHA 8/8, 3 calls", run_case(*plugin, mha, rng, true, 3));
       }
     }
   }
