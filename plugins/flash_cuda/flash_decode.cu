@@ -305,7 +305,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
     // for every peer's partial to land, then folds each element's (m, l, o) in split order.
     if (split > 0) return;
     __syncthreads();  // its own slot
-    mbar_wait_cluster(smem_addr(&landed), 0);
+    mbar_wait<true>(smem_addr(&landed), 0);
     for (int e = threadIdx.x; e < nrows * (D / 4); e += kThreads) {
       const int r = e / (D / 4), d = (e - r * (D / 4)) * 4;
       if (d >= p.head_dim) continue;

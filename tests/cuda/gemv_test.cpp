@@ -312,6 +312,9 @@ class Problem {
     return untouched ? err : INFINITY;
   }
 
+  // The RMSNorm's gain (norm).
+  const std::vector<float>& gain() const { return gain_; }
+
  private:
   // x_ = the RMSNorm of residual_ with gain_, in float64.
   void normalize() {
@@ -375,12 +378,6 @@ class Problem {
   Shape s_;
   DType type_;
   bool norm_;
-
- public:
-  const std::vector<float>& gain() const { return gain_; }
-  int cols() const { return s_.cols; }
-
- private:
   std::vector<float> residual_, gain_;
   std::unique_ptr<DeviceBuffer> dgain_;
   std::vector<std::vector<double>> w_;
@@ -667,7 +664,6 @@ TEST(Gemv, AutoPlanFollowsTheTokenCount) {
   }
 }
 
-// What runs without a GPU: the token limits and LLM_GEMV.
 // The RMSNorm prepared by the product before (norm_parts, next_x) is the CUDA-core kernel's at one token;
 // asked for elsewhere, or with its pieces missing, gemv says what is wrong before it launches anything.
 TEST(Gemv, APreparedNormAskedForWrongIsAClearError) {
@@ -716,6 +712,7 @@ TEST(Gemv, APreparedNormAskedForWrongIsAClearError) {
   EXPECT_NE(message(GemvEpilogue::AddF32, writes, GemvKernel::CudaCore).find(where), std::string::npos);
 }
 
+// What runs without a GPU: the token limits and LLM_GEMV.
 TEST(Gemv, TokenLimitsAndTheLlmGemvVariable) {
   using cuda::gemv_max_tokens;
   EXPECT_EQ(gemv_max_tokens(GemvKernel::Auto, DType::BF16), 16);
