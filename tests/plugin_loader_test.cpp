@@ -343,7 +343,7 @@ namespace llm {
 namespace {
 
 // Minor versions (attention_backend.h): the SDK example built against the frozen ABI 1.0 header loads
-// and probes; built against a made-up ABI 1.2 it loads when it needs at most this runtime's minor, and is
+// and probes; built against a made-up ABI 1.3 it loads when it needs at most this runtime's minor, and is
 // rejected naming both versions when it needs more.
 TEST(PluginLoader, OlderMinorPluginsLoadNewerOnesWhenTheRuntimeHoldsWhatTheyNeed) {
   auto all = load_plugins({LLM_TEST_PLUGIN_DIR});
@@ -355,14 +355,14 @@ TEST(PluginLoader, OlderMinorPluginsLoadNewerOnesWhenTheRuntimeHoldsWhatTheyNeed
 
   const PluginCandidate* newer = find_candidate(all, "/example_future_ok.so");
   ASSERT_TRUE(newer && newer->plugin) << (newer ? newer->rejection : "missing");
-  EXPECT_EQ(newer->plugin->iface().abi_minor, 2u);
+  EXPECT_EQ(newer->plugin->iface().abi_minor, 3u);
   EXPECT_GT(newer->plugin->iface().struct_size, sizeof(llm_backend_iface));
 
   const PluginCandidate* needs = find_candidate(all, "/example_future_needs.so");
   ASSERT_NE(needs, nullptr);
   EXPECT_EQ(needs->plugin, nullptr);
-  EXPECT_THAT(needs->rejection, HasSubstr("plugin built for ABI 1.2 needs a runtime of ABI 1.2 or newer (its "
-                                          "min_runtime_minor); this runtime speaks ABI 1.1"));
+  EXPECT_THAT(needs->rejection, HasSubstr("plugin built for ABI 1.3 needs a runtime of ABI 1.3 or newer (its "
+                                          "min_runtime_minor); this runtime speaks ABI 1.2"));
 }
 
 }  // namespace

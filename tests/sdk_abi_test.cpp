@@ -19,10 +19,11 @@ TEST(SdkAbi, Version1LayoutIsPinned) {
   EXPECT_EQ(offsetof(llm_probe_result, reason), 16u);
   EXPECT_EQ(sizeof(llm_kv_cache_view), 80u);
   EXPECT_EQ(offsetof(llm_kv_cache_view, block_table), 72u);
-  EXPECT_EQ(sizeof(llm_attention_args), 128u);
+  EXPECT_EQ(sizeof(llm_attention_args), 136u);
   EXPECT_EQ(offsetof(llm_attention_args, q), 40u);
   EXPECT_EQ(offsetof(llm_attention_args, kv), 112u);
   EXPECT_EQ(offsetof(llm_attention_args, stream), 120u);
+  EXPECT_EQ(offsetof(llm_attention_args, overlap), 128u);  // since 1.2
   EXPECT_EQ(offsetof(llm_backend_iface, name), 16u);
   EXPECT_EQ(offsetof(llm_backend_iface, probe), 40u);
   EXPECT_EQ(offsetof(llm_backend_iface, last_error), 80u);

@@ -12,7 +12,9 @@
 // The real kv lengths are read on the device, so one captured launch serves every step of a CUDA graph.
 // K and V come in with cp.async (any GPU, any cache) or, on Hopper with a contiguous cache, through the
 // copy engine: four instructions a tile from one thread rather than sixteen copies from each, and the
-// engine keeps more of the stream in flight than the load units do.
+// engine keeps more of the stream in flight than the load units do. There, where the runtime allows
+// (llm_attention_args.overlap), the kernel starts while the q/k/v product before it finishes and copies its
+// cached tiles meanwhile, and lets the product after it start once its own loads are out.
 #include <algorithm>
 #include <initializer_list>
 
@@ -135,14 +137,6 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
     // The first block's barrier is published to the cluster; peers wait on this before they push.
     if constexpr (kCluster) cluster_arrive_relaxed();
   }
-  const T* Q = static_cast<const T*>(p.q);
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool valid = r < nrows && col < p.head_dim;
-    const int64_t off = valid ? token * p.q_token_stride + (kv_head * group + r0 + r) * p.q_head_stride + col : 0;
-    cp_async_16(sq + r * kStride + col, Q + off, valid);
-  }
   // cp.async: tiles 0 .. kStages - 2 (Q with the first); then every iteration waits for its tile and
   // starts the one kStages - 1 on, into the stage the previous iteration read (the barrier between says
   // all are done with it), so kStages - 1 tiles stream in while one is computed. A group is committed
@@ -172,10 +166,34 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
       cp_async_commit();
     }
   };
+  // early_start (the runtime's LLM_OVERLAP_EARLY_START): launched with PDL, the block starts copying its
+  // cached tiles, those wholly before the sequence's new token (at n_kv - 1), before it waits on the kernel
+  // before, which writes q and the new token's K and V. The lengths, the slots and the cached entries are
+  // final already (the SDK's promise). q, the new token's tile and the output only after the wait.
+  const bool early = kTma && p.early_start;
+  auto cached = [&](int i) { return k_begin + (i + 1) * kBN <= n_kv - 1; };
+  if (early) {
+#pragma unroll
+    for (int i = 0; i < kStages; ++i)
+      if (cached(i)) load(i);
+    griddep_wait();
+  }
+  const T* Q = static_cast<const T*>(p.q);
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool valid = r < nrows && col < p.head_dim;
+    const int64_t off = valid ? token * p.q_token_stride + (kv_head * group + r0 + r) * p.q_head_stride + col : 0;
+    cp_async_16(sq + r * kStride + col, Q + off, valid);
+  }
   if constexpr (kTma) cp_async_commit();                // Q
   constexpr int kAhead = kTma ? kStages : kStages - 1;  // tiles started before the first is used
 #pragma unroll
-  for (int i = 0; i < kAhead; ++i) load(i);
+  for (int i = 0; i < kAhead; ++i)
+    if (!(early && cached(i))) load(i);
+  // early_next (LLM_OVERLAP_EARLY_NEXT): the kernel after may start streaming its weights now; this block's
+  // loads are already queued ahead of them.
+  if (kTma && p.early_next) griddep_launch_dependents();
   if constexpr (kTma) {
     cp_async_wait<0>();
     __syncthreads();  // Q, seen by every warp
@@ -414,23 +432,28 @@ cudaError_t launch_typed(const Params& p, cudaStream_t stream) {
   KvMaps maps{};
   if constexpr (kTmaDim<D>) {
     if (p.decode_tma && encode_kv_maps(p, kBN, &maps, CU_TENSOR_MAP_L2_PROMOTION_NONE)) {
-      if (p.cluster_merge && p.num_splits > 1) {
-        cudaLaunchConfig_t config{};
-        config.gridDim = grid;
-        config.blockDim = dim3(kThreads);
-        config.dynamicSmemBytes =
-            decode_smem_bytes<T, D, true>() + cluster_slots_bytes<D>(p.num_splits, std::min(p.group, kRows));
-        config.stream = stream;
-        cudaLaunchAttribute cluster{};
-        cluster.id = cudaLaunchAttributeClusterDimension;
-        cluster.val.clusterDim.x = static_cast<unsigned>(p.num_splits);
-        cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
-        config.attrs = &cluster;
-        config.numAttrs = 1;
-        return cudaLaunchKernelEx(&config, decode_kernel<T, D, true, true>, p, maps);
+      const bool cluster = p.cluster_merge && p.num_splits > 1;
+      cudaLaunchConfig_t config{};
+      config.gridDim = grid;
+      config.blockDim = dim3(kThreads);
+      config.dynamicSmemBytes = decode_smem_bytes<T, D, true>() +
+                                (cluster ? cluster_slots_bytes<D>(p.num_splits, std::min(p.group, kRows)) : size_t{0});
+      config.stream = stream;
+      cudaLaunchAttribute attrs[2]{};
+      if (cluster) {
+        cudaLaunchAttribute& a = attrs[config.numAttrs++];
+        a.id = cudaLaunchAttributeClusterDimension;
+        a.val.clusterDim.x = static_cast<unsigned>(p.num_splits);
+        a.val.clusterDim.y = a.val.clusterDim.z = 1;
       }
-      decode_kernel<T, D, true, false><<<grid, kThreads, decode_smem_bytes<T, D, true>(), stream>>>(p, maps);
-      return cudaGetLastError();
+      if (p.early_start) {
+        cudaLaunchAttribute& a = attrs[config.numAttrs++];
+        a.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        a.val.programmaticStreamSerializationAllowed = 1;
+      }
+      config.attrs = attrs;
+      return cudaLaunchKernelEx(&config, cluster ? decode_kernel<T, D, true, true> : decode_kernel<T, D, true, false>,
+                                p, maps);
     }
   }
   decode_kernel<T, D, false, false><<<grid, kThreads, decode_smem_bytes<T, D, false>(), stream>>>(p, maps);

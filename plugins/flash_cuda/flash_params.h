@@ -54,6 +54,12 @@ struct Params {
   size_t workspace_floats;
   int32_t* split_counters;  // [seqs][kv heads][row tiles], zero between calls: blocks done per group
   int32_t cluster_merge;    // merge the splits through a thread block cluster (decode_cluster_fits)
+  // Decode through the copy engine, as the runtime allows (llm_attention_args.overlap): early_start, launch
+  // with programmatic dependent launch and start copying the cached tiles (those wholly before each
+  // sequence's new token) before waiting on the kernel before; early_next, let the kernel after start
+  // once the block's own loads are out.
+  int32_t early_start;
+  int32_t early_next;
 };
 
 // Prefill: any number of queries per sequence, causal or not, after any cached prefix.

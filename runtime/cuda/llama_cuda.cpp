@@ -48,7 +48,37 @@ bool prepare_norm_from_env() {
   fail("LLM_PREPARED_NORM='{}': expected 0 or 1", v);
 }
 
+// LLM_DECODE_OVERLAP: what decode attention may overlap (llm_attention_args.overlap): auto (or unset),
+// off, start, next or start,next.
+int decode_overlap_from_env() {
+  const char* v = std::getenv("LLM_DECODE_OVERLAP");
+  if (!v || !*v || std::string(v) == "auto") return LlamaCuda::kOverlapAuto;
+  const std::string s(v);
+  if (s == "off") return 0;
+  if (s == "start") return LLM_OVERLAP_EARLY_START;
+  if (s == "next") return LLM_OVERLAP_EARLY_NEXT;
+  if (s == "start,next") return LLM_OVERLAP_EARLY_START | LLM_OVERLAP_EARLY_NEXT;
+  fail("LLM_DECODE_OVERLAP='{}': expected auto, off, start, next or start,next", v);
+}
+
+// Where auto lets decode attention overlap the products around it, from end-to-end decode on the H200
+// (docs/PERFORMANCE.md; bf16, batch 1 and 8, stories110M / TinyLlama / Llama-2-7B shapes):
+// - early start: attention copies its cached tiles while the q/k/v product streams. It paid where that
+//   product is long enough to hide the copies and the early launch: TinyLlama (10.5 MB of weights a layer)
+//   +2-3%, 7B (101 MB) +1-2%, at both batches; stories110M (3.5 MB) lost 8%.
+// - early next: the output product streams its weights during attention's tail. It paid only at one token
+//   (CUDA-core products) and where those weights fit the tail: TinyLlama's 8.4 MB +5% on top of the early
+//   start; 7B's 33.5 MB -5%; batch 8 -1% to -32%.
+constexpr double kEarlyStartMinQkvBytes = 8e6;
+constexpr double kEarlyNextMaxWoBytes = 16e6;
+
 }  // namespace
+
+uint32_t auto_decode_overlap(double qkv_weight_bytes, double wo_weight_bytes, int tokens, bool cuda_core_products) {
+  if (qkv_weight_bytes < kEarlyStartMinQkvBytes) return 0;
+  const bool next = tokens == 1 && cuda_core_products && wo_weight_bytes <= kEarlyNextMaxWoBytes;
+  return LLM_OVERLAP_EARLY_START | (next ? LLM_OVERLAP_EARLY_NEXT : 0u);
+}
 
 LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain> chain, const DeviceStatus& device,
                      DType dtype, int max_batch, int max_context, const CudaRank* tp)
@@ -64,6 +94,7 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       alloc_(std::make_unique<CachingAllocator>(device.index)),
       gemv_kernel_(gemv_kernel_from_env()),
       prepare_norm_(prepare_norm_from_env()),
+      decode_overlap_(decode_overlap_from_env()),
       steps_ahead_(steps_ahead_from_env()),
       sample_on_host_(sample_on_host_from_env()) {
   LLM_CUDA_CHECK(cudaSetDevice(device.index));
@@ -133,6 +164,19 @@ void LlamaCuda::set_fuse_norm(bool on) {
 void LlamaCuda::set_prepare_norm(bool on) {
   prepare_norm_ = on;
   drop_graphs();
+}
+
+void LlamaCuda::set_decode_overlap(int overlap) {
+  decode_overlap_ = overlap;
+  drop_graphs();
+}
+
+uint32_t LlamaCuda::decode_overlap(int tokens, bool cuda_core_products) const {
+  if (decode_overlap_ != kOverlapAuto) return static_cast<uint32_t>(decode_overlap_);
+  const DeviceLayer& L = layers_.front();
+  const double e = static_cast<double>(dtype_size(dtype_));
+  return auto_decode_overlap(e * L.wq.cols * (static_cast<double>(L.wq.rows) + L.wk.rows + L.wv.rows),
+                             e * L.wo.rows * L.wo.cols, tokens, cuda_core_products);
 }
 
 void LlamaCuda::set_gemv_kernel(GemvKernel kernel) {
@@ -369,6 +413,10 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   args.seq_slot = seq_slot;
   args.kv = &view;
   args.stream = stream_;
+  // Decode may overlap the products around it (every step begins with the embedding's plain launch, so the
+  // cached entries are final when a step starts: the SDK's promise for LLM_OVERLAP_EARLY_START).
+  if (max_q_len == 1)
+    args.overlap = decode_overlap(tokens, gemv_path && gemv_normalizes_input(gemv_kernel_, dtype_, tokens));
 
   // Decode steps (up to 16 tokens: a batch of sequences a token each) stream the weights through the
   // fused matrix-vector kernels (gemv_path); longer steps (prefill) go through cuBLAS. The CUDA-core products
@@ -723,6 +771,7 @@ const llm_attention_args& LlamaCuda::to_host(const llm_attention_args& args) {
   host_args_.seq_slot = seq_slot;
   host_args_.kv = &host_view_;
   host_args_.stream = nullptr;
+  host_args_.overlap = 0;  // (host backends wait for the copies anyway)
   return host_args_;
 }
 

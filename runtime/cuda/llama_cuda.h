@@ -34,6 +34,12 @@ struct CudaRank {
   DeviceCollective* collective = nullptr;
 };
 
+// What decode attention may overlap by default (LLM_OVERLAP_* bits), from a layer's q/k/v and output
+// weights (bytes, this rank's) and the step: early start where the q/k/v product hides the cached tiles'
+// copies, early next at one token on the CUDA-core products where the output product's weights stream
+// within attention's tail. The bounds are measured (llama_cuda.cpp).
+uint32_t auto_decode_overlap(double qkv_weight_bytes, double wo_weight_bytes, int tokens, bool cuda_core_products);
+
 class LlamaCuda : public LanguageModel, public AttentionBridge {
  public:
   // Uploads the weights of `checkpoint` (which must outlive the model) to `device`. With `tp`, the model is
@@ -86,6 +92,14 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   // whole only after the all-reduce).
   void set_prepare_norm(bool on);
   bool prepare_norm() const { return prepare_norm_; }
+  // What decode attention may overlap with the products around it (llm_attention_args.overlap,
+  // LLM_OVERLAP_* bits): kOverlapAuto (default, or LLM_DECODE_OVERLAP) picks from the model's shape where it
+  // measured a gain; otherwise these bits for every decode step. Never changes the results.
+  static constexpr int kOverlapAuto = -1;
+  void set_decode_overlap(int overlap);
+  // The bits a decode step of `tokens` tokens offers (cuda_core_products: its products take the CUDA-core
+  // kernel).
+  uint32_t decode_overlap(int tokens, bool cuda_core_products) const;
   // For measurement: the step `chunks` run `steps` times, each enqueued without waiting for the one before,
   // then one wait. What the GPU alone takes a step, without the host's round trip for each token's id.
   void run_back_to_back(const std::vector<SequenceChunk>& chunks, int steps);
@@ -193,6 +207,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   GemvKernel gemv_kernel_ = GemvKernel::Auto;
   bool fuse_norm_ = true;
   bool prepare_norm_ = true;
+  int decode_overlap_ = kOverlapAuto;
   std::vector<Graph> graphs_;                         // by chunk count, decode only
   std::map<std::pair<int, int>, Graph> step_graphs_;  // forward_argmax_steps: by (chunk count, steps)
   int steps_ahead_ = kDefaultStepsAhead;              // greedy_steps_ahead (LLM_STEPS_AHEAD; docs/GPU.md)

@@ -168,6 +168,7 @@ struct Case {
   bool loose_bounds = false;  // max_q_len / max_kv_len as a graph-captured call passes them (session maxima)
   int extra_slots = 2;        // cache slots beyond the batch's (0 keeps long-context caches small)
   bool nan_past_end = false;  // cache positions past each sequence's length hold NaN (must never be read into out)
+  uint32_t overlap = 0;       // llm_attention_args.overlap (LLM_OVERLAP_*)
 };
 
 inline std::string describe(const Case& tc, bool decode) {
@@ -282,6 +283,7 @@ class Problem {
     if (tc_.loose_bounds && a.max_q_len > 1) a.max_q_len += 5;
     if (tc_.loose_bounds) a.max_kv_len = max_ctx_;
     a.causal = tc_.causal;
+    a.overlap = tc_.overlap;
     a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(tc_.head_dim));
     a.dtype = tc_.dtype;
     a.q = d_q_->as<void>();

@@ -272,6 +272,42 @@ TEST(FlashCuda, DecodeSplitMergesMatchTheReference) {
   table.print("decode's split merge through global memory and through clusters");
 }
 
+// Decode offered the runtime's overlap (llm_attention_args.overlap): launched early, copying the tiles wholly
+// before each sequence's new token ahead of its wait, and letting the next kernel start. Against the
+// reference, the same bits call after call, both merges: ranges ending inside a tile and at the new token,
+// empty ranges, two row tiles per kv head, NaN in the cache past the ends. (No kernel runs before it here:
+// the race it must not lose, q and the new entries written by the kernel before, is tested on the model,
+// LlamaCuda.DecodeOverlappingTheProductsGivesTheSameLogits.)
+TEST(FlashCuda, DecodeOverlappingItsNeighboursMatchesTheReference) {
+  LLM_REQUIRE_GPU();
+  auto plugin = load_flash();
+  ASSERT_NE(plugin, nullptr);
+  std::mt19937 rng(fresh_seed());
+  ErrorTable table;
+  for (uint32_t overlap : {LLM_OVERLAP_EARLY_START, LLM_OVERLAP_EARLY_START | LLM_OVERLAP_EARLY_NEXT}) {
+    for (const char* merge : {"global", "auto"}) {
+      ScopedEnv how("LLM_FLASH_DECODE_MERGE", merge);
+      for (const char* splits : {"auto", "1", "3", "16"}) {
+        ScopedEnv plan("LLM_FLASH_DECODE_SPLITS", splits);
+        for (int dtype : kDtypes) {
+          const std::string tag = std::string(overlap == LLM_OVERLAP_EARLY_START ? "start " : "start+next ") + merge +
+                                  " splits=" + splits + " " + dtype_name(dtype);
+          for (int head_dim : {64, 128, 256}) {
+            Case gqa{head_dim, 16, 2, {1, 1, 1, 1, 1}, {1, 64, 65, 333, 1100}};
+            gqa.dtype = dtype, gqa.nan_past_end = true, gqa.overlap = overlap;
+            table.add(tag + " d=" + std::to_string(head_dim) + " GQA 16/2, 3 calls",
+                      run_case(*plugin, gqa, rng, true, 3));
+          }
+          Case mha{128, 8, 8, {1, 1}, {700, 129}};
+          mha.dtype = dtype, mha.nan_past_end = true, mha.overlap = overlap;
+          table.add(tag + " MHA 8/8, 3 calls", run_case(*plugin, mha, rng, true, 3));
+        }
+      }
+    }
+  }
+  table.print("decode overlapping the kernels around it");
+}
+
 TEST(FlashCuda, KernelChoicesAreCheckedWithReasons) {  // no GPU needed: refused before the device
   auto plugin = load_flash();
   ASSERT_NE(plugin, nullptr);

@@ -4,7 +4,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -263,6 +265,99 @@ TEST(LlamaCuda, PreparedNormComesFromTheEnvironmentAndABadValueIsAClearError) {
   EXPECT_FALSE(dynamic_cast<cuda::LlamaCuda&>(off.model()).prepare_norm());
   Engine on(gpu_config(model, "fp32"));
   EXPECT_TRUE(dynamic_cast<cuda::LlamaCuda&>(on.model()).prepare_norm()) << "on unless asked otherwise";
+}
+
+// Where decode attention overlaps the products by default: the three shapes in bf16 (a layer's
+// q/k/v and output weights), as measured (llama_cuda.cpp). No GPU needed.
+TEST(LlamaCuda, DecodeOverlapsWhereItMeasuredAGain) {
+  auto bytes = [](double rows, double cols) { return 2.0 * rows * cols; };
+  const uint32_t start = LLM_OVERLAP_EARLY_START, both = LLM_OVERLAP_EARLY_START | LLM_OVERLAP_EARLY_NEXT;
+  // stories110M: dim 768, 12 heads (3.5 MB of q/k/v): no overlap
+  EXPECT_EQ(cuda::auto_decode_overlap(bytes(3 * 768, 768), bytes(768, 768), 1, true), 0u);
+  // TinyLlama: dim 2048, 4 kv heads of 64 (10.5 MB), wo 8.4 MB: both at one token, start at 8
+  const double tiny_qkv = bytes(2048 + 2 * 256, 2048), tiny_wo = bytes(2048, 2048);
+  EXPECT_EQ(cuda::auto_decode_overlap(tiny_qkv, tiny_wo, 1, true), both);
+  EXPECT_EQ(cuda::auto_decode_overlap(tiny_qkv, tiny_wo, 8, false), start);
+  EXPECT_EQ(cuda::auto_decode_overlap(tiny_qkv, tiny_wo, 1, false), start) << "tensor-core products at one token";
+  // Llama-2-7B: dim 4096 (101 MB), wo 33.5 MB: start only
+  EXPECT_EQ(cuda::auto_decode_overlap(bytes(3 * 4096, 4096), bytes(4096, 4096), 1, true), start);
+  EXPECT_EQ(cuda::auto_decode_overlap(bytes(3 * 4096, 4096), bytes(4096, 4096), 8, false), start);
+}
+
+TEST(LlamaCuda, DecodeOverlapComesFromTheEnvironmentAndABadValueIsAClearError) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  ::setenv("LLM_DECODE_OVERLAP", "early", 1);
+  EXPECT_THAT([&] { Engine(gpu_config(model, "fp32")); },
+              testing::ThrowsMessage<Error>(
+                  testing::HasSubstr("LLM_DECODE_OVERLAP='early': expected auto, off, start, next or start,next")));
+  ::setenv("LLM_DECODE_OVERLAP", "start,next", 1);
+  Engine forced(gpu_config(model, "fp32"));
+  ::unsetenv("LLM_DECODE_OVERLAP");
+  EXPECT_EQ(dynamic_cast<cuda::LlamaCuda&>(forced.model()).decode_overlap(1, true),
+            LLM_OVERLAP_EARLY_START | LLM_OVERLAP_EARLY_NEXT);
+  Engine automatic(gpu_config(model, "fp32"));
+  EXPECT_EQ(dynamic_cast<cuda::LlamaCuda&>(automatic.model()).decode_overlap(1, true), 0u)
+      << "stories260K's products are far too small to hide anything";
+}
+
+// flash_cuda decode overlapping the products around it (launched early, copying its cached tiles before it
+// waits on the q/k/v product, which writes q and the new token's K and V; letting the output product
+// start): the same logits, bit for bit, as plain stream order, along 100 decode steps replayed from the
+// graph, for one sequence and for two of different lengths. A random GQA model with 64-wide heads, which
+// decode serves through the copy engine. A copy that read q or the new entries before they were written,
+// or a product that read attention's output early, would change the bits.
+TEST(LlamaCuda, DecodeOverlappingTheProductsGivesTheSameLogits) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(tokenizer, "tok512.bin");
+  test::TempDir dir;
+  const std::string path = test::random_gqa_model(dir, "gqa_random.bin", 1408, 12);
+  const int vocab = 512;
+  auto run = [&](int overlap, int seqs, int* replays) {
+    RunConfig c = gpu_config(path, "bf16");
+    c.tokenizer = tokenizer;
+    c.backend_order = {"flash_cuda"};
+    Engine engine(c, 2);
+    auto& model = dynamic_cast<cuda::LlamaCuda&>(engine.model());
+    model.set_decode_overlap(overlap);
+    std::vector<int> prompts[2] = {std::vector<int>(37), std::vector<int>(100)};
+    for (size_t i = 0; i < prompts[0].size(); ++i) prompts[0][i] = static_cast<int>(1 + i * 7 % 511);
+    for (size_t i = 0; i < prompts[1].size(); ++i) prompts[1][i] = static_cast<int>(1 + i * 13 % 511);
+    std::vector<float> all;
+    int tok[2] = {0, 0}, pos[2] = {37, 100};
+    auto take = [&](const float* logits) {
+      all.insert(all.end(), logits, logits + seqs * vocab);
+      for (int k = 0; k < seqs; ++k)
+        tok[k] =
+            static_cast<int>(std::max_element(logits + k * vocab, logits + (k + 1) * vocab) - (logits + k * vocab));
+    };
+    std::vector<SequenceChunk> chunks;
+    for (int k = 0; k < seqs; ++k) chunks.push_back(SequenceChunk{k, 0, prompts[k]});
+    take(model.forward(chunks));
+    for (int step = 0; step < 100; ++step) {
+      for (int k = 0; k < seqs; ++k) chunks[k] = SequenceChunk{k, pos[k]++, {tok[k]}};
+      take(model.forward(chunks));
+    }
+    *replays = model.graph_replays();
+    return all;
+  };
+  for (int seqs : {1, 2}) {
+    int plain_replays = 0;
+    const std::vector<float> plain = run(0, seqs, &plain_replays);
+    for (int overlap : {LLM_OVERLAP_EARLY_START, LLM_OVERLAP_EARLY_START | LLM_OVERLAP_EARLY_NEXT}) {
+      SCOPED_TRACE("sequences " + std::to_string(seqs) + ", overlap " + std::to_string(overlap));
+      int replays = 0;
+      const std::vector<float> early = run(overlap, seqs, &replays);
+      EXPECT_GE(replays, 99) << "the decode steps were replayed from a graph";
+      ASSERT_EQ(plain.size(), early.size());
+      for (float v : early) ASSERT_TRUE(std::isfinite(v));
+      size_t differ = 0, first = plain.size();
+      for (size_t i = 0; i < plain.size(); ++i)
+        if (std::memcmp(&plain[i], &early[i], sizeof(float)) != 0) ++differ, first = std::min(first, i);
+      EXPECT_EQ(differ, 0u) << "first at call " << first / (seqs * vocab) << " (of 101), sequence "
+                            << first / vocab % seqs;
+    }
+  }
 }
 
 TEST(LlamaCuda, Int8CheckpointRunsOnTheGpu) {

@@ -151,7 +151,7 @@ static const llm_backend_iface example_iface = {
 #if LLM_ABI_VERSION_MINOR >= 1
     EXAMPLE_MIN_RUNTIME_MINOR, /* min_runtime_minor: this file needs nothing newer than ABI 1.0 */
 #endif
-#if LLM_ABI_VERSION_MINOR >= 2
+#if LLM_ABI_VERSION_MINOR >= 3                      /* (tests/abi/future's made-up member) */
     "built against a newer SDK than the runtime's", /* a member only newer runtimes read */
 #endif
 };

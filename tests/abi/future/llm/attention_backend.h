@@ -1,5 +1,5 @@
 /*
- * A MADE-UP FUTURE MINOR of the SDK header (ABI 1.2: today's header with one member appended), for test
+ * A MADE-UP FUTURE MINOR of the SDK header (ABI 1.3: today's header with one member appended), for test
  * plugins newer than the runtime. tests/abi/README.md says why.
  *
  * llm attention-backend SDK: the contract between the llm runtime and an attention plugin.
@@ -20,7 +20,8 @@
  * needs, which the plugin states in llm_backend_iface.min_runtime_minor (since 1.1); otherwise the runtime
  * rejects it naming both versions.
  *
- * History: 1.0 first release. 1.1 appended llm_backend_iface.min_runtime_minor.
+ * History: 1.0 first release. 1.1 appended llm_backend_iface.min_runtime_minor. 1.2 appended
+ * llm_attention_args.overlap (LLM_OVERLAP_*).
  *
  * Ownership. The runtime owns every pointer it passes in (device info, shapes, tensors, the KV cache);
  * a plugin must not keep them past the call that received them. A plugin owns its context and the
@@ -38,7 +39,7 @@ extern "C" {
 #endif
 
 #define LLM_ABI_VERSION_MAJOR 1
-#define LLM_ABI_VERSION_MINOR 2
+#define LLM_ABI_VERSION_MINOR 3
 
 /* The one symbol every plugin exports (see llm_backend_entry_fn). */
 #define LLM_BACKEND_ENTRY_SYMBOL "llm_backend_entry"
@@ -202,7 +203,23 @@ typedef struct llm_attention_args {
   const int32_t *seq_slot; /* [num_seqs] cache slot (CONTIGUOUS) or block-table row (PAGED) */
   const llm_kv_cache_view *kv;
   void *stream; /* cudaStream_t to enqueue on (CUDA); NULL for the CPU */
+  /* since ABI 1.2: how the call may overlap the work around it on `stream` (LLM_OVERLAP_* bits). Absent
+   * (an older runtime) or 0: plain stream order. A backend may ignore any bit. */
+  uint32_t overlap;
 } llm_attention_args;
+
+/*
+ * LLM_OVERLAP_EARLY_START: the call's kernels may start before the stream's previous kernel has finished
+ * (programmatic dependent launch, compute capability 9.0+) and, until they wait for it
+ * (griddepcontrol.wait), read q_start, kv_len, seq_slot and each sequence's cache entries before its first
+ * query of this call: no work still running or pending on the stream writes them. Anything else (q, the
+ * new entries, out) only after the wait.
+ * LLM_OVERLAP_EARLY_NEXT: the call's kernels may let the stream's next kernel start before they finish
+ * (griddepcontrol.launch_dependents): that kernel waits for them before it reads out.
+ * The runtime sets them where it measured them to pay; they never change the results.
+ */
+#define LLM_OVERLAP_EARLY_START 1u
+#define LLM_OVERLAP_EARLY_NEXT 2u
 
 /* A plugin's per-session state, opaque to the runtime. */
 typedef struct llm_backend_context llm_backend_context;
@@ -251,7 +268,7 @@ typedef struct llm_backend_iface {
    * this plugin uses; an older runtime rejects the plugin. 0: any 1.x runtime. */
   uint32_t min_runtime_minor;
 
-  /* since ABI 1.2 (made up for the tests): a member today's runtime does not know. */
+  /* since ABI 1.3 (made up for the tests): a member today's runtime does not know. */
   const char *future_description;
 } llm_backend_iface;
 
