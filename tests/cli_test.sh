@@ -21,7 +21,7 @@ out_has() { grep -qF -- "$1" "$tmp/out"; }
 err_has() { grep -qF -- "$1" "$tmp/err"; }
 
 run --version
-check "--version names the ABI" eval 'rc 0 && out_has "plugin ABI 1.1"'
+check "--version names the ABI" eval 'rc 0 && out_has "plugin ABI 1.2"'
 run --help
 check "--help lists the overrides" eval 'rc 0 && out_has "--max-tokens" && out_has "--backends" && out_has "backends"'
 
