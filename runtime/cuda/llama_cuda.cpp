@@ -49,7 +49,7 @@ bool prepare_norm_from_env() {
 }
 
 // LLM_DECODE_OVERLAP: what decode attention may overlap (llm_attention_args.overlap): auto (or unset),
-// off, start, next or start,next.
+// off, start, next or start+next.
 int decode_overlap_from_env() {
   const char* v = std::getenv("LLM_DECODE_OVERLAP");
   if (!v || !*v || std::string(v) == "auto") return LlamaCuda::kOverlapAuto;
@@ -57,8 +57,8 @@ int decode_overlap_from_env() {
   if (s == "off") return 0;
   if (s == "start") return LLM_OVERLAP_EARLY_START;
   if (s == "next") return LLM_OVERLAP_EARLY_NEXT;
-  if (s == "start,next") return LLM_OVERLAP_EARLY_START | LLM_OVERLAP_EARLY_NEXT;
-  fail("LLM_DECODE_OVERLAP='{}': expected auto, off, start, next or start,next", v);
+  if (s == "start+next") return LLM_OVERLAP_EARLY_START | LLM_OVERLAP_EARLY_NEXT;
+  fail("LLM_DECODE_OVERLAP='{}': expected auto, off, start, next or start+next", v);
 }
 
 // Where auto lets decode attention overlap the products around it, from end-to-end decode on the H200
@@ -149,6 +149,14 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       dtype_name(dtype_), 2.0 * cache_bytes / (1 << 20), max_batch_, max_context_, alloc_->stats_line());
   if (gemv_kernel_ != GemvKernel::Auto)
     log().info("decode-step products: the {} matrix-vector kernel (LLM_GEMV)", gemv_kernel_name(gemv_kernel_));
+  const uint32_t one = decode_overlap(1, gemv_normalizes_input(gemv_kernel_, dtype_, 1));
+  std::string overlap;
+  if (one & LLM_OVERLAP_EARLY_START) overlap = "starts during the q/k/v product";
+  if (one & LLM_OVERLAP_EARLY_NEXT)
+    overlap += std::string(overlap.empty() ? "" : ", ") + "lets the output product start (one token a step)";
+  if (!overlap.empty())
+    log().info("decode attention {}, where its backend takes it (LLM_DECODE_OVERLAP: {})", overlap,
+               decode_overlap_ == kOverlapAuto ? "auto, from the model's shape" : "set");
 }
 
 void LlamaCuda::set_gemv_max_tokens(int n) {

@@ -290,8 +290,8 @@ TEST(LlamaCuda, DecodeOverlapComesFromTheEnvironmentAndABadValueIsAClearError) {
   ::setenv("LLM_DECODE_OVERLAP", "early", 1);
   EXPECT_THAT([&] { Engine(gpu_config(model, "fp32")); },
               testing::ThrowsMessage<Error>(
-                  testing::HasSubstr("LLM_DECODE_OVERLAP='early': expected auto, off, start, next or start,next")));
-  ::setenv("LLM_DECODE_OVERLAP", "start,next", 1);
+                  testing::HasSubstr("LLM_DECODE_OVERLAP='early': expected auto, off, start, next or start+next")));
+  ::setenv("LLM_DECODE_OVERLAP", "start+next", 1);
   Engine forced(gpu_config(model, "fp32"));
   ::unsetenv("LLM_DECODE_OVERLAP");
   EXPECT_EQ(dynamic_cast<cuda::LlamaCuda&>(forced.model()).decode_overlap(1, true),
