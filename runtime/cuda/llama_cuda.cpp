@@ -181,6 +181,7 @@ void LlamaCuda::set_decode_overlap(int overlap) {
 
 uint32_t LlamaCuda::decode_overlap(int tokens, bool cuda_core_products) const {
   if (decode_overlap_ != kOverlapAuto) return static_cast<uint32_t>(decode_overlap_);
+  if (layers_.empty()) return 0;
   const DeviceLayer& L = layers_.front();
   const double e = static_cast<double>(dtype_size(dtype_));
   return auto_decode_overlap(e * L.wq.cols * (static_cast<double>(L.wq.rows) + L.wk.rows + L.wv.rows),
