@@ -398,7 +398,8 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   // for them: xn = gain * x in the dtype and parts_ its partial sums of squares (gemv.h).
   const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
   const bool gemv_path = tokens <= gemv_tokens && chunks <= gemv_tokens;
-  const bool fused_norm = fuse_norm_ && gemv_path && gemv_normalizes_input(gemv_kernel_, dtype_, tokens);
+  const bool cuda_core = gemv_path && gemv_normalizes_input(gemv_kernel_, dtype_, tokens);  // the CUDA-core products
+  const bool fused_norm = fuse_norm_ && cuda_core;
   const bool prepared =
       fused_norm && prepare_norm_ && !tp_.collective && gemv_prepares_norm(gemv_kernel_, dtype_, tokens);
   int parts = 0;  // partial sums in parts_ (prepared)
@@ -424,8 +425,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   args.stream = stream_;
   // Decode may overlap the products around it (every step begins with the embedding's plain launch, so the
   // cached entries are final when a step starts: the SDK's promise for LLM_OVERLAP_EARLY_START).
-  if (max_q_len == 1)
-    args.overlap = decode_overlap(tokens, gemv_path && gemv_normalizes_input(gemv_kernel_, dtype_, tokens));
+  if (max_q_len == 1) args.overlap = decode_overlap(tokens, cuda_core);
 
   // Decode steps (up to 16 tokens: a batch of sequences a token each) stream the weights through the
   // fused matrix-vector kernels (gemv_path); longer steps (prefill) go through cuBLAS. The CUDA-core products

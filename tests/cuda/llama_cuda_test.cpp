@@ -327,9 +327,7 @@ TEST(LlamaCuda, DecodeOverlappingTheProductsGivesTheSameLogits) {
     int tok[2] = {0, 0}, pos[2] = {37, 100};
     auto take = [&](const float* logits) {
       all.insert(all.end(), logits, logits + seqs * vocab);
-      for (int k = 0; k < seqs; ++k)
-        tok[k] =
-            static_cast<int>(std::max_element(logits + k * vocab, logits + (k + 1) * vocab) - (logits + k * vocab));
+      for (int k = 0; k < seqs; ++k) tok[k] = argmax(logits + k * vocab, vocab);
     };
     std::vector<SequenceChunk> chunks;
     for (int k = 0; k < seqs; ++k) chunks.push_back(SequenceChunk{k, 0, prompts[k]});
