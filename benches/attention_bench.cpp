@@ -237,6 +237,20 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  struct Heads {
+    int q, kv, d;
+  };
+  std::vector<Heads> heads;  // --decode-heads, checked before the GPU is looked for
+  for (const std::string& h : decode_heads) {
+    Heads x{0, 0, 0};
+    if (std::sscanf(h.c_str(), "%d/%d/%d", &x.q, &x.kv, &x.d) != 3 || x.q < 1 || x.kv < 1 || x.q % x.kv != 0 ||
+        x.d < 8) {
+      std::fprintf(stderr, "attention_bench: --decode-heads %s: expected q/kv/d, q a multiple of kv and d at least 8\n",
+                   h.c_str());
+      return 2;
+    }
+    heads.push_back(x);
+  }
 
   const llm::cuda::DeviceStatus status = llm::cuda::probe_device(0);
   if (!status.usable) {
@@ -255,15 +269,9 @@ int main(int argc, char** argv) {
       for (bool causal : {false, true})
         for (int s : lens) shapes.push_back({false, 16384 / s, s, s, 2048 / d, 2048 / d, d, causal});
   if (what == "decode" || what == "all")
-    for (const std::string& h : decode_heads) {
-      int q = 0, k = 0, d = 0;
-      if (std::sscanf(h.c_str(), "%d/%d/%d", &q, &k, &d) != 3 || q < 1 || k < 1 || q % k != 0 || d < 8) {
-        std::fprintf(stderr, "attention_bench: --decode-heads %s: expected q/kv/d, q a multiple of kv\n", h.c_str());
-        return 2;
-      }
+    for (const Heads& h : heads)
       for (int b : batches)
-        for (int kv : kv_lens) shapes.push_back({true, b, 1, kv, q, k, d, true});
-    }
+        for (int kv : kv_lens) shapes.push_back({true, b, 1, kv, h.q, h.kv, h.d, true});
 
   const bool head_major = kv_layout == "head_major";
   std::printf("## attention_bench (%s, bf16, KV cache %s)\n\n", status.name.c_str(), kv_layout.c_str());
