@@ -269,11 +269,11 @@ __device__ __forceinline__ bool combine_slices(int splits, int slice, bool valid
 // for eight). Norm: the RMSNorm on the fp32 x; Parts (one token): prepared by the product before
 // (norm_parts). An AddF32 at one token writes the next norm's input where next_x is set.
 template <typename T, int NT, int U, GemvEpilogue E, bool Norm, bool Parts, bool Split>
-__device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count) {
+__device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, int block) {
   const int splits = Split ? split_count : 1;
   allow_next_kernel();
   const int lane = threadIdx.x & 31;
-  const int gw = blockIdx.x * kWarps + (threadIdx.x >> 5), warp = gw / splits, slice = gw % splits;
+  const int gw = block * kWarps + (threadIdx.x >> 5), warp = gw / splits, slice = gw % splits;
   const int cols = p.cols;
   const Activations<T, Norm> x{p.x, p.norm_gain, cols};
   // This warp's slice of the row's chunks (splits > 1 only where the row is whole chunks)
@@ -380,7 +380,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count) {
       }
       if (next) {  // the block's partial sum
         const float total = sum_over_warps(sq);
-        if (threadIdx.x == 0) p.next_parts[blockIdx.x] = total;
+        if (threadIdx.x == 0) p.next_parts[block] = total;
       }
     } else {  // (apart from AddF32's: one body for both changed the classifier's registers, 58 -> 64 and 70 -> 64)
       warp_dot2<T, NT, U, Norm, Parts>(w, second ? w + cols : w, x, p, parts, c0, c1, valid, acc, ss);
@@ -400,7 +400,19 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count) {
 
 template <typename T, int NT, int U, GemvEpilogue E, bool Norm, bool Parts, bool Split>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int split_count) {
-  gemv_body<T, NT, U, E, Norm, Parts, Split>(p, split_count);
+  if constexpr (Parts && (U == 4 || U == 8)) {
+    // A loop over the grid that runs once: ptxas schedules and allocates the body differently inside it
+    // (Llama-2-7B's q/k/v product 72 -> 80 registers, fewer instructions), and decode at batch 1 measured
+    // faster so on the H200: Llama-2-7B +1.4%, TinyLlama +0.7% (docs/PERFORMANCE.md). Rows of 3 chunks a lane
+    // (stories110M) measured 2.5% slower that way. Only batch 1's kernels with a prepared norm (Parts) were
+    // measured; the others keep the plain body and the registers their plans were chosen with.
+    for (int b = blockIdx.x; b < static_cast<int>(gridDim.x); b += gridDim.x) {
+      gemv_body<T, NT, U, E, Norm, Parts, Split>(p, split_count, b);
+      __syncthreads();
+    }
+  } else {
+    gemv_body<T, NT, U, E, Norm, Parts, Split>(p, split_count, static_cast<int>(blockIdx.x));
+  }
 }
 
 // The residual add at one token, held to the blocks a SM it had before it also prepared the next norm
@@ -408,7 +420,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
 // w2 went from halves of rows to whole rows at three a SM, 16.4 -> 19.6 us).
 template <typename T, int U, bool Split>
 __global__ void __launch_bounds__(kWarps * 32, U <= 4 ? 4 : 2) gemv_add_kernel(const GemvArgs p, int split_count) {
-  gemv_body<T, 1, U, GemvEpilogue::AddF32, false, false, Split>(p, split_count);
+  gemv_body<T, 1, U, GemvEpilogue::AddF32, false, false, Split>(p, split_count, static_cast<int>(blockIdx.x));
 }
 
 using GemvKernelFn = void (*)(const GemvArgs, int);
