@@ -333,13 +333,13 @@ llm_status run(llm_backend_context* ctx, const llm_attention_args* args, bool de
     cudaError_t e;
     if (decode) {
       p.split_counters = ctx->split_counters;
-      p.num_splits = flash_cuda::decode_splits(p, ctx->sms, ctx->workspace_floats, ctx->decode_splits_wanted);
-      p.cluster_merge = ctx->cluster_merge && flash_cuda::decode_cluster_fits(p, ctx->cluster_capacity);
       // What the runtime lets decode overlap (SDK 1.2; a runtime of 1.1 or older passes no such member).
       const uint32_t overlap =
           a.struct_size >= offsetof(llm_attention_args, overlap) + sizeof(a.overlap) ? a.overlap : 0;
       p.early_start = (overlap & LLM_OVERLAP_EARLY_START) != 0;
       p.early_next = (overlap & LLM_OVERLAP_EARLY_NEXT) != 0;
+      p.num_splits = flash_cuda::decode_splits(p, ctx->sms, ctx->workspace_floats, ctx->decode_splits_wanted);
+      p.cluster_merge = ctx->cluster_merge && flash_cuda::decode_cluster_fits(p, ctx->cluster_capacity);
       e = flash_cuda::launch_decode(p, static_cast<cudaStream_t>(a.stream));
     } else {
       p.num_splits = 1;
