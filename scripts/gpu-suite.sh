@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
-#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|trace|sass|fixtures|tp|runs|ab|all]
+#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|trace|sass|fixtures|tp|runs|ab|builds|all]
 #   (bench: end to end; attention: the kernels beside SDPA, joined with the issue's bars; gemv: the
 #    decode-step matrix-vector kernels beside cuBLAS, then end-to-end decode at batch 1 and 8 with each
 #    kernel; profile: per-kernel times of decode steps, ncu (PROFILE_SHAPE, default tinyllama); trace: where
 #    a replayed decode step's time goes, kernel by kernel as they overlap, timed by CUPTI (TRACE_SHAPES,
 #    TRACE_BATCHES, tools/kernel_trace); runs: greedy decode in runs of steps, its tests and its speed
 #    at each run length (RUNS_LENGTHS); ab: end-to-end decode under environment switches, alternating
-#    (AB_VARIANTS, AB_ROUNDS, AB_BATCHES); sass: one
+#    (AB_VARIANTS, AB_ROUNDS, AB_BATCHES); builds: the same against the builds scripts/pack-ab.sh packed
+#    into .device/ab/ (each its gpu_decode_bench and flash_cuda plugin); sass: one
 #    kernel's instructions and stalls by SASS line, ncu's source page summarised by tools/ncu/sass_summary.py,
 #    with its details page and every raw metric (sass_raw.csv)
 #    (SASS_KERNEL regex, SASS_SKIP launches, SASS_NCU_ARGS more ncu options, SASS_CMD the program:
@@ -182,6 +183,26 @@ if [ "$what" = ab ]; then
         status=1
     done
   done
+fi
+if [ "$what" = builds ]; then
+  # Builds against each other, end to end in one call: each folder of .device/ab/ (scripts/pack-ab.sh) holds
+  # a gpu_decode_bench and the flash_cuda plugin built with it, swapped in for its runs; alternating,
+  # AB_ROUNDS rounds, at AB_BATCHES, with AB_ARGS.
+  keep="$out/.flash_cuda.so.keep"
+  cp build/plugins/flash_cuda.so "$keep"
+  for round in $(seq "${AB_ROUNDS:-2}"); do
+    for dir in .device/ab/*/; do
+      name=$(basename "$dir")
+      [ -f "$dir/gpu_decode_bench.xz" ] && xz -d -f "$dir/gpu_decode_bench.xz" && chmod +x "$dir/gpu_decode_bench"
+      cp "$dir/flash_cuda.so" build/plugins/flash_cuda.so
+      echo "== round $round: $name ($(cat "$dir/commit" 2>/dev/null))" | tee -a "$out/builds_bench.md"
+      "$dir/gpu_decode_bench" --backends flash_cuda --batches ${AB_BATCHES:-1,8} \
+        --work-dir ${AB_WORK_DIR:-/tmp/llm-gpu-bench} ${AB_ARGS:-} 2>>"$out/builds_bench.err" |
+        tee -a "$out/builds_bench.md" || status=1
+      cp "$keep" build/plugins/flash_cuda.so
+    done
+  done
+  rm -f "$keep"
 fi
 if [ "$what" = trace ]; then
   # Every kernel of the replayed decode steps timed as it ran (CUPTI; not serialised as under ncu), each
