@@ -171,6 +171,14 @@ if [ "$what" = runs ]; then
       --work-dir ${RUNS_WORK_DIR:-/tmp/llm-gpu-bench} 2>>"$out/runs_bench.err" | tee -a "$out/runs_bench.md" || status=1
   done
 fi
+# End-to-end decode as the A/B modes (ab, builds) run it, alike for every variant: ab_decode BENCH LOG
+# [VAR=VALUE...] appends to $out/LOG.md (stderr to LOG.err).
+ab_decode() {
+  local bench=$1 log=$2
+  shift 2
+  env "$@" "$bench" --backends flash_cuda --batches ${AB_BATCHES:-1,8} --work-dir ${AB_WORK_DIR:-/tmp/llm-gpu-bench} \
+    ${AB_ARGS:-} 2>>"$out/$log.err" | tee -a "$out/$log.md"
+}
 if [ "$what" = ab ]; then
   # Experiments switched by environment variables, end to end in one call: decode under each of AB_VARIANTS
   # (space-separated; a variant is NAME=VALUE[,NAME=VALUE...], "-" for none), alternating, AB_ROUNDS rounds.
@@ -178,9 +186,7 @@ if [ "$what" = ab ]; then
     for v in ${AB_VARIANTS:--}; do
       echo "== round $round: $v"
       vars=(); [ "$v" = - ] || IFS=, read -r -a vars <<<"$v"
-      env "${vars[@]}" build/bin/gpu_decode_bench --backends flash_cuda --batches ${AB_BATCHES:-1,8} \
-        --work-dir ${AB_WORK_DIR:-/tmp/llm-gpu-bench} ${AB_ARGS:-} 2>>"$out/ab_bench.err" | tee -a "$out/ab_bench.md" ||
-        status=1
+      ab_decode build/bin/gpu_decode_bench ab_bench "${vars[@]}" || status=1
     done
   done
 fi
@@ -196,9 +202,7 @@ if [ "$what" = builds ]; then
       [ -f "$dir/gpu_decode_bench.xz" ] && xz -d -f "$dir/gpu_decode_bench.xz" && chmod +x "$dir/gpu_decode_bench"
       cp "$dir/flash_cuda.so" build/plugins/flash_cuda.so
       echo "== round $round: $name ($(cat "$dir/commit" 2>/dev/null))" | tee -a "$out/builds_bench.md"
-      "$dir/gpu_decode_bench" --backends flash_cuda --batches ${AB_BATCHES:-1,8} \
-        --work-dir ${AB_WORK_DIR:-/tmp/llm-gpu-bench} ${AB_ARGS:-} 2>>"$out/builds_bench.err" |
-        tee -a "$out/builds_bench.md" || status=1
+      ab_decode "$dir/gpu_decode_bench" builds_bench || status=1
       cp "$keep" build/plugins/flash_cuda.so
     done
   done

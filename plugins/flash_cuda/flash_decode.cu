@@ -545,7 +545,7 @@ int decode_splits(const Params& p, int sms, size_t workspace_floats, int wanted)
   // TB/s against 32's 1.10; b = 8, 1K, 2 splits 2.10 against 4's 1.96).
   // Under early start (the runtime's LLM_OVERLAP_EARLY_START) up to 1.5 blocks per SM: the blocks copy their
   // cached tiles while the product before still runs, so what follows its wait is shorter with more, shorter
-  // blocks (H200, batch 1: Llama-2-7B 4 -> 6 splits +0.7%; TinyLlama at batch 8 4 -> 6 +0.6%).
+  // blocks (H200: Llama-2-7B at batch 1, 4 -> 5-6 splits once past 8 key tiles, +0.7%; TinyLlama at batch 8 +0.6%).
   const int64_t sm = std::max<int64_t>(p.early_start ? sms * 3 / 2 : sms, 1);
   int64_t splits = std::min<int64_t>(std::max<int64_t>(sm / base, 1), most);
   while (splits > 1 && (kv_tiles + splits - 1) / splits < 4 && base * (splits - 1) >= sm) --splits;

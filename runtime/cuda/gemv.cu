@@ -408,7 +408,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
     // measured; the others keep the plain body and the registers their plans were chosen with.
     for (int b = blockIdx.x; b < static_cast<int>(gridDim.x); b += gridDim.x) {
       gemv_body<T, NT, U, E, Norm, Parts, Split>(p, split_count, b);
-      __syncthreads();
+      __syncthreads();  // (what a second pass would need before reusing the block's shared sums; as measured)
     }
   } else {
     gemv_body<T, NT, U, E, Norm, Parts, Split>(p, split_count, static_cast<int>(blockIdx.x));
