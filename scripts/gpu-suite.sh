@@ -200,13 +200,15 @@ if [ "$what" = builds ]; then
     for dir in .device/ab/*/; do
       name=$(basename "$dir")
       [ -f "$dir/gpu_decode_bench.xz" ] && xz -d -f "$dir/gpu_decode_bench.xz" && chmod +x "$dir/gpu_decode_bench"
+      # The bench finds its plugins beside its own folder (bin/../plugins): it runs from build/bin.
+      cp "$dir/gpu_decode_bench" build/bin/gpu_decode_bench.ab
       cp "$dir/flash_cuda.so" build/plugins/flash_cuda.so
       echo "== round $round: $name ($(cat "$dir/commit" 2>/dev/null))" | tee -a "$out/builds_bench.md"
-      ab_decode "$dir/gpu_decode_bench" builds_bench || status=1
+      ab_decode build/bin/gpu_decode_bench.ab builds_bench || status=1
       cp "$keep" build/plugins/flash_cuda.so
     done
   done
-  rm -f "$keep"
+  rm -f "$keep" build/bin/gpu_decode_bench.ab
 fi
 if [ "$what" = trace ]; then
   # Every kernel of the replayed decode steps timed as it ran (CUPTI; not serialised as under ncu), each
