@@ -14,7 +14,7 @@
 // copy engine: four instructions a tile from one thread rather than sixteen copies from each, and the
 // engine keeps more of the stream in flight than the load units do. There, where the runtime allows
 // (llm_attention_args.overlap), the kernel starts while the q/k/v product before it finishes and copies its
-// cached tiles meanwhile, and lets the product after it start once its own loads are out.
+// cached tiles meanwhile, and lets the product after it start at once, to stream its weights meanwhile too.
 #include <algorithm>
 #include <initializer_list>
 
@@ -63,6 +63,23 @@ constexpr size_t cluster_slots_bytes(int splits, int rows) {
 __device__ __forceinline__ int split_chunk(int n_kv, int splits) {
   const int per = (n_kv + splits - 1) / splits;
   return (per + kBN - 1) / kBN * kBN;
+}
+
+// Four columns of an output row, o / l (0 where l is 0): one 8-byte store where the layout allows it.
+template <typename T>
+__device__ __forceinline__ void store_out4(T* o, const float (&O)[4], float L, bool packed) {
+  T v[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) v[c] = static_cast<T>(L > 0.0f ? O[c] / L : 0.0f);
+  if (packed) {
+    uint2 u;
+    static_assert(sizeof(T) == 2, "16-bit outputs");
+    memcpy(&u, v, sizeof(u));
+    *reinterpret_cast<uint2*>(o) = u;
+  } else {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) o[c] = v[c];
+  }
 }
 
 // Stages keys [key0, key0 + kBN) of one kv head into smem K and V tiles with cp.async, as load_kv_tile
@@ -176,6 +193,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
 #pragma unroll
     for (int i = 0; i < kStages; ++i)
       if (cached(i)) load(i);
+    // early_next (LLM_OVERLAP_EARLY_NEXT): the kernel after may start now and stream its weights while this
+    // one waits, not during this one's tail, where its loads held back the merge's stores on their SMs
+    // (TinyLlama at batch 1: the first blocks' merge took 2.0 us with them, 0.9 us without).
+    if (p.early_next) griddep_launch_dependents();
     griddep_wait();
   }
   const T* Q = static_cast<const T*>(p.q);
@@ -191,9 +212,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
 #pragma unroll
   for (int i = 0; i < kAhead; ++i)
     if (!(early && cached(i))) load(i);
-  // early_next (LLM_OVERLAP_EARLY_NEXT): the kernel after may start streaming its weights now; this block's
-  // loads are already queued ahead of them.
-  if (kTma && p.early_next) griddep_launch_dependents();
+  // early_next without early start: the kernel after may start once this block's loads are out.
+  if (kTma && p.early_next && !early) griddep_launch_dependents();
   if constexpr (kTma) {
     cp_async_wait<0>();
     __syncthreads();  // Q, seen by every warp
@@ -263,6 +283,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   __syncthreads();
 
   T* out = static_cast<T*>(p.out);
+  const bool packed =
+      ((p.out_token_stride | p.out_head_stride) & 3) == 0 && (reinterpret_cast<uintptr_t>(out) & 7) == 0;
   const int64_t parts = static_cast<int64_t>(p.num_seqs) * p.num_q_heads;
   // Partials: o at [split][seq][q head][D] (16-byte aligned for the merge's loads), (m, l) after them at
   // [split][seq][q head].
@@ -297,8 +319,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
     }
     if (splits == 1) {
       T* o = out + token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) o[c] = static_cast<T>(L > 0.0f ? O[c] / L : 0.0f);
+      store_out4(o, O, L, packed);
     } else if constexpr (kCluster) {  // into the split's slot in the first block
       if (split == 0) {
         *reinterpret_cast<float4*>(landing + r * D + d) = make_float4(O[0], O[1], O[2], O[3]);
@@ -324,28 +345,34 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
     if (split > 0) return;
     __syncthreads();  // its own slot
     mbar_wait<true>(smem_addr(&landed), 0);
+    // Branch-free, so that every slot's loads are in flight together (a thread is alone on its element's
+    // chain here); slots past `splits` read slot 0 and weigh nothing. Against a branch a slot: +1% end to
+    // end on TinyLlama and stories110M at batch 1 (H200, docs/PERFORMANCE.md).
     for (int e = threadIdx.x; e < nrows * (D / 4); e += kThreads) {
       const int r = e / (D / 4), d = (e - r * (D / 4)) * 4;
       if (d >= p.head_dim) continue;
+      float m[kMaxClusterSplits], l[kMaxClusterSplits];
+#pragma unroll
+      for (int x = 0; x < kMaxClusterSplits; ++x) {
+        const float2 ml = *reinterpret_cast<const float2*>(landing + (x < splits ? x : 0) * partial_floats +
+                                                           landing_rows * D + 2 * r);
+        m[x] = x < splits ? ml.x : -INFINITY;
+        l[x] = ml.y;
+      }
       float M = -INFINITY;
 #pragma unroll
-      for (int x = 0; x < kMaxClusterSplits; ++x)
-        if (x < splits) M = fmaxf(M, landing[x * partial_floats + landing_rows * D + 2 * r]);
+      for (int x = 0; x < kMaxClusterSplits; ++x) M = fmaxf(M, m[x]);
       float L = 0.0f, O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int x = 0; x < kMaxClusterSplits; ++x)
-        if (x < splits) {
-          const float* part = landing + x * partial_floats;
-          const float m = part[landing_rows * D + 2 * r];
-          const float wt = m == -INFINITY ? 0.0f : exp2_approx(m - M);
-          const float4 o = *reinterpret_cast<const float4*>(part + r * D + d);
-          L = fmaf(part[landing_rows * D + 2 * r + 1], wt, L);
-          O[0] = fmaf(o.x, wt, O[0]), O[1] = fmaf(o.y, wt, O[1]);
-          O[2] = fmaf(o.z, wt, O[2]), O[3] = fmaf(o.w, wt, O[3]);
-        }
+      for (int x = 0; x < kMaxClusterSplits; ++x) {
+        const float wt = m[x] == -INFINITY ? 0.0f : exp2_approx(m[x] - M);
+        const float4 o = *reinterpret_cast<const float4*>(landing + (x < splits ? x : 0) * partial_floats + r * D + d);
+        L = fmaf(l[x], wt, L);
+        O[0] = fmaf(o.x, wt, O[0]), O[1] = fmaf(o.y, wt, O[1]);
+        O[2] = fmaf(o.z, wt, O[2]), O[3] = fmaf(o.w, wt, O[3]);
+      }
       T* o = out + token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) o[c] = static_cast<T>(L > 0.0f ? O[c] / L : 0.0f);
+      store_out4(o, O, L, packed);
     }
     return;
   }
@@ -414,8 +441,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
     }
     const float L = sm_L[r];
     T* o = out + token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d;
-#pragma unroll
-    for (int c = 0; c < 4; ++c) o[c] = static_cast<T>(L > 0.0f ? O[c] / L : 0.0f);
+    store_out4(o, O, L, packed);
   }
 }
 

@@ -57,7 +57,7 @@ struct Params {
   // Decode through the copy engine, as the runtime allows (llm_attention_args.overlap): early_start, launch
   // with programmatic dependent launch and start copying the cached tiles (those wholly before each
   // sequence's new token) before waiting on the kernel before; early_next, let the kernel after start
-  // once the block's own loads are out.
+  // then too (without early_start: once the block's own loads are out).
   int32_t early_start;
   int32_t early_next;
 };
