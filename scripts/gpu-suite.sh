@@ -9,7 +9,7 @@
 #    TRACE_BATCHES, tools/kernel_trace); runs: greedy decode in runs of steps, its tests and its speed
 #    at each run length (RUNS_LENGTHS); ab: end-to-end decode under environment switches, alternating
 #    (AB_VARIANTS, AB_ROUNDS, AB_BATCHES); builds: the same against the builds scripts/pack-ab.sh packed
-#    into .device/ab/ (each its gpu_decode_bench and flash_cuda plugin); sass: one
+#    into .device/ab/ (each its gpu_decode_bench and flash_cuda plugin, under each AB_VARIANTS); sass: one
 #    kernel's instructions and stalls by SASS line, ncu's source page summarised by tools/ncu/sass_summary.py,
 #    with its details page and every raw metric (sass_raw.csv)
 #    (SASS_KERNEL regex, SASS_SKIP launches, SASS_NCU_ARGS more ncu options, SASS_CMD the program:
@@ -193,7 +193,7 @@ fi
 if [ "$what" = builds ]; then
   # Builds against each other, end to end in one call: each folder of .device/ab/ (scripts/pack-ab.sh) holds
   # a gpu_decode_bench and the flash_cuda plugin built with it, swapped in for its runs; alternating,
-  # AB_ROUNDS rounds, at AB_BATCHES, with AB_ARGS.
+  # AB_ROUNDS rounds, at AB_BATCHES, with AB_ARGS, each build under each of AB_VARIANTS (as ab).
   keep="$out/.flash_cuda.so.keep"
   cp build/plugins/flash_cuda.so "$keep"
   for round in $(seq "${AB_ROUNDS:-2}"); do
@@ -203,8 +203,11 @@ if [ "$what" = builds ]; then
       # The bench finds its plugins beside its own folder (bin/../plugins): it runs from build/bin.
       cp "$dir/gpu_decode_bench" build/bin/gpu_decode_bench.ab
       cp "$dir/flash_cuda.so" build/plugins/flash_cuda.so
-      echo "== round $round: $name ($(cat "$dir/commit" 2>/dev/null))" | tee -a "$out/builds_bench.md"
-      ab_decode build/bin/gpu_decode_bench.ab builds_bench || status=1
+      for v in ${AB_VARIANTS:--}; do
+        echo "== round $round: $name ($(cat "$dir/commit" 2>/dev/null)) $v" | tee -a "$out/builds_bench.md"
+        vars=(); [ "$v" = - ] || IFS=, read -r -a vars <<<"$v"
+        ab_decode build/bin/gpu_decode_bench.ab builds_bench "${vars[@]}" || status=1
+      done
       cp "$keep" build/plugins/flash_cuda.so
     done
   done
