@@ -1,8 +1,9 @@
 // gemv_bench: the decode-step matrix-vector products alone (gemv.h), on the product shapes of Llama-2-7B,
 // TinyLlama and stories110M, beside cuBLAS: microseconds per call, GB/s of weight bytes and their share of
 // the device's copy bandwidth (cudaMemcpy device to device of 2 GiB, bytes read + written, measured in
-// the same run), for the CUDA-core kernel (up to 4 tokens; also with the RMSNorm before it fused, as a
-// batch-1 step runs the q/k/v, SwiGLU and classifier products), the tensor-core kernel and cuBLAS
+// the same run), for the CUDA-core kernel (up to 4 tokens; also with the RMSNorm before it fused, from the
+// fp32 residual, and at one token prepared by the add before it (x in the model dtype and partial sums of
+// squares) as a batch-1 step runs the q/k/v, SwiGLU and classifier products), the tensor-core kernel and cuBLAS
 // (cublasGemmEx as LlamaCuda::gemm issues it: q, k and v as three products, W1 and W3 as two; the RoPE and
 // SwiGLU kernels that path needs after them are not counted). A product is a fixed stream of weight
 // bytes whatever the tokens, so the share of the copy bandwidth says how close a kernel is to the floor.
@@ -51,6 +52,10 @@ using llm::cuda::GemvTuning;
 
 constexpr int kMaxTokens = llm::cuda::kGemvMaxTokens;
 constexpr int kSlots = 16, kPositions = 64;
+constexpr int kNormParts = 128;  // partial sums of squares a prepared norm comes with (the add's blocks)
+
+// What a product that takes the RMSNorm before it is given (time_gemv).
+enum class NormInput { None, Residual, Prepared };
 
 // Device-to-device copy bandwidth (copy_bandwidth.h), GB/s.
 double copy_bandwidth() { return copy_bandwidth_gbs(size_t{2} << 30, 5); }
@@ -125,6 +130,11 @@ class Bench {
     gain_ = std::make_unique<DeviceMemory>(gain.size() * sizeof(float));
     LLM_CUDA_CHECK(cudaMemcpy(residual_->p, residual.data(), residual.size() * sizeof(float), cudaMemcpyHostToDevice));
     LLM_CUDA_CHECK(cudaMemcpy(gain_->p, gain.data(), gain.size() * sizeof(float), cudaMemcpyHostToDevice));
+    // The norm as the residual add before prepares it at one token: partial sums of squares, one a block.
+    std::vector<float> parts(kNormParts);
+    for (auto& v : parts) v = static_cast<float>(p.cols) / kNormParts * (1.0f + 0.5f * u(rng));
+    parts_ = std::make_unique<DeviceMemory>(parts.size() * sizeof(float));
+    LLM_CUDA_CHECK(cudaMemcpy(parts_->p, parts.data(), parts.size() * sizeof(float), cudaMemcpyHostToDevice));
     const size_t out_rows = static_cast<size_t>(kMaxTokens) * p.weight_rows();
     out_ = std::make_unique<DeviceMemory>(out_rows * sizeof(float));
     out2_ = std::make_unique<DeviceMemory>(out_rows * sizeof(float));
@@ -178,14 +188,20 @@ class Bench {
     return a;
   }
 
-  // Microseconds per call of a GEMV kernel; -1 where it does not take `tokens`. norm: the product reads the
-  // fp32 residual and applies the RMSNorm (as the CUDA-core kernel does at batch 1), -1 where it does not.
-  double time_gemv(GemvKernel kernel, int tokens, const GemvTuning& tuning = {}, bool norm = false) {
+  // Microseconds per call of a GEMV kernel; -1 where it does not take `tokens`. norm: the product applies
+  // the RMSNorm before it, from the fp32 residual (Residual) or prepared by the add before (Prepared: x in
+  // the model dtype and partial sums of squares, as a batch-1 decode step runs it); -1 where it does not.
+  double time_gemv(GemvKernel kernel, int tokens, const GemvTuning& tuning = {}, NormInput norm = NormInput::None) {
     if (tokens > llm::cuda::gemv_max_tokens(kernel, o_.type)) return -1;
-    if (norm && (!takes_norm() || !llm::cuda::gemv_normalizes_input(kernel, o_.type, tokens))) return -1;
+    if (norm == NormInput::Residual && (!takes_norm() || !llm::cuda::gemv_normalizes_input(kernel, o_.type, tokens)))
+      return -1;
+    if (norm == NormInput::Prepared && (!takes_norm() || !llm::cuda::gemv_prepares_norm(kernel, o_.type, tokens)))
+      return -1;
     return time_calls([&](int i) {
       GemvArgs a = args(i, tokens);
-      if (norm) a.x = residual_->p, a.norm_gain = gain_->as<float>(), a.norm_eps = 1e-5f;
+      a.norm_eps = 1e-5f;
+      if (norm == NormInput::Residual) a.x = residual_->p, a.norm_gain = gain_->as<float>();
+      if (norm == NormInput::Prepared) a.norm_parts = parts_->as<float>(), a.norm_parts_count = kNormParts;
       llm::cuda::gemv(p_.epilogue, a, o_.type, stream_, kernel, tuning);
     });
   }
@@ -271,7 +287,8 @@ class Bench {
   cudaStream_t stream_;
   size_t bytes_ = 0;
   int copies_ = 0;
-  std::unique_ptr<DeviceMemory> weights_, x_, out_, out2_, k_cache_, v_cache_, cos_sin_, meta_, residual_, gain_;
+  std::unique_ptr<DeviceMemory> weights_, x_, out_, out2_, k_cache_, v_cache_, cos_sin_, meta_, residual_, gain_,
+      parts_;
 };
 
 std::string plan_label(const GemvTuning& t) { return std::to_string(t.warps) + "w x " + std::to_string(t.row_tiles); }
@@ -326,8 +343,8 @@ int main(int argc, char** argv) {
       "us per call, GB/s of weight bytes, %% of the copy bandwidth; plan: warps a block x 16-row tiles a block; "
       "check: relative L2 of the CUDA-core / tensor-core product against cuBLAS's\n\n"
       "| shape | product | rows x cols | MB | tokens | CUDA cores us | GB/s | %% | with the RMSNorm us | GB/s | %% "
-      "| tensor cores us | GB/s | %% | plan | cuBLAS us | GB/s | %% | check |\n"
-      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n");
+      "| the norm prepared us | GB/s | %% | tensor cores us | GB/s | %% | plan | cuBLAS us | GB/s | %% | check |\n"
+      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n");
   std::fflush(stdout);
   auto cell = [&](double us, size_t bytes) {
     if (us < 0) return std::string("- | - | -");
@@ -349,7 +366,8 @@ int main(int argc, char** argv) {
       const size_t bytes = bench.weight_bytes();
       for (int tokens : token_counts) {
         const double cc = bench.time_gemv(GemvKernel::CudaCore, tokens);
-        const double ccn = bench.time_gemv(GemvKernel::CudaCore, tokens, {}, true);
+        const double ccn = bench.time_gemv(GemvKernel::CudaCore, tokens, {}, NormInput::Residual);
+        const double ccp = bench.time_gemv(GemvKernel::CudaCore, tokens, {}, NormInput::Prepared);
         const double tc = bench.time_gemv(GemvKernel::TensorCore, tokens);
         const double cb = bench.time_cublas(tokens);
         const GemvTuning plan = llm::cuda::gemv_plan(p.epilogue, bench.args(0, tokens), o.type, GemvKernel::TensorCore);
@@ -357,10 +375,11 @@ int main(int argc, char** argv) {
         const std::string dims = (p.epilogue == GemvEpilogue::Swiglu ? "2x" : "") +
                                  std::to_string(p.epilogue == GemvEpilogue::Swiglu ? p.rows[0] : p.weight_rows()) +
                                  "x" + std::to_string(p.cols);
-        std::printf("| %s | %s | %s | %.1f | %d | %s | %s | %s | %s | %s | %s / %s |\n", shape.c_str(), p.name.c_str(),
-                    dims.c_str(), bytes / 1e6, tokens, cell(cc, bytes).c_str(), cell(ccn, bytes).c_str(),
-                    cell(tc, bytes).c_str(), plan_label(plan).c_str(), cell(cb, bytes).c_str(),
-                    err_text(err_cc).c_str(), err_text(err_tc).c_str());
+        std::printf("| %s | %s | %s | %.1f | %d | %s | %s | %s | %s | %s | %s | %s / %s |\n", shape.c_str(),
+                    p.name.c_str(), dims.c_str(), bytes / 1e6, tokens, cell(cc, bytes).c_str(),
+                    cell(ccn, bytes).c_str(), cell(ccp, bytes).c_str(), cell(tc, bytes).c_str(),
+                    plan_label(plan).c_str(), cell(cb, bytes).c_str(), err_text(err_cc).c_str(),
+                    err_text(err_tc).c_str());
         std::fflush(stdout);
       }
     }
