@@ -172,11 +172,11 @@ if [ "$what" = runs ]; then
   done
 fi
 # End-to-end decode as the A/B modes (ab, builds) run it, alike for every variant: ab_decode BENCH LOG
-# [VAR=VALUE...] appends to $out/LOG.md (stderr to LOG.err).
+# VARIANT (NAME=VALUE[,NAME=VALUE...], "-" for none) appends to $out/LOG.md (stderr to LOG.err).
 ab_decode() {
-  local bench=$1 log=$2
-  shift 2
-  env "$@" "$bench" --backends flash_cuda --batches ${AB_BATCHES:-1,8} --work-dir ${AB_WORK_DIR:-/tmp/llm-gpu-bench} \
+  local bench=$1 log=$2 vars=()
+  [ "$3" = - ] || IFS=, read -r -a vars <<<"$3"
+  env "${vars[@]}" "$bench" --backends flash_cuda --batches ${AB_BATCHES:-1,8} --work-dir ${AB_WORK_DIR:-/tmp/llm-gpu-bench} \
     ${AB_ARGS:-} 2>>"$out/$log.err" | tee -a "$out/$log.md"
 }
 if [ "$what" = ab ]; then
@@ -185,8 +185,7 @@ if [ "$what" = ab ]; then
   for round in $(seq "${AB_ROUNDS:-2}"); do
     for v in ${AB_VARIANTS:--}; do
       echo "== round $round: $v"
-      vars=(); [ "$v" = - ] || IFS=, read -r -a vars <<<"$v"
-      ab_decode build/bin/gpu_decode_bench ab_bench "${vars[@]}" || status=1
+      ab_decode build/bin/gpu_decode_bench ab_bench "$v" || status=1
     done
   done
 fi
@@ -205,8 +204,7 @@ if [ "$what" = builds ]; then
       cp "$dir/flash_cuda.so" build/plugins/flash_cuda.so
       for v in ${AB_VARIANTS:--}; do
         echo "== round $round: $name ($(cat "$dir/commit" 2>/dev/null)) $v" | tee -a "$out/builds_bench.md"
-        vars=(); [ "$v" = - ] || IFS=, read -r -a vars <<<"$v"
-        ab_decode build/bin/gpu_decode_bench.ab builds_bench "${vars[@]}" || status=1
+        ab_decode build/bin/gpu_decode_bench.ab builds_bench "$v" || status=1
       done
       cp "$keep" build/plugins/flash_cuda.so
     done
