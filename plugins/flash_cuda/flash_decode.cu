@@ -197,70 +197,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
     // one waits, not during this one's tail, where its loads held back the merge's stores on their SMs
     // (TinyLlama at batch 1: the first blocks' merge took 2.0 us with them, 0.9 us without).
     if (p.early_next) griddep_launch_dependents();
-    griddep_wait();
   }
-  const T* Q = static_cast<const T*>(p.q);
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const bool valid = r < nrows && col < p.head_dim;
-    const int64_t off = valid ? token * p.q_token_stride + (kv_head * group + r0 + r) * p.q_head_stride + col : 0;
-    cp_async_16(sq + r * kStride + col, Q + off, valid);
-  }
-  if constexpr (kTma) cp_async_commit();                // Q
-  constexpr int kAhead = kTma ? kStages : kStages - 1;  // tiles started before the first is used
-#pragma unroll
-  for (int i = 0; i < kAhead; ++i)
-    if (!(early && cached(i))) load(i);
-  // early_next without early start: the kernel after may start once this block's loads are out.
-  if (kTma && p.early_next && !early) griddep_launch_dependents();
-  if constexpr (kTma) {
-    cp_async_wait<0>();
-    __syncthreads();  // Q, seen by every warp
-  }
-
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int limit[1][2] = {{k_end, k_end}};
-  WarpAttention<T, D, 1> w;
-  w.init();
-  for (int i = 0; i < n_tiles; ++i) {
-    if constexpr (kTma) {
-      mbar_wait(smem_addr(&full[i % kStages]), (i / kStages) & 1);
-      // The boxes are whole: V rows past the range hold what the cache holds there (their scores are
-      // masked, but 0 * NaN would still be NaN in P V). Zeroed here, seen by all after the barrier. (The
-      // condition is the same in every thread: the range's last tile.)
-      const int valid = k_end - (k_begin + i * kBN);
-      if (valid < kBN) {
-        unsigned char* v_tile = reinterpret_cast<unsigned char*>(sv + (i % kStages) * kTile);
-        for (int c = threadIdx.x; c < (kBN - valid) * (D / 64) * 8; c += kThreads) {
-          const int r = valid + c / ((D / 64) * 8), panel = (c / 8) % (D / 64);
-          *reinterpret_cast<uint4*>(v_tile + panel * kBN * 128 + r * 128 + (c % 8) * 16) = make_uint4(0, 0, 0, 0);
-        }
-        __syncthreads();
-      }
-    } else {
-      cp_async_wait<kStages - 2>();
-      __syncthreads();
-      load(i + kStages - 1);
-    }
-    const int key0 = k_begin + i * kBN + warp * kWarpKeys;
-    if (key0 < k_end) {
-      const int row = kv_elem<D, kPanelRows>(warp * kWarpKeys, 0);  // the warp's first key row in the tile
-      w.template step<kWarpKeys, kPanelRows>(sq, sk + (i % kStages) * kTile + row, sv + (i % kStages) * kTile + row,
-                                             key0, limit, key0 + kWarpKeys > k_end, p.scale_log2);
-    }
-    if (kTma && i + kStages < n_tiles) {
-      __syncthreads();  // every warp is done with this stage: it takes tile i + kStages
-      load(i + kStages);
-    }
-  }
-  cp_async_wait<0>();  // (only empty groups remain: nothing lands in the merge buffers below)
-  __syncthreads();     // every warp is done with the stages: they become the merge buffers
-  w.finish();
-
-  // Merge the warps' states in warp order, in the (now free) K/V buffers. (The merge of the splits below is
-  // the same fold, written out again on purpose: one helper for both measured 10-14% slower at batch 1 on
-  // the H200, the compiler then laying out the whole kernel differently; docs/PERFORMANCE.md.)
+  // Where the merges below keep their partials: the warps' (in the K/V stages, once free), the splits' (the
+  // workspace, or kCluster: the first block's landing slots, after Q).
   // Rows of o padded to D + 8 floats: a warp's stores of its rows g = 0..7 then fall in distinct banks (at D
   // floats a row every g hit the same bank, an 8-way conflict on every store: 2,048 wavefronts a block at
   // d = 128). Only the real rows are stored. (H200, batch 1: TinyLlama +1%, Llama-2-7B +0.5%.)
@@ -271,22 +210,6 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   float* sm_o = reinterpret_cast<float*>(sk);      // [kWarps][kRows][kOStride]
   float* sm_m = sm_o + kWarps * kRows * kOStride;  // [kWarps][kRows]
   float* sm_l = sm_m + kWarps * kRows;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = g + 8 * i;
-    if (r < nrows) {
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j)
-        *reinterpret_cast<float2*>(sm_o + (warp * kRows + r) * kOStride + 8 * j + 2 * t) =
-            make_float2(w.o[0][j][2 * i], w.o[0][j][2 * i + 1]);
-      if (t == 0) {
-        sm_m[warp * kRows + r] = w.m[0][i];
-        sm_l[warp * kRows + r] = w.l[0][i];
-      }
-    }
-  }
-  __syncthreads();
-
   T* out = static_cast<T*>(p.out);
   const bool packed =
       ((p.out_token_stride | p.out_head_stride) & 3) == 0 && (reinterpret_cast<uintptr_t>(out) & 7) == 0;
@@ -296,91 +219,185 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p, const 
   float* po = p.workspace;
   float* ml = p.workspace + splits * parts * D;
   const int64_t first = static_cast<int64_t>(seq) * p.num_q_heads + kv_head * group + r0;  // row 0, split 0
-  // kCluster: the first block's landing slots, a partial of its cluster's rows a split.
   float* landing = reinterpret_cast<float*>(sq + kRows * kStride);
   const int partial_floats = cluster_slot_floats<D>(landing_rows);
-  uint32_t first_landing = 0, first_landed = 0;
-  if constexpr (kCluster) {
-    first_landing = cluster_peer(smem_addr(landing + split * partial_floats), 0);
-    first_landed = cluster_peer(smem_addr(&landed), 0);
-    cluster_wait();  // the first block's barrier is initialised
-  }
-  // Four columns of a row a thread (head dims are multiples of 8: four columns are all in or all out).
-  for (int e = threadIdx.x; e < nrows * (D / 4); e += kThreads) {
-    const int r = e / (D / 4), d = (e - r * (D / 4)) * 4;
-    if (d >= p.head_dim) continue;
-    float M = -INFINITY;
-#pragma unroll
-    for (int x = 0; x < kWarps; ++x) M = fmaxf(M, sm_m[x * kRows + r]);
-    float L = 0.0f, O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int x = 0; x < kWarps; ++x) {
-      const float m = sm_m[x * kRows + r];
-      const float wt = m == -INFINITY ? 0.0f : exp2_approx(m - M);
-      const float4 o = *reinterpret_cast<const float4*>(sm_o + (x * kRows + r) * kOStride + d);
-      L = fmaf(sm_l[x * kRows + r], wt, L);
-      O[0] = fmaf(o.x, wt, O[0]), O[1] = fmaf(o.y, wt, O[1]);
-      O[2] = fmaf(o.z, wt, O[2]), O[3] = fmaf(o.w, wt, O[3]);
-    }
-    if (splits == 1) {
-      T* o = out + token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d;
-      store_out4(o, O, L, packed);
-    } else if constexpr (kCluster) {  // into the split's slot in the first block
-      if (split == 0) {
-        *reinterpret_cast<float4*>(landing + r * D + d) = make_float4(O[0], O[1], O[2], O[3]);
-        if (d == 0) *reinterpret_cast<float2*>(landing + landing_rows * D + 2 * r) = make_float2(M, L);
-      } else {
-        cluster_push(first_landing + (r * D + d) * sizeof(float), O, first_landed);
-        if (d == 0) cluster_push(first_landing + (landing_rows * D + 2 * r) * sizeof(float), M, L, first_landed);
+  // kCluster under early start and early next: the first block runs the last merge once while it waits on
+  // the kernel before, on whatever its landing slots hold and storing nothing, so that the merge's
+  // instructions and parameters are on the SM when it runs for real (cold, it took twice as long as a
+  // second run). The same code both times: a loop that is not unrolled. Only where the runtime lets the
+  // kernel after in early, which it does where the products are small, so that decode's blocks are
+  // resident long before the q/k/v product ends (H200, batch 1: TinyLlama +2%). Ungated, Llama-2-7B measured
+  // 0.5% slower: its blocks find room on the SMs only in that product's last wave, and then, we think, wait
+  // too little for the pass to fit.
+  const bool dry = kCluster && early && p.early_next && split == 0;
+#pragma unroll 1
+  for (int pass = dry ? 0 : 1; pass < 2; ++pass) {
+    if (pass == 1) {
+      if (early) griddep_wait();
+      const T* Q = static_cast<const T*>(p.q);
+      constexpr int kChunks = D / 8;
+      for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+        const int r = c / kChunks, col = (c % kChunks) * 8;
+        const bool valid = r < nrows && col < p.head_dim;
+        const int64_t off = valid ? token * p.q_token_stride + (kv_head * group + r0 + r) * p.q_head_stride + col : 0;
+        cp_async_16(sq + r * kStride + col, Q + off, valid);
       }
-    } else {
-      const int64_t part = split * parts + first + r;
-      if (d == 0) {
-        ml[2 * part] = M;
-        ml[2 * part + 1] = L;
+      if constexpr (kTma) cp_async_commit();                // Q
+      constexpr int kAhead = kTma ? kStages : kStages - 1;  // tiles started before the first is used
+#pragma unroll
+      for (int i = 0; i < kAhead; ++i)
+        if (!(early && cached(i))) load(i);
+      // early_next without early start: the kernel after may start once this block's loads are out.
+      if (kTma && p.early_next && !early) griddep_launch_dependents();
+      if constexpr (kTma) {
+        cp_async_wait<0>();
+        __syncthreads();  // Q, seen by every warp
       }
-      *reinterpret_cast<float4*>(po + part * D + d) = make_float4(O[0], O[1], O[2], O[3]);
-    }
-  }
-  if (splits == 1) return;
 
-  if constexpr (kCluster) {
-    // A peer is done once its partial is pushed: nothing reads its shared memory. The first block waits
-    // for every peer's partial to land, then folds each element's (m, l, o) in split order.
-    if (split > 0) return;
-    __syncthreads();  // its own slot
-    mbar_wait<true>(smem_addr(&landed), 0);
-    // Branch-free, so that every slot's loads are in flight together (a thread is alone on its element's
-    // chain here); slots past `splits` read slot 0 and weigh nothing. Against a branch a slot: +1% end to
-    // end on TinyLlama and stories110M at batch 1 (H200, docs/PERFORMANCE.md).
-    for (int e = threadIdx.x; e < nrows * (D / 4); e += kThreads) {
-      const int r = e / (D / 4), d = (e - r * (D / 4)) * 4;
-      if (d >= p.head_dim) continue;
-      float m[kMaxClusterSplits], l[kMaxClusterSplits];
-#pragma unroll
-      for (int x = 0; x < kMaxClusterSplits; ++x) {
-        const float2 ml = *reinterpret_cast<const float2*>(landing + (x < splits ? x : 0) * partial_floats +
-                                                           landing_rows * D + 2 * r);
-        m[x] = x < splits ? ml.x : -INFINITY;
-        l[x] = ml.y;
+      const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+      const int limit[1][2] = {{k_end, k_end}};
+      WarpAttention<T, D, 1> w;
+      w.init();
+      for (int i = 0; i < n_tiles; ++i) {
+        if constexpr (kTma) {
+          mbar_wait(smem_addr(&full[i % kStages]), (i / kStages) & 1);
+          // The boxes are whole: V rows past the range hold what the cache holds there (their scores are
+          // masked, but 0 * NaN would still be NaN in P V). Zeroed here, seen by all after the barrier. (The
+          // condition is the same in every thread: the range's last tile.)
+          const int valid = k_end - (k_begin + i * kBN);
+          if (valid < kBN) {
+            unsigned char* v_tile = reinterpret_cast<unsigned char*>(sv + (i % kStages) * kTile);
+            for (int c = threadIdx.x; c < (kBN - valid) * (D / 64) * 8; c += kThreads) {
+              const int r = valid + c / ((D / 64) * 8), panel = (c / 8) % (D / 64);
+              *reinterpret_cast<uint4*>(v_tile + panel * kBN * 128 + r * 128 + (c % 8) * 16) = make_uint4(0, 0, 0, 0);
+            }
+            __syncthreads();
+          }
+        } else {
+          cp_async_wait<kStages - 2>();
+          __syncthreads();
+          load(i + kStages - 1);
+        }
+        const int key0 = k_begin + i * kBN + warp * kWarpKeys;
+        if (key0 < k_end) {
+          const int row = kv_elem<D, kPanelRows>(warp * kWarpKeys, 0);  // the warp's first key row in the tile
+          w.template step<kWarpKeys, kPanelRows>(sq, sk + (i % kStages) * kTile + row, sv + (i % kStages) * kTile + row,
+                                                 key0, limit, key0 + kWarpKeys > k_end, p.scale_log2);
+        }
+        if (kTma && i + kStages < n_tiles) {
+          __syncthreads();  // every warp is done with this stage: it takes tile i + kStages
+          load(i + kStages);
+        }
       }
-      float M = -INFINITY;
+      cp_async_wait<0>();  // (only empty groups remain: nothing lands in the merge buffers below)
+      __syncthreads();     // every warp is done with the stages: they become the merge buffers
+      w.finish();
+
+      // Merge the warps' states in warp order, in the (now free) K/V buffers. (The merge of the splits below is
+      // the same fold, written out again on purpose: one helper for both measured 10-14% slower at batch 1 on
+      // the H200, the compiler then laying out the whole kernel differently; docs/PERFORMANCE.md.)
 #pragma unroll
-      for (int x = 0; x < kMaxClusterSplits; ++x) M = fmaxf(M, m[x]);
-      float L = 0.0f, O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int i = 0; i < 2; ++i) {
+        const int r = g + 8 * i;
+        if (r < nrows) {
 #pragma unroll
-      for (int x = 0; x < kMaxClusterSplits; ++x) {
-        const float wt = m[x] == -INFINITY ? 0.0f : exp2_approx(m[x] - M);
-        const float4 o = *reinterpret_cast<const float4*>(landing + (x < splits ? x : 0) * partial_floats + r * D + d);
-        L = fmaf(l[x], wt, L);
-        O[0] = fmaf(o.x, wt, O[0]), O[1] = fmaf(o.y, wt, O[1]);
-        O[2] = fmaf(o.z, wt, O[2]), O[3] = fmaf(o.w, wt, O[3]);
+          for (int j = 0; j < D / 8; ++j)
+            *reinterpret_cast<float2*>(sm_o + (warp * kRows + r) * kOStride + 8 * j + 2 * t) =
+                make_float2(w.o[0][j][2 * i], w.o[0][j][2 * i + 1]);
+          if (t == 0) {
+            sm_m[warp * kRows + r] = w.m[0][i];
+            sm_l[warp * kRows + r] = w.l[0][i];
+          }
+        }
       }
-      T* o = out + token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d;
-      store_out4(o, O, L, packed);
+      __syncthreads();
+
+      uint32_t first_landing = 0, first_landed = 0;
+      if constexpr (kCluster) {
+        first_landing = cluster_peer(smem_addr(landing + split * partial_floats), 0);
+        first_landed = cluster_peer(smem_addr(&landed), 0);
+        cluster_wait();  // the first block's barrier is initialised
+      }
+      // Four columns of a row a thread (head dims are multiples of 8: four columns are all in or all out).
+      for (int e = threadIdx.x; e < nrows * (D / 4); e += kThreads) {
+        const int r = e / (D / 4), d = (e - r * (D / 4)) * 4;
+        if (d >= p.head_dim) continue;
+        float M = -INFINITY;
+#pragma unroll
+        for (int x = 0; x < kWarps; ++x) M = fmaxf(M, sm_m[x * kRows + r]);
+        float L = 0.0f, O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int x = 0; x < kWarps; ++x) {
+          const float m = sm_m[x * kRows + r];
+          const float wt = m == -INFINITY ? 0.0f : exp2_approx(m - M);
+          const float4 o = *reinterpret_cast<const float4*>(sm_o + (x * kRows + r) * kOStride + d);
+          L = fmaf(sm_l[x * kRows + r], wt, L);
+          O[0] = fmaf(o.x, wt, O[0]), O[1] = fmaf(o.y, wt, O[1]);
+          O[2] = fmaf(o.z, wt, O[2]), O[3] = fmaf(o.w, wt, O[3]);
+        }
+        if (splits == 1) {
+          T* o = out + token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d;
+          store_out4(o, O, L, packed);
+        } else if constexpr (kCluster) {  // into the split's slot in the first block
+          if (split == 0) {
+            *reinterpret_cast<float4*>(landing + r * D + d) = make_float4(O[0], O[1], O[2], O[3]);
+            if (d == 0) *reinterpret_cast<float2*>(landing + landing_rows * D + 2 * r) = make_float2(M, L);
+          } else {
+            cluster_push(first_landing + (r * D + d) * sizeof(float), O, first_landed);
+            if (d == 0) cluster_push(first_landing + (landing_rows * D + 2 * r) * sizeof(float), M, L, first_landed);
+          }
+        } else {
+          const int64_t part = split * parts + first + r;
+          if (d == 0) {
+            ml[2 * part] = M;
+            ml[2 * part + 1] = L;
+          }
+          *reinterpret_cast<float4*>(po + part * D + d) = make_float4(O[0], O[1], O[2], O[3]);
+        }
+      }
+      if (splits == 1) return;
+      if constexpr (kCluster) {
+        // A peer is done once its partial is pushed: nothing reads its shared memory. The first block waits
+        // for every peer's partial to land, then folds each element's (m, l, o) in split order.
+        if (split > 0) return;
+        __syncthreads();  // its own slot
+        mbar_wait<true>(smem_addr(&landed), 0);
+      }
+    }  // pass == 1
+    if constexpr (kCluster) {
+      // Branch-free, so that every slot's loads are in flight together (a thread is alone on its element's
+      // chain here); slots past `splits` read slot 0 and weigh nothing. Against a branch a slot: +1% end to
+      // end on TinyLlama and stories110M at batch 1 (H200, docs/PERFORMANCE.md).
+      for (int e = threadIdx.x; e < nrows * (D / 4); e += kThreads) {
+        const int r = e / (D / 4), d = (e - r * (D / 4)) * 4;
+        if (d >= p.head_dim) continue;
+        float m[kMaxClusterSplits], l[kMaxClusterSplits];
+#pragma unroll
+        for (int x = 0; x < kMaxClusterSplits; ++x) {
+          const float2 ml = *reinterpret_cast<const float2*>(landing + (x < splits ? x : 0) * partial_floats +
+                                                             landing_rows * D + 2 * r);
+          m[x] = x < splits ? ml.x : -INFINITY;
+          l[x] = ml.y;
+        }
+        float M = -INFINITY;
+#pragma unroll
+        for (int x = 0; x < kMaxClusterSplits; ++x) M = fmaxf(M, m[x]);
+        float L = 0.0f, O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int x = 0; x < kMaxClusterSplits; ++x) {
+          const float wt = m[x] == -INFINITY ? 0.0f : exp2_approx(m[x] - M);
+          const float4 o =
+              *reinterpret_cast<const float4*>(landing + (x < splits ? x : 0) * partial_floats + r * D + d);
+          L = fmaf(l[x], wt, L);
+          O[0] = fmaf(o.x, wt, O[0]), O[1] = fmaf(o.y, wt, O[1]);
+          O[2] = fmaf(o.z, wt, O[2]), O[3] = fmaf(o.w, wt, O[3]);
+        }
+        T* o = out + token * p.out_token_stride + (kv_head * group + r0 + r) * p.out_head_stride + d;
+        if (pass == 1) store_out4(o, O, L, packed);
+      }
     }
-    return;
-  }
+  }  // pass
+  if constexpr (kCluster) return;
 
   // The last block of this (sequence, kv head, row tile) to get here merges the non-empty splits in split
   // order. Classic threadfence reduction: partials out, fence, count; the last one fences and reads them.
