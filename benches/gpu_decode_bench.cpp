@@ -2,10 +2,12 @@
 // decode floor (weight bytes / device copy bandwidth, both measured in this run).
 //
 //   gpu_decode_bench [--shapes stories110M,tinyllama,llama2-7b] [--batches 1,8] [--prompt-len 512]
-//                    [--new-tokens 256] [--backends mha_cuda] [--work-dir DIR] [--tokenizer PATH]
+//                    [--new-tokens 256] [--backends flash_cuda,mha_cuda] [--work-dir DIR] [--tokenizer PATH]
 //                    [--tensor-parallel 1,2]
 // With --tensor-parallel N the model runs on N GPUs (a rank each, NCCL); the floor is then per GPU: the
 // bytes each GPU reads per step (its 1/N of the weights) over the copy bandwidth of one GPU.
+// Attention goes through the runtime's default chain (flash_cuda, mha_cuda, mha_cpu), as llm-runner's does,
+// unless --backends names one; the table's attention column is the backend that ran.
 // Checkpoints are written once into --work-dir as Q8_0 (smallest to write; dequantized to bf16 on upload:
 // decode speed does not depend on the values).
 #include <cuda_runtime.h>
@@ -46,7 +48,8 @@ size_t bf16_weight_bytes(const llm::ModelConfig& c) {
 
 int main(int argc, char** argv) {
   CLI::App app{"GPU prefill and decode tok/s on random-weight Llama shapes, beside the bandwidth floor"};
-  std::vector<std::string> shapes = {"stories110M", "tinyllama", "llama2-7b"}, backends = {"mha_cuda"};
+  std::vector<std::string> shapes = {"stories110M", "tinyllama", "llama2-7b"};
+  std::vector<std::string> backends;  // empty: the runtime's default order
   std::vector<int> batches = {1, 8}, tensor_parallel = {1};
   std::vector<std::string> products = {"auto"};
   int prompt_len = 512, new_tokens = 256;
@@ -56,7 +59,8 @@ int main(int argc, char** argv) {
   app.add_option("--batches", batches, "sequences decoded together")->delimiter(',');
   app.add_option("--prompt-len", prompt_len, "prompt tokens per sequence")->capture_default_str();
   app.add_option("--new-tokens", new_tokens, "decode steps")->capture_default_str();
-  app.add_option("--backends", backends, "attention backend chain")->delimiter(',');
+  app.add_option("--backends", backends, "attention backend chain (default: the runtime's, flash_cuda first)")
+      ->delimiter(',');
   app.add_option(
          "--products", products,
          "matrix products: auto (fused GEMV kernels for steps of up to 16 tokens, cuBLAS otherwise; the "
