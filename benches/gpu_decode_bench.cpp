@@ -2,11 +2,11 @@
 // decode floor (weight bytes / device copy bandwidth, both measured in this run).
 //
 //   gpu_decode_bench [--shapes stories110M,tinyllama,llama2-7b] [--batches 1,8] [--prompt-len 512]
-//                    [--new-tokens 256] [--backends flash_cuda,mha_cuda] [--work-dir DIR] [--tokenizer PATH]
+//                    [--new-tokens 256] [--backends NAME,...] [--work-dir DIR] [--tokenizer PATH]
 //                    [--tensor-parallel 1,2]
 // With --tensor-parallel N the model runs on N GPUs (a rank each, NCCL); the floor is then per GPU: the
 // bytes each GPU reads per step (its 1/N of the weights) over the copy bandwidth of one GPU.
-// Attention goes through the runtime's default chain (flash_cuda, mha_cuda, mha_cpu), as llm-runner's does,
+// Attention goes through the runtime's default chain (flash_cuda, mha_cuda, mha_cpu), as in llm-runner,
 // unless --backends names one; the table's attention column is the backend that ran.
 // Checkpoints are written once into --work-dir as Q8_0 (smallest to write; dequantized to bf16 on upload:
 // decode speed does not depend on the values).
