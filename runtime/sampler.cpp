@@ -47,7 +47,7 @@ int Sampler::pick(const float* logits, int n, const SamplingParams& params, floa
     sum += p;
   }
   int keep = n;
-  const bool cut = (params.top_k > 0 && params.top_k < n) || params.top_p < 1.0f;
+  const bool cut = cuts_tail(params, n);
   if (cut) {
     auto by_prob = [](const auto& a, const auto& b) {
       return a.first > b.first || (a.first == b.first && a.second < b.second);

@@ -15,6 +15,10 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
+// Whether top-k or top-p cut the tail of an n-token vocabulary: the candidates are then walked most likely
+// first (ids in order among equals), else in id order.
+inline bool cuts_tail(const SamplingParams& p, int n) { return (p.top_k > 0 && p.top_k < n) || p.top_p < 1.0f; }
+
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);

@@ -95,11 +95,11 @@ TEST(Sampling, GpuPicksWhatTheHostSamplerPicks) {
             // among equals), as the host sorts them.
             std::vector<int> at(vocab);
             for (int i = 0; i < vocab; ++i) at[i] = i;
-            if ((p.top_k > 0 && p.top_k < vocab) || p.top_p < 1.0f) {
-              std::vector<int> order(at);
-              std::sort(order.begin(), order.end(),
-                        [&](int a, int b) { return prob(a) > prob(b) || (prob(a) == prob(b) && a < b); });
-              for (int i = 0; i < vocab; ++i) at[order[i]] = i;
+            if (cuts_tail(p, vocab)) {
+              std::vector<std::pair<float, int>> order(vocab);
+              for (int i = 0; i < vocab; ++i) order[i] = {-prob(i), i};
+              std::sort(order.begin(), order.end());
+              for (int i = 0; i < vocab; ++i) at[order[i].second] = i;
             }
             int lo = vocab, hi = -1;
             for (int id : nearby) lo = std::min(lo, at[id]), hi = std::max(hi, at[id]);
