@@ -211,7 +211,7 @@ void sample_rows(const float* logits, int rows, int vocab, const SamplingParams&
   if (rows > ws.rows_ || vocab != ws.vocab_ || !(params.temperature > 0.0f))
     fail("sample_rows: {} rows of {} logits at temperature {} with a workspace for {} of {}", rows, vocab,
          params.temperature, ws.rows_, ws.vocab_);
-  const bool cut = (params.top_k > 0 && params.top_k < vocab) || params.top_p < 1.0f;
+  const bool cut = cuts_tail(params, vocab);
   softmax_kernel<<<rows, kThreads, 0, stream>>>(logits, rows, vocab, params.temperature, cut, ws.probs_, ws.totals_,
                                                 ws.keys_);
   LLM_CUDA_CHECK_LAUNCH();
