@@ -6,7 +6,9 @@ floor for the Llama-2-7B shape, over 80% for TinyLlama and over 5,000 tok/s for 
     python3 benches/compare_decode.py OURS.md TORCH.md     # the joined table, then "N of M bars met"
     python3 benches/compare_decode.py --self-test
 
-Our rows are those on one GPU, one per (shape, batch, attention, products); each is set against every
+The floor is the issue's (every weight of the model: its 1,350 / 220 tok/s at 3.0 TB/s count the embedding
+table and the separate classifier both); the share of the stricter floor on the bytes a step reads is shown
+beside it where the bench printed one. Our rows are those on one GPU, one per (shape, batch, attention, products); each is set against every
 PyTorch path measured for its (shape, batch). Exit status 0 either way: the table is the result.
 """
 
@@ -29,6 +31,7 @@ def join(ours_text, torch_text):
         key = (r.get("shape", ""), r.get("batch", ""))
         decode, prefill = figure(r.get("decode tok/s (per seq)")), figure(r.get("prefill tok/s"))
         floor = figure(r.get("floor tok/s (per GPU)"))
+        read_floor = figure(r.get("floor on bytes read"))
         paths = torch_rows.get(key, [])
         best = max(paths, key=lambda p: figure(p.get("decode tok/s (per seq)")) or 0.0, default=None)
         best_decode = figure(best.get("decode tok/s (per seq)")) if best else None
@@ -46,7 +49,7 @@ def join(ours_text, torch_text):
             label = f">= {value:.0%} of floor" if kind == "of floor" else f">= {value:,.0f} tok/s"
             bars.append((label, got is not None and got >= value))
         out.append({"key": key, "backend": r.get("attention", ""), "products": r.get("products", ""),
-                    "decode": decode, "prefill": prefill, "floor": floor,
+                    "decode": decode, "prefill": prefill, "floor": floor, "read_floor": read_floor,
                     "torch_path": best.get("path", "") if best else "", "torch_decode": best_decode,
                     "torch_prefill": best_prefill, "bars": bars})
     return out
@@ -56,18 +59,19 @@ def render(rows):
     def num(v):
         return "-" if v is None else f"{v:,.0f}"
 
-    lines = ["| shape | batch | attention | products | decode tok/s | of floor | PyTorch best path | its decode | "
-             "ours / it | prefill tok/s | PyTorch prefill | bars |",
-             "|---|---:|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    lines = ["| shape | batch | attention | products | decode tok/s | of floor | of bytes read | PyTorch best path | "
+             "its decode | ours / it | prefill tok/s | PyTorch prefill | bars |",
+             "|---|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     met = total = 0
     for r in rows:
-        share = f"{r['decode'] / r['floor']:.0%}" if r["decode"] and r["floor"] else "-"
+        share = f"{r['decode'] / r['floor']:.1%}" if r["decode"] and r["floor"] else "-"
+        read_share = f"{r['decode'] / r['read_floor']:.1%}" if r["decode"] and r["read_floor"] else "-"
         ratio = f"{r['decode'] / r['torch_decode']:.2f}x" if r["decode"] and r["torch_decode"] else "-"
         verdicts = "; ".join(("" if ok else "**not** ") + name for name, ok in r["bars"]) or "-"
         met += sum(ok for _, ok in r["bars"])
         total += len(r["bars"])
         lines.append(f"| {r['key'][0]} | {r['key'][1]} | {r['backend']} | {r['products']} | {num(r['decode'])} | "
-                     f"{share} | {r['torch_path'] or '-'} | {num(r['torch_decode'])} | {ratio} | "
+                     f"{share} | {read_share} | {r['torch_path'] or '-'} | {num(r['torch_decode'])} | {ratio} | "
                      f"{num(r['prefill'])} | {num(r['torch_prefill'])} | {verdicts} |")
     lines.append("")
     lines.append(f"{met} of {total} bars met")
@@ -75,12 +79,12 @@ def render(rows):
 
 
 OURS_SAMPLE = """device NVIDIA H200; copy bandwidth 4225 GB/s (read + write)
-| shape | GPUs | batch | attention | products | weights (bf16) | prefill tok/s | decode tok/s (per seq) | decode tok/s (aggregate) | floor tok/s (per GPU) | of floor |
-|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|
-| stories110M | 1 | 1 | flash_cuda | auto | 0.22 GB | 375329 | 3599 | 3599 | 19291 | 19% |
-| tinyllama | 1 | 1 | flash_cuda | auto | 2.07 GB | 145499 | 1800 | 1800 | 2042 | 88% |
-| llama2-7b | 1 | 8 | flash_cuda | auto | 13.21 GB | 40000 | 189 | 1516 | 320 | 59% |
-| llama2-7b | 2 | 1 | flash_cuda | auto | 13.21 GB | 43652 | 311 | 311 | 638 | 49% |
+| shape | GPUs | batch | attention | products | weights (bf16) | prefill tok/s | decode tok/s (per seq) | decode tok/s (aggregate) | floor tok/s (per GPU) | of floor | read a step | floor on bytes read | of it |
+|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| stories110M | 1 | 1 | flash_cuda | auto | 0.22 GB | 375329 | 3599 | 3599 | 19291 | 18.7% | 0.22 GB | 19291 | 18.7% |
+| tinyllama | 1 | 1 | flash_cuda | auto | 2.20 GB | 145499 | 1560 | 1560 | 1920 | 81.3% | 2.07 GB | 2042 | 76.4% |
+| llama2-7b | 1 | 8 | flash_cuda | auto | 13.48 GB | 40000 | 189 | 1516 | 313 | 60.4% | 13.21 GB | 320 | 59.1% |
+| llama2-7b | 2 | 1 | flash_cuda | auto | 13.48 GB | 43652 | 311 | 311 | 627 | 49.6% | 13.21 GB | 638 | 48.7% |
 """
 TORCH_SAMPLE = """| shape       | batch | path         | prefill tok/s | decode tok/s (per seq) | decode tok/s (aggregate) | floor tok/s | % of floor |
 |-------------|------:|--------------|--------------:|-----------------------:|-------------------------:|------------:|-----------:|
@@ -100,7 +104,8 @@ def self_test():
         (rows[("stories110M", "1")]["torch_prefill"] == 127078.9, "prefill is held to the fastest PyTorch prefill"),
         (bars[("stories110M", "1")] == {"decode ahead of PyTorch": True, "prefill ahead of PyTorch": True,
                                         ">= 5,000 tok/s": False}, "stories110M: ahead of PyTorch, short of 5,000"),
-        (bars[("tinyllama", "1")][">= 80% of floor"], "TinyLlama at 88% of its floor meets 80%"),
+        (bars[("tinyllama", "1")][">= 80% of floor"], "TinyLlama at 81% of the issue's floor meets 80%"),
+        ("| 81.2% | 76.4% |" in render(list(rows.values())), "the share of the bytes read is shown beside it"),
         (bars[("llama2-7b", "8")] == {"decode ahead of PyTorch": True, "prefill ahead of PyTorch": False},
          "batch 8 has no floor target; prefill behind PyTorch is not met"),
         (render(list(rows.values())).endswith("\n6 of 8 bars met"), "the summary counts the bars met"),

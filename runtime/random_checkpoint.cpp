@@ -13,20 +13,22 @@ namespace llm {
 namespace {
 
 const std::map<std::string, ModelConfig>& presets() {
-  auto shape = [](int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq) {
+  // The published models' classifiers: llama2.c's stories models share the token embedding; TinyLlama and
+  // Llama 2 have a separate lm_head (tie_word_embeddings false), which the floors count.
+  auto shape = [](int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq, bool shared) {
     ModelConfig c;
     c.dim = dim, c.hidden_dim = hidden, c.n_layers = layers, c.n_heads = heads, c.n_kv_heads = kv_heads;
-    c.vocab_size = vocab, c.max_seq_len = seq;
+    c.vocab_size = vocab, c.max_seq_len = seq, c.shared_classifier = shared;
     return c;
   };
   static const std::map<std::string, ModelConfig> p = {
-      {"stories260K", shape(64, 172, 5, 8, 4, 512, 512)},
-      {"stories15M", shape(288, 768, 6, 6, 6, 32000, 256)},
-      {"stories42M", shape(512, 1376, 8, 8, 8, 32000, 1024)},
-      {"stories110M", shape(768, 2048, 12, 12, 12, 32000, 1024)},
-      {"tinyllama", shape(2048, 5632, 22, 32, 4, 32000, 2048)},
-      {"llama2-7b", shape(4096, 11008, 32, 32, 32, 32000, 4096)},
-      {"llama2-70b", shape(8192, 28672, 80, 64, 8, 32000, 4096)},
+      {"stories260K", shape(64, 172, 5, 8, 4, 512, 512, true)},
+      {"stories15M", shape(288, 768, 6, 6, 6, 32000, 256, true)},
+      {"stories42M", shape(512, 1376, 8, 8, 8, 32000, 1024, true)},
+      {"stories110M", shape(768, 2048, 12, 12, 12, 32000, 1024, true)},
+      {"tinyllama", shape(2048, 5632, 22, 32, 4, 32000, 2048, false)},
+      {"llama2-7b", shape(4096, 11008, 32, 32, 32, 32000, 4096, false)},
+      {"llama2-70b", shape(8192, 28672, 80, 64, 8, 32000, 4096, false)},
   };
   return p;
 }

@@ -11,8 +11,8 @@
 namespace llm {
 
 // The shape called `name` (stories260K, stories15M, stories42M, stories110M, tinyllama, llama2-7b,
-// llama2-70b);
-// throws llm::Error listing the names when unknown.
+// llama2-70b), with the published model's classifier (shared for the stories models, separate for the
+// others); throws llm::Error listing the names when unknown.
 ModelConfig model_preset(const std::string& name);
 std::vector<std::string> model_preset_names();
 

@@ -3,7 +3,8 @@
 // size without downloading one.
 //
 //   make_checkpoint --preset stories15M --format q80 --out /tmp/s15.bin
-//   make_checkpoint --preset tinyllama --layers 2 --unshared --seed 7 --out /tmp/tiny2.bin
+//   make_checkpoint --preset tinyllama --layers 2 --shared --seed 7 --out /tmp/tiny2.bin
+// The classifier is the preset's (separate for tinyllama and llama2-*) unless --shared or --unshared says.
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdint>
@@ -25,7 +26,7 @@ int main(int argc, char** argv) {
   std::string format_name = "v1";
   std::string preset_name = "stories260K";
   std::optional<int> dim, hidden_dim, layers, heads, kv_heads, vocab, seq_len;
-  bool unshared = false;
+  bool unshared = false, shared = false;
   uint64_t seed = 42;
   int group_size = 32;
 
@@ -43,7 +44,10 @@ int main(int argc, char** argv) {
   app.add_option("--kv-heads", kv_heads, "Override the number of key/value heads");
   app.add_option("--vocab", vocab, "Override the vocabulary size");
   app.add_option("--seq-len", seq_len, "Override the context length");
-  app.add_flag("--unshared", unshared, "Store a separate classifier instead of sharing the token embedding");
+  auto* separate_flag =
+      app.add_flag("--unshared", unshared, "Store a separate classifier (default: as the preset's model does)");
+  app.add_flag("--shared", shared, "Share the token embedding as the classifier (default: as the preset's model does)")
+      ->excludes(separate_flag);
   app.add_option("--seed", seed, "Random seed")->capture_default_str();
   app.add_option("--group-size", group_size, "Q8_0 group size (q80 only)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -58,7 +62,7 @@ int main(int argc, char** argv) {
   config.n_kv_heads = kv_heads.value_or(heads && !kv_heads ? *heads : p.n_kv_heads);
   config.vocab_size = vocab.value_or(p.vocab_size);
   config.max_seq_len = seq_len.value_or(p.max_seq_len);
-  config.shared_classifier = !unshared;
+  config.shared_classifier = shared || (p.shared_classifier && !unshared);
 
   const llm::CheckpointFormat format = format_name == "legacy" ? llm::CheckpointFormat::LegacyF32
                                        : format_name == "v1"   ? llm::CheckpointFormat::V1F32
