@@ -8,8 +8,9 @@ floor for the Llama-2-7B shape, over 80% for TinyLlama and over 5,000 tok/s for 
 
 The floor is the issue's (every weight of the model: its 1,350 / 220 tok/s at 3.0 TB/s count the embedding
 table and the separate classifier both); the share of the stricter floor on the bytes a step reads is shown
-beside it where the bench printed one. Our rows are those on one GPU, one per (shape, batch, attention, products); each is set against every
-PyTorch path measured for its (shape, batch). Exit status 0 either way: the table is the result.
+beside it where the bench printed one. Our rows are those on one GPU, one per (shape, batch, attention,
+products); each is set against every PyTorch path measured for its (shape, batch). Exit status 0 either way:
+the table is the result.
 """
 
 import sys

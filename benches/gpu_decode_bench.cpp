@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <random>
+#include <tuple>
 
 #include "copy_bandwidth.h"
 #include "cuda_check.h"
@@ -54,6 +55,15 @@ size_t bf16_weight_bytes(const llm::ModelConfig& c) {
 size_t bf16_bytes_read_a_step(const llm::ModelConfig& c) {
   const size_t d = c.dim, v = c.vocab_size;
   return c.shared_classifier ? bf16_weight_bytes(c) : bf16_weight_bytes(c) - 2 * (v - 1) * d;
+}
+
+// Whether a checkpoint written for `b` has the shape of `a` (what write_checkpoint stores).
+bool same_shape(const llm::ModelConfig& a, const llm::ModelConfig& b) {
+  auto shape = [](const llm::ModelConfig& c) {
+    return std::tie(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.max_seq_len,
+                    c.shared_classifier);
+  };
+  return shape(a) == shape(b);
 }
 
 }  // namespace
@@ -113,9 +123,9 @@ int main(int argc, char** argv) {
     llm::ModelConfig config = llm::model_preset(shape);
     config.max_seq_len = std::max(config.max_seq_len, prompt_len + new_tokens);
     const std::string path = (fs::path(work_dir) / (shape + "_random_q80.bin")).string();
-    // A file left by an earlier build may have another classifier than the preset's now: written again.
-    if (fs::exists(path) && llm::Checkpoint::open(path)->config().shared_classifier != config.shared_classifier)
-      fs::remove(path);
+    // A file left by an earlier run or build may have another shape than the one asked for now (a preset
+    // changed, another --prompt-len): written again.
+    if (fs::exists(path) && !same_shape(llm::Checkpoint::open(path)->config(), config)) fs::remove(path);
     if (!fs::exists(path)) {
       const auto t0 = Clock::now();
       llm::write_checkpoint(path, config, llm::CheckpointFormat::V2Q8, llm::random_weights(config, 1));
