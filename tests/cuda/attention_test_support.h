@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -534,6 +535,74 @@ inline void expect_decode_capturable_and_deterministic(const Plugin& plugin, int
   EXPECT_EQ(problem.out().download(), replayed) << "replay with new lengths differs from a direct call";
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
+}
+
+// The shape grid every CUDA backend is held to, in each of `dtypes`: `head_dims`, GQA 1/2/4/8, contiguous
+// and paged caches (blocks of `ratio2_block` keys at GQA 2, of 16 otherwise), causal. Prefill: a fresh
+// prompt, a chunk after a long cached prefix, a one-token chunk and a sequence with no queries, batched,
+// lengths off the kernels' tiles; decode: contexts of 1, 17, 300 and 1029 keys.
+template <size_t N>
+void check_shape_grid(const Plugin& plugin, const int (&dtypes)[N], std::initializer_list<int> head_dims,
+                      int ratio2_block, const std::string& title, std::mt19937& rng) {
+  ErrorTable table;
+  for (int dtype : dtypes)
+    for (int head_dim : head_dims)
+      for (int ratio : {1, 2, 4, 8})
+        for (bool paged : {false, true}) {
+          const int kv_heads = 2, q_heads = kv_heads * ratio;
+          Case prefill{head_dim, q_heads, kv_heads, {37, 5, 1, 0}, {37, 700, 19, 3}};
+          prefill.paged = paged, prefill.dtype = dtype, prefill.block = ratio == 2 ? ratio2_block : 16;
+          table.add(std::string(dtype_name(dtype)) + " prefill d=" + std::to_string(head_dim),
+                    run_case(plugin, prefill, rng, false));
+          Case decode{head_dim, q_heads, kv_heads, {1, 1, 1, 1}, {1, 17, 300, 1029}};
+          decode.paged = paged, decode.dtype = dtype;
+          table.add(std::string(dtype_name(dtype)) + " decode  d=" + std::to_string(head_dim),
+                    run_case(plugin, decode, rng, true));
+        }
+  table.print(title.c_str());
+}
+
+// Long decode contexts every CUDA backend is held to, added to `table`: 4K keys (d = 128, 32/8), 16K and 9K
+// keys in a paged cache (d = 128, 8/1), 16.5K keys at d = 256 (8/2).
+inline void add_long_decodes(const Plugin& plugin, int dtype, std::mt19937& rng, ErrorTable& table) {
+  const std::string tag = dtype_name(dtype);
+  Case d4k{128, 32, 8, {1}, {4099}};
+  d4k.dtype = dtype, d4k.extra_slots = 0;
+  table.add(tag + " decode 4K d=128 32/8", run_case(plugin, d4k, rng, true));
+  Case d16k{128, 8, 1, {1, 1}, {16384, 9001}};
+  d16k.dtype = dtype, d16k.paged = true, d16k.extra_slots = 0;
+  table.add(tag + " decode 16K+9K paged d=128 8/1", run_case(plugin, d16k, rng, true));
+  Case d16k_256{256, 8, 2, {1}, {16500}};
+  d16k_256.dtype = dtype, d16k_256.extra_slots = 0;
+  table.add(tag + " decode 16.5K d=256 8/2", run_case(plugin, d16k_256, rng, true));
+}
+
+// A CUDA device of compute capability major.minor for a backend's probe (no GPU needed).
+inline llm_device_info fake_gpu(int major, int minor, const char* name) {
+  llm_device_info gpu{};
+  gpu.struct_size = sizeof(gpu);
+  gpu.kind = LLM_DEVICE_CUDA;
+  gpu.compute_major = major, gpu.compute_minor = minor;
+  gpu.num_threads = 1;
+  gpu.name = name;
+  return gpu;
+}
+
+// The backend's verdict on `shape` for `device` (its probe must answer LLM_OK).
+inline llm_probe_result probe_verdict(const Plugin& plugin, const llm_device_info& device,
+                                      const llm_attention_shape& shape) {
+  llm_probe_result r{};
+  r.struct_size = sizeof(r);
+  EXPECT_EQ(plugin.iface().probe(&device, &shape, &r), LLM_OK);
+  return r;
+}
+
+// The backend refuses `shape` on `device` with a reason that names `needle`.
+inline void expect_refused(const Plugin& plugin, const llm_device_info& device, const llm_attention_shape& shape,
+                           const char* needle) {
+  const llm_probe_result r = probe_verdict(plugin, device, shape);
+  EXPECT_FALSE(r.supported) << needle;
+  EXPECT_NE(std::string(r.reason).find(needle), std::string::npos) << r.reason;
 }
 
 inline unsigned fresh_seed() {

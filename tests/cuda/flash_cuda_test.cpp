@@ -34,24 +34,8 @@ TEST(FlashCuda, MatchesFloat64ReferenceOverShapeGrid) {
   auto plugin = load_flash();
   ASSERT_NE(plugin, nullptr);
   std::mt19937 rng(fresh_seed());
-  ErrorTable table;
-  for (int dtype : kDtypes)
-    for (int head_dim : {8, 32, 64, 80, 96, 128, 256})
-      for (int ratio : {1, 2, 4, 8})
-        for (bool paged : {false, true}) {
-          const int kv_heads = 2, q_heads = kv_heads * ratio;
-          // prefill: a fresh prompt, a chunk after a long cached prefix, a one-token chunk and a sequence
-          // with no queries, batched; lengths off the 64-key and 128-row tiles
-          Case prefill{head_dim, q_heads, kv_heads, {37, 5, 1, 0}, {37, 700, 19, 3}};
-          prefill.paged = paged, prefill.dtype = dtype, prefill.block = ratio == 2 ? 8 : 16;
-          table.add(std::string(dtype_name(dtype)) + " prefill d=" + std::to_string(head_dim),
-                    run_case(*plugin, prefill, rng, false));
-          Case decode{head_dim, q_heads, kv_heads, {1, 1, 1, 1}, {1, 17, 300, 1029}};
-          decode.paged = paged, decode.dtype = dtype;
-          table.add(std::string(dtype_name(dtype)) + " decode  d=" + std::to_string(head_dim),
-                    run_case(*plugin, decode, rng, true));
-        }
-  table.print("flash_cuda shape grid (GQA 1/2/4/8, contiguous and paged, causal)");
+  check_shape_grid(*plugin, kDtypes, {8, 32, 64, 80, 96, 128, 256}, 8,
+                   "flash_cuda shape grid (GQA 1/2/4/8, contiguous and paged, causal)", rng);
 }
 
 TEST(FlashCuda, NonCausalStridedWideGroupsAndLooseBounds) {
@@ -96,15 +80,7 @@ TEST(FlashCuda, LongContexts) {
   ErrorTable table;
   for (int dtype : kDtypes) {
     const std::string tag = dtype_name(dtype);
-    Case d4k{128, 32, 8, {1}, {4099}};
-    d4k.dtype = dtype, d4k.extra_slots = 0;
-    table.add(tag + " decode 4K d=128 32/8", run_case(*plugin, d4k, rng, true));
-    Case d16k{128, 8, 1, {1, 1}, {16384, 9001}};
-    d16k.dtype = dtype, d16k.paged = true, d16k.extra_slots = 0;
-    table.add(tag + " decode 16K+9K paged d=128 8/1", run_case(*plugin, d16k, rng, true));
-    Case d16k_256{256, 8, 2, {1}, {16500}};
-    d16k_256.dtype = dtype, d16k_256.extra_slots = 0;
-    table.add(tag + " decode 16.5K d=256 8/2", run_case(*plugin, d16k_256, rng, true));
+    add_long_decodes(*plugin, dtype, rng, table);
     Case chunk{64, 8, 2, {67}, {16000}};  // a prefill chunk after a 16K prefix
     chunk.dtype = dtype, chunk.paged = true, chunk.extra_slots = 1;
     table.add(tag + " prefill 67 after 16K paged d=64 8/2", run_case(*plugin, chunk, rng, false));
@@ -313,12 +289,7 @@ TEST(FlashCuda, KernelChoicesAreCheckedWithReasons) {  // no GPU needed: refused
   ASSERT_NE(plugin, nullptr);
   const auto& t = plugin->iface();
   llm_attention_shape shape{sizeof(llm_attention_shape), 128, 32, 8, LLM_DTYPE_BF16, 4096, 8, 0, 0};
-  llm_device_info ampere{};
-  ampere.struct_size = sizeof(ampere);
-  ampere.kind = LLM_DEVICE_CUDA;
-  ampere.compute_major = 8;
-  ampere.num_threads = 1;
-  ampere.name = "fake A100";
+  const llm_device_info ampere = fake_gpu(8, 0, "fake A100");
   auto create_error = [&](const llm_device_info& d, const llm_attention_shape& s) {
     llm_backend_context* ctx = nullptr;
     const llm_status st = t.context_create(&d, &s, &ctx);
@@ -366,11 +337,9 @@ TEST(FlashCuda, KernelChoicesAreCheckedWithReasons) {  // no GPU needed: refused
     ScopedEnv choice("LLM_FLASH_PREFILL", "sm90");
     const std::string e = create_error(ampere, shape);
     EXPECT_NE(e.find("compute capability 9.0 (this device: 8.0)"), std::string::npos) << e;
-    llm_device_info hopper = ampere;
-    hopper.compute_major = 9, hopper.name = "fake H100";
     llm_attention_shape d96 = shape;
     d96.head_dim = 96;
-    const std::string e96 = create_error(hopper, d96);
+    const std::string e96 = create_error(fake_gpu(9, 0, "fake H100"), d96);
     EXPECT_NE(e96.find("kernel is 64 or 128 (96)"), std::string::npos) << e96;
   }
 }
@@ -390,44 +359,24 @@ TEST(FlashCuda, ProbeRefusesWithReasons) {  // no GPU needed: the probe reads on
   EXPECT_EQ(t.device_kind, LLM_DEVICE_CUDA);
   EXPECT_GT(t.priority, load_backend("mha_cuda")->iface().priority) << "flash_cuda leads mha_cuda by default";
   llm_attention_shape shape{sizeof(llm_attention_shape), 128, 32, 8, LLM_DTYPE_BF16, 4096, 8, 0, 0};
-  llm_device_info gpu{};
-  gpu.struct_size = sizeof(gpu);
-  gpu.kind = LLM_DEVICE_CUDA;
-  gpu.compute_major = 9;
-  gpu.num_threads = 1;
-  gpu.name = "fake H100";
-  auto verdict = [&](const llm_device_info& d, const llm_attention_shape& s) {
-    llm_probe_result r{};
-    r.struct_size = sizeof(r);
-    EXPECT_EQ(t.probe(&d, &s, &r), LLM_OK);
-    return r;
-  };
-  llm_probe_result r = verdict(gpu, shape);
+  const llm_device_info gpu = fake_gpu(9, 0, "fake H100");
+  llm_probe_result r = probe_verdict(*plugin, gpu, shape);
   EXPECT_TRUE(r.supported) << r.reason;
   EXPECT_EQ(r.capabilities,
             LLM_CAP_PREFILL | LLM_CAP_DECODE | LLM_CAP_PAGED_KV | LLM_CAP_CUDA_GRAPH_SAFE | LLM_CAP_DETERMINISTIC);
-  llm_device_info ampere = gpu;
-  ampere.compute_major = 8, ampere.name = "fake A100";
-  r = verdict(ampere, shape);
+  r = probe_verdict(*plugin, fake_gpu(8, 0, "fake A100"), shape);
   EXPECT_TRUE(r.supported) << "the portable sm_80 path: " << r.reason;
 
-  const auto refused = [&](const llm_device_info& d, const llm_attention_shape& s, const char* needle) {
-    const llm_probe_result v = verdict(d, s);
-    EXPECT_FALSE(v.supported) << needle;
-    EXPECT_NE(std::string(v.reason).find(needle), std::string::npos) << v.reason;
-  };
   llm_attention_shape s = shape;
   s.dtype = LLM_DTYPE_F32;
-  refused(gpu, s, "fp32");
+  expect_refused(*plugin, gpu, s, "fp32");
   s = shape;
   s.head_dim = 100;
-  refused(gpu, s, "head_dim 100");
+  expect_refused(*plugin, gpu, s, "head_dim 100");
   s.head_dim = 512;
-  refused(gpu, s, "head_dim 512");
-  refused(cpu_device_info(1), shape, "CPU");
-  llm_device_info turing = gpu;
-  turing.compute_major = 7, turing.compute_minor = 5, turing.name = "fake T4";
-  refused(turing, shape, "7.5");
+  expect_refused(*plugin, gpu, s, "head_dim 512");
+  expect_refused(*plugin, cpu_device_info(1), shape, "CPU");
+  expect_refused(*plugin, fake_gpu(7, 5, "fake T4"), shape, "7.5");
 }
 
 TEST(FlashCuda, UnalignedTensorsAreRefusedNotMiscomputed) {

@@ -20,24 +20,8 @@ TEST(MhaCuda, MatchesFloat64ReferenceOverShapeGrid) {
   auto plugin = load_mha_cuda();
   ASSERT_NE(plugin, nullptr);
   std::mt19937 rng(fresh_seed());
-  ErrorTable table;
-  for (int dtype : kDtypes)
-    for (int head_dim : {32, 40, 64, 72, 80, 96, 128, 256})
-      for (int ratio : {1, 2, 4, 8})
-        for (bool paged : {false, true}) {
-          const int kv_heads = 2, q_heads = kv_heads * ratio;
-          // prefill: a fresh prompt, a chunk after a long cached prefix (split keys), a one-token chunk and a
-          // sequence with no queries, batched
-          Case prefill{head_dim, q_heads, kv_heads, {37, 5, 1, 0}, {37, 700, 19, 3}};
-          prefill.paged = paged, prefill.dtype = dtype, prefill.block = ratio == 2 ? 7 : 16;
-          table.add(std::string(dtype_name(dtype)) + " prefill d=" + std::to_string(head_dim),
-                    run_case(*plugin, prefill, rng, false));
-          Case decode{head_dim, q_heads, kv_heads, {1, 1, 1, 1}, {1, 17, 300, 1029}};
-          decode.paged = paged, decode.dtype = dtype;
-          table.add(std::string(dtype_name(dtype)) + " decode  d=" + std::to_string(head_dim),
-                    run_case(*plugin, decode, rng, true));
-        }
-  table.print("shape grid (GQA 1/2/4/8, contiguous and paged, causal)");
+  check_shape_grid(*plugin, kDtypes, {32, 40, 64, 72, 80, 96, 128, 256}, 7,
+                   "shape grid (GQA 1/2/4/8, contiguous and paged, causal)", rng);
 }
 
 TEST(MhaCuda, NonCausalStridedAndLooseBounds) {
@@ -76,15 +60,7 @@ TEST(MhaCuda, LongContexts) {
   ErrorTable table;
   for (int dtype : kDtypes) {
     const std::string tag = dtype_name(dtype);
-    Case d4k{128, 32, 8, {1}, {4099}};
-    d4k.dtype = dtype, d4k.extra_slots = 0;
-    table.add(tag + " decode 4K d=128 32/8", run_case(*plugin, d4k, rng, true));
-    Case d16k{128, 8, 1, {1, 1}, {16384, 9001}};
-    d16k.dtype = dtype, d16k.paged = true, d16k.extra_slots = 0;
-    table.add(tag + " decode 16K+9K paged d=128 8/1", run_case(*plugin, d16k, rng, true));
-    Case d16k_256{256, 8, 2, {1}, {16500}};
-    d16k_256.dtype = dtype, d16k_256.extra_slots = 0;
-    table.add(tag + " decode 16.5K d=256 8/2", run_case(*plugin, d16k_256, rng, true));
+    add_long_decodes(*plugin, dtype, rng, table);
     Case chunk{64, 8, 2, {67}, {8192}};  // a prefill chunk after an 8K prefix
     chunk.dtype = dtype, chunk.paged = true, chunk.extra_slots = 1;
     table.add(tag + " prefill 67 after 8K paged d=64 8/2", run_case(*plugin, chunk, rng, false));
@@ -111,51 +87,23 @@ TEST(MhaCuda, ProbeRefusesWithReasons) {  // no GPU needed: the probe reads only
   EXPECT_EQ(t.priority, 20);
   EXPECT_STREQ(t.version, "1.0.0");
   llm_attention_shape shape{sizeof(llm_attention_shape), 128, 32, 8, LLM_DTYPE_BF16, 4096, 8, 0, 0};
-  llm_device_info gpu{};
-  gpu.struct_size = sizeof(gpu);
-  gpu.kind = LLM_DEVICE_CUDA;
-  gpu.compute_major = 9;
-  gpu.num_threads = 1;
-  gpu.name = "fake H100";
-  auto verdict = [&](const llm_device_info& d, const llm_attention_shape& s) {
-    llm_probe_result r{};
-    r.struct_size = sizeof(r);
-    EXPECT_EQ(t.probe(&d, &s, &r), LLM_OK);
-    return r;
-  };
-  llm_probe_result r = verdict(gpu, shape);
+  const llm_device_info gpu = fake_gpu(9, 0, "fake H100");
+  const llm_probe_result r = probe_verdict(*plugin, gpu, shape);
   EXPECT_TRUE(r.supported) << r.reason;
   EXPECT_EQ(r.capabilities,
             LLM_CAP_PREFILL | LLM_CAP_DECODE | LLM_CAP_PAGED_KV | LLM_CAP_CUDA_GRAPH_SAFE | LLM_CAP_DETERMINISTIC);
 
-  llm_attention_shape big = shape;
-  big.head_dim = 512;
-  r = verdict(gpu, big);
-  EXPECT_FALSE(r.supported);
-  EXPECT_NE(std::string(r.reason).find("head_dim 512"), std::string::npos) << r.reason;
-
-  const llm_device_info cpu = cpu_device_info(1);
-  r = verdict(cpu, shape);
-  EXPECT_FALSE(r.supported);
-  EXPECT_NE(std::string(r.reason).find("CPU"), std::string::npos) << r.reason;
-
-  llm_device_info turing = gpu;
-  turing.compute_major = 7, turing.compute_minor = 5, turing.name = "fake T4";
-  r = verdict(turing, shape);
-  EXPECT_FALSE(r.supported);
-  EXPECT_NE(std::string(r.reason).find("7.5"), std::string::npos) << r.reason;
-
-  llm_attention_shape odd_gqa = shape;
-  odd_gqa.num_kv_heads = 5;
-  r = verdict(gpu, odd_gqa);
-  EXPECT_FALSE(r.supported);
-  EXPECT_NE(std::string(r.reason).find("multiple"), std::string::npos) << r.reason;
-
-  llm_attention_shape bad_dtype = shape;
-  bad_dtype.dtype = 7;
-  r = verdict(gpu, bad_dtype);
-  EXPECT_FALSE(r.supported);
-  EXPECT_NE(std::string(r.reason).find("dtype"), std::string::npos) << r.reason;
+  llm_attention_shape s = shape;
+  s.head_dim = 512;
+  expect_refused(*plugin, gpu, s, "head_dim 512");
+  expect_refused(*plugin, cpu_device_info(1), shape, "CPU");
+  expect_refused(*plugin, fake_gpu(7, 5, "fake T4"), shape, "7.5");
+  s = shape;
+  s.num_kv_heads = 5;
+  expect_refused(*plugin, gpu, s, "multiple");
+  s = shape;
+  s.dtype = 7;
+  expect_refused(*plugin, gpu, s, "dtype");
 }
 
 TEST(MhaCuda, ProbeAcceptsTheRealGpu) {
@@ -164,9 +112,7 @@ TEST(MhaCuda, ProbeAcceptsTheRealGpu) {
   ASSERT_NE(plugin, nullptr);
   const llm_device_info device = gpu_info();
   llm_attention_shape shape{sizeof(llm_attention_shape), 80, 12, 4, LLM_DTYPE_F16, 2048, 4, LLM_KV_LAYOUT_PAGED, 16};
-  llm_probe_result r{};
-  r.struct_size = sizeof(r);
-  ASSERT_EQ(plugin->iface().probe(&device, &shape, &r), LLM_OK);
+  const llm_probe_result r = probe_verdict(*plugin, device, shape);
   EXPECT_TRUE(r.supported) << r.reason;
 }
 
