@@ -53,8 +53,8 @@ size_t bf16_weight_bytes(const llm::ModelConfig& c) {
 // What a decode step reads of them: a separate classifier's step reads one row of the embedding table, not
 // all of it. The stricter floor, printed beside the issue's.
 size_t bf16_bytes_read_a_step(const llm::ModelConfig& c) {
-  const size_t d = c.dim, v = c.vocab_size;
-  return c.shared_classifier ? bf16_weight_bytes(c) : bf16_weight_bytes(c) - 2 * (v - 1) * d;
+  const size_t all = bf16_weight_bytes(c);
+  return c.shared_classifier ? all : all - 2 * (static_cast<size_t>(c.vocab_size) - 1) * c.dim;
 }
 
 // Whether a checkpoint written for `b` has the shape of `a` (what write_checkpoint stores).
@@ -160,8 +160,8 @@ int main(int argc, char** argv) {
       }
       llm::LanguageModel& model = engine->model();
       // Each GPU reads 1/world of the weights.
-      const double floor = world * bw * 1e9 / bf16_weight_bytes(config);
-      const double read_floor = world * bw * 1e9 / bf16_bytes_read_a_step(config);
+      const size_t weight_bytes = bf16_weight_bytes(config), read_bytes = bf16_bytes_read_a_step(config);
+      const double floor = world * bw * 1e9 / weight_bytes, read_floor = world * bw * 1e9 / read_bytes;
       std::mt19937 rng(7);
       std::uniform_int_distribution<int> token(3, config.vocab_size - 1);
       auto* gpu_model = dynamic_cast<llm::cuda::LlamaCuda*>(&model);
@@ -240,9 +240,8 @@ int main(int argc, char** argv) {
           std::printf(
               "| %s | %s | %d | %s | %s | %.2f GB | %.0f | %.0f | %.0f | %.0f | %.1f%% | %.2f GB | %.0f | %.1f%% |\n",
               shape.c_str(), gpus_label.c_str(), batch, model.attention_backend().c_str(), product_label.c_str(),
-              bf16_weight_bytes(config) / 1e9, best_prefill, best_decode, best_decode * batch, floor,
-              100.0 * best_decode / floor, bf16_bytes_read_a_step(config) / 1e9, read_floor,
-              100.0 * best_decode / read_floor);
+              weight_bytes / 1e9, best_prefill, best_decode, best_decode * batch, floor, 100.0 * best_decode / floor,
+              read_bytes / 1e9, read_floor, 100.0 * best_decode / read_floor);
           if (best_back_to_back > 0)
             std::fprintf(stderr,
                          "%s batch %d: decode in runs of %d steps a graph launch; %.0f decode tok/s per sequence "
