@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "error.h"
+#include "random_checkpoint.h"
 #include "test_support.h"
 
 namespace llm {
@@ -667,6 +668,23 @@ TEST_F(CheckpointBadInput, FillerExceptionRemovesPartialFile) {
 
 namespace llm {
 namespace {
+
+// The presets carry their published model's classifier (the benchmark's floors count a separate one's
+// bytes): llama2.c's stories models share the token embedding, TinyLlama and Llama 2 do not. An unknown
+// name is an error that lists the known ones.
+TEST(ModelPreset, ClassifierIsThePublishedModels) {
+  ASSERT_GE(model_preset_names().size(), 7u);
+  for (const std::string& name : model_preset_names()) {
+    const bool stories = name.rfind("stories", 0) == 0;
+    EXPECT_EQ(model_preset(name).shared_classifier, stories) << name;
+  }
+  try {
+    model_preset("llama3-8b");
+    ADD_FAILURE() << "an unknown preset was accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::AllOf(::testing::HasSubstr("llama3-8b"), ::testing::HasSubstr("tinyllama")));
+  }
+}
 
 TEST(CheckpointLoadMode, MemoryHoldsTheSameBytesAsTheMapping) {
   for (const char* name : {"stories260K.bin", "stories260K_q80.bin"}) {

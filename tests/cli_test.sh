@@ -109,5 +109,20 @@ check "--tensor-parallel that does not divide the heads is a clear error" eval '
 run backends
 check "backends without a model still lists plugins" eval 'rc 0 && out_has "mha_cpu" && out_has "not run"'
 
+# make_checkpoint: the classifier is the preset's model's (separate for tinyllama, shared for the stories
+# models) unless --shared or --unshared says; a separate one is vocab x dim fp32 values more (v1 files).
+mc() { "$build/bin/make_checkpoint" "$@" >"$tmp/out" 2>"$tmp/err"; echo $? >"$tmp/rc"; }
+small=(--dim 64 --hidden-dim 172 --layers 1 --heads 8 --kv-heads 4 --vocab 512 --seq-len 64)
+size() { stat -c %s "$1"; }
+mc --preset tinyllama "${small[@]}" --out "$tmp/tiny.bin"; mc --preset tinyllama "${small[@]}" --shared --out "$tmp/tiny_shared.bin"
+check "make_checkpoint: tinyllama's classifier is separate unless --shared" \
+  eval '[ $(( $(size "$tmp/tiny.bin") - $(size "$tmp/tiny_shared.bin") )) -eq $((512 * 64 * 4)) ]'
+mc --preset stories260K --out "$tmp/s260.bin"; mc --preset stories260K --unshared --out "$tmp/s260_unshared.bin"
+check "make_checkpoint: stories260K shares its classifier unless --unshared" \
+  eval '[ $(( $(size "$tmp/s260_unshared.bin") - $(size "$tmp/s260.bin") )) -eq $((512 * 64 * 4)) ]'
+mc --shared --unshared --out "$tmp/both.bin"
+check "make_checkpoint: --shared with --unshared is refused, nothing written" \
+  eval '! rc 0 && err_has "excludes" && [ ! -e "$tmp/both.bin" ]'
+
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]
