@@ -15,7 +15,8 @@ check() {  # check NAME COND...: runs COND in a subshell, counts the result
   local name=$1; shift
   if ( "$@" ); then passed=$((passed + 1)); echo "ok   $name"; else failures=$((failures + 1)); echo "FAIL $name"; fi
 }
-run() { "$runner" "$@" >"$tmp/out" 2>"$tmp/err"; echo $? >"$tmp/rc"; }
+capture() { "$@" >"$tmp/out" 2>"$tmp/err"; echo $? >"$tmp/rc"; }  # capture PROGRAM ARGS...: out, err, rc
+run() { capture "$runner" "$@"; }
 rc() { [ "$(cat "$tmp/rc")" = "$1" ]; }
 out_has() { grep -qF -- "$1" "$tmp/out"; }
 err_has() { grep -qF -- "$1" "$tmp/err"; }
@@ -111,7 +112,7 @@ check "backends without a model still lists plugins" eval 'rc 0 && out_has "mha_
 
 # make_checkpoint: the classifier is the preset's model's (separate for tinyllama, shared for the stories
 # models) unless --shared or --unshared says; a separate one is vocab x dim fp32 values more (v1 files).
-mc() { "$build/bin/make_checkpoint" "$@" >"$tmp/out" 2>"$tmp/err"; echo $? >"$tmp/rc"; }
+mc() { capture "$build/bin/make_checkpoint" "$@"; }
 small=(--dim 64 --hidden-dim 172 --layers 1 --heads 8 --kv-heads 4 --vocab 512 --seq-len 64)
 size() { stat -c %s "$1"; }
 mc --preset tinyllama "${small[@]}" --out "$tmp/tiny.bin"; mc --preset tinyllama "${small[@]}" --shared --out "$tmp/tiny_shared.bin"
