@@ -3,6 +3,7 @@
 
 #include <cfloat>
 
+#include "argmax_key.h"
 #include "cuda_check.h"
 #include "cuda_kernels.h"
 #include "dtype_convert.cuh"
@@ -44,8 +45,25 @@ struct alignas(4 * sizeof(T)) Four {
 };
 
 template <typename T>
-__global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, int vocab, float* x, EmbedNextNorm next) {
-  const int t = blockIdx.x, token = tokens[t];
+__global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, int vocab, float* x, EmbedNextNorm next,
+                             EmbedKeys keys) {
+  const int t = blockIdx.x;
+  if (keys.clear && threadIdx.x < kArgmaxSlots) keys.clear[t * kArgmaxSlots + threadIdx.x] = 0;
+  int token;
+  if (keys.picked) {  // the largest of the token's keys, by the first warp
+    __shared__ int32_t picked;
+    if (threadIdx.x < 32) {
+      unsigned long long k = 0;
+      for (int i = threadIdx.x; i < kArgmaxSlots; i += 32)
+        k = max(k, static_cast<unsigned long long>(keys.picked[t * kArgmaxSlots + i]));
+      for (int o = 16; o > 0; o >>= 1) k = max(k, __shfl_xor_sync(0xffffffffu, k, o));
+      if (threadIdx.x == 0) picked = argmax_key_row(k);
+    }
+    __syncthreads();
+    token = picked;
+  } else {
+    token = tokens[t];
+  }
   float* out = x + static_cast<int64_t>(t) * dim;
   const bool valid = token >= 0 && token < vocab;
   const T* row = table + static_cast<int64_t>(valid ? token : 0) * dim;
@@ -213,10 +231,10 @@ int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((
 }  // namespace
 
 void embed(const int32_t* tokens, int n_tokens, const void* embedding, DType type, int dim, int vocab, float* x,
-           cudaStream_t stream, const EmbedNextNorm& next) {
+           cudaStream_t stream, const EmbedNextNorm& next, const EmbedKeys& keys) {
   by_type(type, [&](auto tag) {
     using T = decltype(tag);
-    embed_kernel<T><<<n_tokens, 256, 0, stream>>>(tokens, static_cast<const T*>(embedding), dim, vocab, x, next);
+    embed_kernel<T><<<n_tokens, 256, 0, stream>>>(tokens, static_cast<const T*>(embedding), dim, vocab, x, next, keys);
   });
   LLM_CUDA_CHECK_LAUNCH();
 }

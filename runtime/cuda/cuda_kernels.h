@@ -19,11 +19,19 @@ struct EmbedNextNorm {
   float* parts = nullptr;
 };
 
+// Argmax keys (argmax_key.h) the embedding reads and clears, [tokens][kArgmaxSlots] each: with `picked`, the
+// tokens are the picks a classifier folded there (the step before), not an array of ids; `clear` is zeroed
+// for the classifier of this step to fold into.
+struct EmbedKeys {
+  const uint64_t* picked = nullptr;
+  uint64_t* clear = nullptr;
+};
+
 // x[t] = embedding[tokens[t]] as fp32; embedding is [vocab][dim] in `type`; and `next` where set.
 // (A token outside [0, vocab) gives a row of NaN: ids picked on the device, from logits with no number in
 // them, reach the next step that way and are reported once the ids are back on the host.)
 void embed(const int32_t* tokens, int n_tokens, const void* embedding, DType type, int dim, int vocab, float* x,
-           cudaStream_t stream, const EmbedNextNorm& next = {});
+           cudaStream_t stream, const EmbedNextNorm& next = {}, const EmbedKeys& keys = {});
 
 // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * gain, written in `type`; rows[t] picks the row of x for output
 // row t (nullptr: row t), so the classifier can norm only each sequence's last token.

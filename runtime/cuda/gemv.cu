@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "argmax_key.h"
 #include "cuda_check.h"
 #include "dtype_convert.cuh"
 #include "error.h"
@@ -392,6 +393,13 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, in
             float* y = static_cast<float*>(p.out) + static_cast<int64_t>(t) * rows + r;
             y[0] = acc[0][t];
             if (second) y[1] = acc[1][t];
+            if constexpr (E == GemvEpilogue::ArgmaxF32) {  // the pick, folded (argmax_key.h)
+              uint64_t key = argmax_key(__float_as_uint(acc[0][t]), r);
+              if (second) key = max(key, argmax_key(__float_as_uint(acc[1][t]), r + 1));
+              if (key)
+                atomicMax(reinterpret_cast<unsigned long long*>(p.argmax_keys) + t * kArgmaxSlots + warp % kArgmaxSlots,
+                          static_cast<unsigned long long>(key));
+            }
           }
       }
     }
@@ -453,6 +461,7 @@ GemvKernelFn kernel_for(GemvEpilogue e, int norm) {
         return gemv_add_kernel<T, U, Split>;
       else
         return gemv_kernel<T, NT, U, E::AddF32, false, false, Split>;
+    case E::ArgmaxF32: return pick(std::integral_constant<E, E::ArgmaxF32>{});
     default: return pick(std::integral_constant<E, E::StoreF32>{});
   }
 }
@@ -599,6 +608,10 @@ bool gemv_normalizes_input(GemvKernel kernel, DType type, int tokens) {
   return tokens >= 1 && tokens <= gemv_max_tokens(kernel, type) && !takes_tensor_cores(kernel, type, tokens);
 }
 
+bool gemv_folds_argmax(GemvKernel kernel, DType type, int tokens) {
+  return gemv_normalizes_input(kernel, type, tokens);
+}
+
 int gemv_next_parts_capacity(int rows) { return (rows + 1) / 2; }
 
 bool gemv_prepares_norm(GemvKernel kernel, DType type, int tokens) {
@@ -628,6 +641,11 @@ int gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t s
          args.norm_parts_count);
   if (args.next_x && (epilogue != GemvEpilogue::AddF32 || !args.next_gain || !args.next_parts))
     fail("gemv: next_x is written by an AddF32 product, with next_gain and next_parts");
+  if (epilogue == GemvEpilogue::ArgmaxF32 && (!args.argmax_keys || !gemv_folds_argmax(kernel, type, args.tokens)))
+    fail(
+        "gemv: the argmax folded into the product needs argmax_keys and the CUDA-core kernel ({} tokens, {} kernel, "
+        "{})",
+        args.tokens, gemv_kernel_name(kernel), dtype_name(type));
   if (takes_tensor_cores(kernel, type, args.tokens)) {
     gemv_tensor_core(epilogue, args, type, stream, tuning);
     return 0;

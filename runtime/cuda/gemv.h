@@ -8,6 +8,8 @@
 //   Swiglu:   h = silu(W1 x) * (W3 x) (a warp holds row r of both).
 //   AddF32:   y += W x (the residual stream, fp32).
 //   StoreF32: y = W x (logits, fp32).
+//   ArgmaxF32: StoreF32, and each token's greedy pick folded into argmax keys (argmax_key.h) on the way,
+//             so that no argmax kernel runs after the classifier (CUDA-core kernel only).
 // The CUDA-core kernel can also take the RMSNorm before a product (gemv_normalizes_input): x is then the
 // fp32 residual stream and the product is W (g * x / rms(x)). Every warp reads all of x anyway, so it sums
 // the squares on the way and scales its totals at the end: one launch (and one wait on the kernel before)
@@ -40,7 +42,7 @@ constexpr int kGemvCudaCoreMaxTokens = 4;  // the CUDA-core kernel's limit (the 
 // until benches/gemv_bench measures both on the GPU (the CUDA-core kernel was tuned for 1 token).
 constexpr int kGemvAutoCudaCoreMaxTokens = 1;
 
-enum class GemvEpilogue { QkvRope, Swiglu, AddF32, StoreF32 };
+enum class GemvEpilogue { QkvRope, Swiglu, AddF32, StoreF32, ArgmaxF32 };
 
 // Which kernel does a product. The environment variable LLM_GEMV (cuda_core, tensor_core or auto; read by
 // gemv_kernel_from_env, which LlamaCuda calls once when it is built) chooses for a whole run, so that one
@@ -92,6 +94,9 @@ struct GemvArgs {
   const float* next_gain = nullptr;
   void* next_x = nullptr;
   float* next_parts = nullptr;
+  // ArgmaxF32 only: [tokens][kArgmaxSlots] keys (argmax_key.h), zero before the product; every row's logit
+  // is folded into its token's keys.
+  uint64_t* argmax_keys = nullptr;
 };
 
 // How a kernel cuts a product (0: chosen from the shape and the device; for measurement and tests).
@@ -110,6 +115,10 @@ bool gemv_normalizes_input(GemvKernel kernel, DType type, int tokens);
 // Whether gemv takes norm_parts and next_x (the RMSNorm prepared by the product before): the CUDA-core
 // kernel at one token.
 bool gemv_prepares_norm(GemvKernel kernel, DType type, int tokens);
+
+// Whether gemv takes ArgmaxF32 (the greedy pick folded into the product) for a step of `tokens` tokens:
+// the CUDA-core kernel does.
+bool gemv_folds_argmax(GemvKernel kernel, DType type, int tokens);
 
 // The most partial sums an AddF32 with next_parts writes for `rows` rows: a block per pair of rows at most.
 int gemv_next_parts_capacity(int rows);

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "argmax_key.h"
 #include "cuda_check.h"
 #include "cuda_kernels.h"
 #include "error.h"
@@ -40,12 +41,13 @@ bool sample_on_host_from_env() {
   return v && std::string(v) == "1";
 }
 
-// LLM_PREPARED_NORM: 1 (or unset) prepares the next norm's input in the residual adds at one token, 0 not.
-bool prepare_norm_from_env() {
-  const char* v = std::getenv("LLM_PREPARED_NORM");
+// A switch that is on unless the variable says 0: LLM_PREPARED_NORM (the next norm's input prepared in the
+// residual adds at one token), LLM_ARGMAX_FOLD (the greedy pick folded into the classifier).
+bool on_unless_env_says_0(const char* name) {
+  const char* v = std::getenv(name);
   if (!v || !*v || std::string(v) == "1") return true;
   if (std::string(v) == "0") return false;
-  fail("LLM_PREPARED_NORM='{}': expected 0 or 1", v);
+  fail("{}='{}': expected 0 or 1", name, v);
 }
 
 // LLM_DECODE_OVERLAP: what decode attention may overlap (llm_attention_args.overlap): auto (or unset),
@@ -94,7 +96,8 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       max_context_(max_context),
       alloc_(std::make_unique<CachingAllocator>(device.index)),
       gemv_kernel_(gemv_kernel_from_env()),
-      prepare_norm_(prepare_norm_from_env()),
+      prepare_norm_(on_unless_env_says_0("LLM_PREPARED_NORM")),
+      fold_argmax_(on_unless_env_says_0("LLM_ARGMAX_FOLD")),
       decode_overlap_(decode_overlap_from_env()),
       steps_ahead_(steps_ahead_from_env()),
       sample_on_host_(sample_on_host_from_env()) {
@@ -108,6 +111,7 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   cublas_workspace_ = alloc(kCublasWorkspace, AllocTag::Workspace);
   LLM_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
   LLM_CUDA_CHECK(cudaMallocHost(&pinned_ids_, sizeof(int32_t) * max_batch_ * kMaxStepsAhead));
+  LLM_CUDA_CHECK(cudaMallocHost(&pinned_keys_, sizeof(uint64_t) * max_batch_ * kMaxStepsAhead * kArgmaxSlots));
   chain_->set_bridge(this);
   if (chain_->has_injected_failures()) {
     use_graphs_ = false;
@@ -175,6 +179,11 @@ void LlamaCuda::set_prepare_norm(bool on) {
   drop_graphs();
 }
 
+void LlamaCuda::set_fold_argmax(bool on) {
+  fold_argmax_ = on;
+  drop_graphs();
+}
+
 void LlamaCuda::set_decode_overlap(int overlap) {
   decode_overlap_ = overlap;
   drop_graphs();
@@ -212,6 +221,7 @@ LlamaCuda::~LlamaCuda() {
   cudaSetDevice(device_);
   drop_graphs();
   if (pinned_ids_) cudaFreeHost(pinned_ids_);
+  if (pinned_keys_) cudaFreeHost(pinned_keys_);
   if (pinned_uniforms_) cudaFreeHost(pinned_uniforms_);
   if (!host_meta_.empty()) cudaFreeHost(host_meta_.data());
   if (cublas_) cublasDestroy(cublas_);
@@ -287,9 +297,9 @@ LlamaCuda::DeviceMatrix LlamaCuda::upload(const Matrix& m) {
 void LlamaCuda::grow_buffers(int tokens, int chunks) {
   if (tokens <= cap_tokens_ && chunks <= cap_chunks_) return;
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  for (void* p :
-       {static_cast<void*>(x_), xb_, q_, k_, v_, static_cast<void*>(h1_), static_cast<void*>(h3_), hb_, last_, xn_,
-        static_cast<void*>(parts_), static_cast<void*>(logits_), static_cast<void*>(meta_), static_cast<void*>(ids_)})
+  for (void* p : {static_cast<void*>(x_), xb_, q_, k_, v_, static_cast<void*>(h1_), static_cast<void*>(h3_), hb_, last_,
+                  xn_, static_cast<void*>(parts_), static_cast<void*>(logits_), static_cast<void*>(meta_),
+                  static_cast<void*>(ids_), static_cast<void*>(argmax_keys_)})
     release(p);
   drop_graphs();  // graphs hold the old addresses
   cap_tokens_ = std::max(tokens, cap_tokens_);
@@ -311,6 +321,8 @@ void LlamaCuda::grow_buffers(int tokens, int chunks) {
   logits_ = static_cast<float*>(alloc(c * m.vocab_size * sizeof(float), AllocTag::Activations));
   meta_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * meta_block_ints() * sizeof(int32_t), AllocTag::Activations));
   ids_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * c * sizeof(int32_t), AllocTag::Activations));
+  argmax_keys_ =
+      static_cast<uint64_t*>(alloc(kMaxStepsAhead * c * kArgmaxSlots * sizeof(uint64_t), AllocTag::Activations));
 }
 
 // y = W x for `tokens` rows of x: W (rows, cols) row-major in dtype, x (tokens, cols) dtype, y (tokens, rows)
@@ -406,7 +418,13 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   int parts = 0;  // partial sums in parts_ (prepared)
   EmbedNextNorm first;
   if (prepared) first.gain = layers_[0].rms_att, first.x = xn_, first.parts = parts_, parts = 1;
-  embed(tok, tokens, embedding_.data, dtype_, c.dim, c.vocab_size, x_, stream_, first);
+  // Where the classifier folds the pick, this step's keys start at zero and the step before's are its tokens.
+  const size_t keys_per_step = static_cast<size_t>(cap_chunks_) * kArgmaxSlots;
+  uint64_t* step_keys = folds_argmax(tokens, chunks) ? argmax_keys_ + step * keys_per_step : nullptr;
+  EmbedKeys keys;
+  keys.clear = step_keys;
+  if (step_keys && step > 0) keys.picked = step_keys - keys_per_step;
+  embed(tok, tokens, embedding_.data, dtype_, c.dim, c.vocab_size, x_, stream_, first, keys);
 
   llm_kv_cache_view view{};
   view.struct_size = sizeof(view);
@@ -457,14 +475,20 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   // y (+)= W x through whichever path this step takes; y fp32. With norm_gain (fused_norm only), x is the
   // residual and the product takes the RMSNorm. A residual add (prepared) writes the input of the norm
   // with gain next_gain for the product after it.
+  // With argmax_keys (gemv_path only), the product also folds each token's pick into them.
   auto product_f32 = [&](const DeviceMatrix& w, const void* x, int n, float* y, bool add,
-                         const float* norm_gain = nullptr, const float* next_gain = nullptr) {
+                         const float* norm_gain = nullptr, const float* next_gain = nullptr,
+                         uint64_t* argmax_keys = nullptr) {
     if (!gemv_path) return gemm(w, x, n, y, true, add ? 1.0f : 0.0f);
     GemvArgs a;
     a.w[0] = w.data, a.rows[0] = w.rows, a.cols = w.cols, a.x = x, a.tokens = n, a.out = y;
     if (norm_gain) take_norm(a, norm_gain);
     if (prepared && next_gain) a.next_gain = next_gain, a.next_x = xn_, a.next_parts = parts_;
-    const int blocks = gemv(add ? GemvEpilogue::AddF32 : GemvEpilogue::StoreF32, a, dtype_, stream_, gemv_kernel_);
+    a.argmax_keys = argmax_keys;
+    const GemvEpilogue epilogue = add           ? GemvEpilogue::AddF32
+                                  : argmax_keys ? GemvEpilogue::ArgmaxF32
+                                                : GemvEpilogue::StoreF32;
+    const int blocks = gemv(epilogue, a, dtype_, stream_, gemv_kernel_);
     if (a.next_x) {
       if (blocks > gemv_next_parts_capacity(c.dim))
         fail("gemv: {} partial sums for a buffer of {}", blocks, gemv_next_parts_capacity(c.dim));
@@ -525,15 +549,40 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   }
   if (!head_) return;
 
-  // final rmsnorm of each chunk's last token, classifier, argmax (fused when every chunk is one token:
-  // the last tokens are then the rows of x as they are)
+  // final rmsnorm of each chunk's last token, classifier, argmax (the norm fused when every chunk is one
+  // token: the last tokens are then the rows of x as they are; the argmax folded into the classifier where
+  // it takes it)
   if (fused_norm && tokens == chunks) {
-    product_f32(classifier_, x_, chunks, logits_, false, rms_final_);
+    product_f32(classifier_, x_, chunks, logits_, false, rms_final_, nullptr, step_keys);
   } else {
     rmsnorm(x_, last, chunks, rms_final_, c.dim, c.rms_norm_eps, last_, dtype_, stream_);
-    product_f32(classifier_, last_, chunks, logits_, false);
+    product_f32(classifier_, last_, chunks, logits_, false, nullptr, nullptr, step_keys);
   }
-  argmax_rows(logits_, chunks, c.vocab_size, ids_ + step * cap_chunks_, stream_);
+  if (!step_keys) argmax_rows(logits_, chunks, c.vocab_size, ids_ + step * cap_chunks_, stream_);
+}
+
+bool LlamaCuda::folds_argmax(int tokens, int chunks) const {
+  const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
+  return fold_argmax_ && head_ && tokens == chunks && tokens <= gemv_tokens &&
+         gemv_folds_argmax(gemv_kernel_, dtype_, tokens);
+}
+
+void LlamaCuda::copy_picks(int n, int steps, bool folded) {
+  if (!folded) {
+    const size_t row = n * sizeof(int32_t);
+    LLM_CUDA_CHECK(cudaMemcpy2DAsync(pinned_ids_, row, ids_, cap_chunks_ * sizeof(int32_t), row, steps,
+                                     cudaMemcpyDeviceToHost, stream_));
+    LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return;
+  }
+  const size_t row = n * kArgmaxSlots * sizeof(uint64_t);
+  LLM_CUDA_CHECK(cudaMemcpy2DAsync(pinned_keys_, row, argmax_keys_, cap_chunks_ * kArgmaxSlots * sizeof(uint64_t), row,
+                                   steps, cudaMemcpyDeviceToHost, stream_));
+  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (int i = 0; i < steps * n; ++i) {
+    const uint64_t* keys = pinned_keys_ + static_cast<size_t>(i) * kArgmaxSlots;
+    pinned_ids_[i] = argmax_key_row(*std::max_element(keys, keys + kArgmaxSlots));
+  }
 }
 
 void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {
@@ -621,11 +670,7 @@ void LlamaCuda::forward_argmax_steps(const std::vector<SequenceChunk>& chunks, i
   }
   LLM_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
   graph_replays_ += steps;
-  // the picks, [step][chunk] (the device's rows are cap_chunks_ apart)
-  const size_t row = n * sizeof(int32_t);
-  LLM_CUDA_CHECK(cudaMemcpy2DAsync(pinned_ids_, row, ids_, cap_chunks_ * sizeof(int32_t), row, steps,
-                                   cudaMemcpyDeviceToHost, stream_));
-  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  copy_picks(n, steps, folds_argmax(n, n));
   take_picks(chunks, steps, ids);
 }
 
@@ -661,8 +706,10 @@ void LlamaCuda::forward_argmax(const std::vector<SequenceChunk>& chunks, int* id
     LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     return;
   }
-  LLM_CUDA_CHECK(cudaMemcpyAsync(pinned_ids_, ids_, chunks.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
-  LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  int tokens = 0;
+  for (const auto& ch : chunks) tokens += static_cast<int>(ch.tokens.size());
+  const int n = static_cast<int>(chunks.size());
+  copy_picks(n, 1, folds_argmax(tokens, n));
   take_picks(chunks, 1, ids);
 }
 

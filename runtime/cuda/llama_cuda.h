@@ -92,6 +92,12 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   // whole only after the all-reduce).
   void set_prepare_norm(bool on);
   bool prepare_norm() const { return prepare_norm_; }
+  // Whether greedy steps fold the pick into the classifier's launch where its product takes the CUDA-core
+  // kernel (gemv.h, GemvEpilogue::ArgmaxF32; default, or LLM_ARGMAX_FOLD=0 for off: argmax_rows after it).
+  // Never changes the ids.
+  void set_fold_argmax(bool on);
+  // Whether a step of `tokens` tokens in `chunks` sequences folds it (one token a sequence, CUDA-core products).
+  bool folds_argmax(int tokens, int chunks) const;
   // What decode attention may overlap with the products around it (llm_attention_args.overlap,
   // LLM_OVERLAP_* bits): kOverlapAuto (default, or LLM_DECODE_OVERLAP) picks from the model's shape where it
   // measured a gain; otherwise these bits for every decode step. Never changes the results.
@@ -128,8 +134,11 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   void stage(const std::vector<SequenceChunk>& chunks, int steps = 1);
   size_t meta_block_ints() const;  // one block's ints (the layout is in stage)
   // The forward pass on stream_ for metadata block `step`; its tokens: the block's, or for step > 0 the
-  // ids step - 1 picked. Its argmax goes to ids_ + step * cap_chunks_.
+  // ids step - 1 picked. Its argmax goes to ids_ + step * cap_chunks_, or where folds_argmax, to its keys
+  // in argmax_keys_ (which the step's embedding clears first).
   void enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, int step = 0);
+  // The picks of `steps` steps of n sequences, copied back into pinned_ids_ [step][sequence] (waits).
+  void copy_picks(int n, int steps, bool folded);
   struct Graph {
     cudaGraphExec_t exec = nullptr;
     int tokens = 0;
@@ -177,7 +186,8 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   float* parts_ = nullptr;   // its partial sums of squares, one per block of the kernel that wrote it
   float* logits_ = nullptr;  // (chunks, vocab)
   int32_t* meta_ = nullptr;  // device: tokens, pos, slot [tokens]; q_start [chunks+1], kv_len, seq_slot, last [chunks]
-  int32_t* ids_ = nullptr;   // device argmax output [chunks]
+  int32_t* ids_ = nullptr;   // device argmax output [step][chunks]
+  uint64_t* argmax_keys_ = nullptr;  // [step][chunks][kArgmaxSlots]: the picks folded by the classifier
   // A view of pinned host memory (freed by the model).
   struct PinnedInts {
     PinnedInts() = default;
@@ -194,6 +204,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   PinnedInts host_meta_;
   std::vector<float> host_logits_;
   int32_t* pinned_ids_ = nullptr;
+  uint64_t* pinned_keys_ = nullptr;  // argmax_keys_ copied back
   // forward_sample: the workspace (grown on the first sampling step, as every buffer on its first step),
   // the uniforms (pinned, then on the device) and the picks
   SamplingWorkspace sampling_;
@@ -207,6 +218,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   GemvKernel gemv_kernel_ = GemvKernel::Auto;
   bool fuse_norm_ = true;
   bool prepare_norm_ = true;
+  bool fold_argmax_ = true;
   int decode_overlap_ = kOverlapAuto;
   std::vector<Graph> graphs_;                         // by chunk count, decode only
   std::map<std::pair<int, int>, Graph> step_graphs_;  // forward_argmax_steps: by (chunk count, steps)

@@ -1,13 +1,16 @@
-// argmax_rows (cuda_kernels.h): the greedy pick on the GPU, against a plain host argmax.
+// argmax_rows (cuda_kernels.h): the greedy pick on the GPU, against a plain host argmax; and the keys the
+// classifier folds the pick into instead (argmax_key.h), which need no GPU.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cfloat>
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "argmax_key.h"
 #include "cuda_kernels.h"
 #include "cuda_test_support.h"
 
@@ -70,4 +73,49 @@ TEST(Argmax, ARowWithoutANumberGivesAnIdOutsideTheVocabulary) {
   const std::vector<int> got = device_argmax(logits, 2, vocab, 0);
   EXPECT_TRUE(got[0] < 0 || got[0] >= vocab) << got[0];  // LlamaCuda::forward_argmax turns this into an error
   EXPECT_EQ(got[1], 777);
+}
+
+// The largest key over a row names the row host_argmax picks, over values with ties, signed zeros, the
+// largest and smallest finite floats, subnormals, infinities and NaN; a row without a number above
+// -FLT_MAX has only zero keys (kArgmaxNone). No GPU: the keys' order is plain integer order.
+TEST(ArgmaxKey, TheLargestKeyIsTheFirstLargestLogit) {
+  std::mt19937 rng(12);
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            1.0f,
+                            -1.0f,
+                            FLT_MAX,
+                            -FLT_MAX,
+                            FLT_MIN,
+                            -FLT_MIN,
+                            1e-45f,
+                            -1e-45f,
+                            INFINITY,
+                            -INFINITY,
+                            std::nanf(""),
+                            -std::nanf(""),
+                            3.5f,
+                            -3.5f,
+                            std::nextafter(-FLT_MAX, 0.0f)};
+  constexpr int kSpecials = sizeof(specials) / sizeof(specials[0]);
+  std::uniform_int_distribution<int> pick(0, kSpecials - 1), len(1, 40), coin(0, 3);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  int nones = 0;
+  for (int trial = 0; trial < 20000; ++trial) {
+    std::vector<float> row(len(rng));
+    for (float& v : row) v = coin(rng) ? specials[pick(rng)] : std::round(normal(rng));  // rounded: ties
+    uint64_t top = 0;
+    for (size_t i = 0; i < row.size(); ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &row[i], sizeof(bits));
+      top = std::max(top, llm::cuda::argmax_key(bits, static_cast<int>(i)));
+    }
+    const int want = host_argmax(row.data(), static_cast<int>(row.size()));
+    EXPECT_EQ(llm::cuda::argmax_key_row(top), want < 0 ? llm::cuda::kArgmaxNone : want) << "trial " << trial;
+    nones += want < 0;
+  }
+  EXPECT_GT(nones, 0);  // rows of NaN, -inf and -FLT_MAX alone came up
+  uint32_t minus_zero = 0x80000000u;
+  EXPECT_EQ(llm::cuda::argmax_key(minus_zero, 5), llm::cuda::argmax_key(0u, 5));
+  EXPECT_EQ(llm::cuda::argmax_key_row(llm::cuda::argmax_key(0x3f800000u, 2147483646)), 2147483646);
 }

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -23,6 +24,7 @@
 #include <tuple>
 #include <vector>
 
+#include "argmax_key.h"
 #include "cuda_check.h"
 #include "cuda_kernels.h"
 #include "cuda_test_support.h"
@@ -100,7 +102,7 @@ struct Shape {
   int cols;
   int head_dim = 0;
   std::string name() const {
-    static const char* names[] = {"qkv_rope", "swiglu", "add_f32", "store_f32"};
+    static const char* names[] = {"qkv_rope", "swiglu", "add_f32", "store_f32", "argmax_f32"};
     std::string s = std::string(names[static_cast<int>(epilogue)]) + " " + std::to_string(rows[0]);
     if (epilogue == GemvEpilogue::QkvRope) s += "+" + std::to_string(rows[1]) + "+" + std::to_string(rows[2]);
     return s + "x" + std::to_string(cols);
@@ -344,6 +346,7 @@ class Problem {
       double* out = &ref_out_[static_cast<size_t>(t) * rows];
       switch (s.epilogue) {
         case GemvEpilogue::StoreF32:
+        case GemvEpilogue::ArgmaxF32:
           for (int r = 0; r < rows; ++r) out[r] = dot(w_[0], r, t);
           break;
         case GemvEpilogue::AddF32:
@@ -624,6 +627,85 @@ TEST(Gemv, CudaCorePlanSplitsTheRowsOfFewRowProducts) {
               splits(E::QkvRope, 2560, 2048), splits(E::AddF32, 2048, 5632));
 }
 
+// The greedy pick folded into the classifier (ArgmaxF32, argmax_key.h): its logits are StoreF32's, bit for
+// bit, and each token's keys name the host's argmax of those logits (the lowest row among equals; none where
+// they hold no number), for 1 to 4 tokens, bf16, fp16 and fp32, every split of the rows. Token 0 has a tie
+// at its top between rows of two warps, token 1 between the two rows of one warp, and token 2's x holds a
+// NaN. The logits are poisoned first; the keys of tokens past the step stay zero.
+TEST(Gemv, CudaCoreKernelFoldsTheArgmaxIntoTheProduct) {
+  LLM_REQUIRE_GPU();
+  std::mt19937 rng(20261202);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  constexpr int kTokens = cuda::kGemvCudaCoreMaxTokens;
+  for (DType type : {DType::BF16, DType::F16, DType::F32})
+    for (auto [rows, cols] : {std::pair{512, 64}, {32001, 64}, {1000, 4104}, {37, 33}, {4000, 2048}}) {
+      std::vector<float> w(static_cast<size_t>(rows) * cols), x(static_cast<size_t>(kTokens) * cols);
+      for (float& v : w) v = normal(rng);
+      for (float& v : x) v = normal(rng);
+      // rows a < b tie at token 0's top, rows c, c + 1 (one warp's pair) at token 1's
+      const int a = 3, b = rows - 7, c = 10;
+      for (int j = 0; j < cols; ++j) {
+        w[static_cast<size_t>(a) * cols + j] = w[static_cast<size_t>(b) * cols + j] = 4.0f * x[j];
+        w[static_cast<size_t>(c) * cols + j] = w[static_cast<size_t>(c + 1) * cols + j] = 4.0f * x[cols + j];
+      }
+      x[2 * static_cast<size_t>(cols) + cols / 2] = std::nanf("");
+      const size_t e = dtype_size(type);
+      DeviceBuffer dw(w.size() * e), dx(x.size() * e);
+      if (type == DType::F32) {
+        dw.upload(w), dx.upload(x);
+      } else {
+        std::vector<uint16_t> wb(w.size()), xb(x.size());
+        for (size_t i = 0; i < w.size(); ++i) wb[i] = to_bits(w[i], type);
+        for (size_t i = 0; i < x.size(); ++i) xb[i] = to_bits(x[i], type);
+        dw.upload(wb), dx.upload(xb);
+      }
+      const size_t n_keys = static_cast<size_t>(kTokens) * cuda::kArgmaxSlots;
+      DeviceBuffer plain(static_cast<size_t>(kTokens) * rows * sizeof(float));
+      DeviceBuffer folded(static_cast<size_t>(kTokens) * rows * sizeof(float)), keys(n_keys * sizeof(uint64_t));
+      for (int tokens = 1; tokens <= kTokens; ++tokens)
+        for (const GemvTuning& tuning : cuda_core_splits()) {
+          const std::string what = std::string(dtype_name(type)) + " " + std::to_string(rows) + "x" +
+                                   std::to_string(cols) + " tokens " + std::to_string(tokens) + " splits " +
+                                   std::to_string(tuning.splits);
+          GemvArgs args;
+          args.w[0] = dw.get(), args.rows[0] = rows, args.cols = cols, args.x = dx.get(), args.tokens = tokens;
+          plain.poison(), folded.poison();
+          LLM_CUDA_CHECK(cudaMemset(keys.get(), 0, n_keys * sizeof(uint64_t)));
+          args.out = plain.get();
+          cuda::gemv(GemvEpilogue::StoreF32, args, type, nullptr, GemvKernel::CudaCore, tuning);
+          args.out = folded.get(), args.argmax_keys = static_cast<uint64_t*>(keys.get());
+          cuda::gemv(GemvEpilogue::ArgmaxF32, args, type, nullptr, GemvKernel::CudaCore, tuning);
+          LLM_CUDA_CHECK(cudaDeviceSynchronize());
+          const auto want = plain.download<uint32_t>(), got = folded.download<uint32_t>();
+          const auto logits = folded.download<float>();
+          const auto k = keys.download<uint64_t>();
+          for (int t = 0; t < kTokens; ++t) {
+            const uint64_t* tk = k.data() + static_cast<size_t>(t) * cuda::kArgmaxSlots;
+            const uint64_t top = *std::max_element(tk, tk + cuda::kArgmaxSlots);
+            if (t >= tokens) {
+              EXPECT_EQ(top, 0u) << what << ": token " << t << " is past the step";
+              continue;
+            }
+            const size_t row0 = static_cast<size_t>(t) * rows;
+            EXPECT_TRUE(std::equal(want.begin() + row0, want.begin() + row0 + rows, got.begin() + row0))
+                << what << ": token " << t << "'s logits differ from StoreF32's";
+            int best = cuda::kArgmaxNone;
+            for (int r = 0; r < rows; ++r) {
+              const float v = logits[row0 + r];
+              if (v > -FLT_MAX && (best == cuda::kArgmaxNone || v > logits[row0 + best])) best = r;
+            }
+            EXPECT_EQ(cuda::argmax_key_row(top), best) << what << ": token " << t;
+            const int planted[] = {a, c, cuda::kArgmaxNone};  // the ties, then no number
+            if (t < 3) {
+              EXPECT_EQ(best, planted[t]) << what << ": token " << t;
+            }
+          }
+        }
+      std::printf("%s %dx%d: folded picks equal the host's argmax, 1-%d tokens, every split\n", dtype_name(type), rows,
+                  cols, kTokens);
+    }
+}
+
 // The same with the residual written just before the product by a kernel it overlaps (PDL), as the
 // residual add before it does in the model: the sum of squares and the products must both see it whole.
 TEST(Gemv, FusedRmsNormReadsTheResidualOnlyOnceItIsWritten) {
@@ -710,6 +792,17 @@ TEST(Gemv, APreparedNormAskedForWrongIsAClearError) {
   EXPECT_NE(message(GemvEpilogue::AddF32, writes, GemvKernel::CudaCore).find(writer), std::string::npos);
   writes.next_parts = parts_out, writes.tokens = 3;
   EXPECT_NE(message(GemvEpilogue::AddF32, writes, GemvKernel::CudaCore).find(where), std::string::npos);
+
+  GemvArgs picks;  // the argmax folded in: keys, and the CUDA-core kernel
+  picks.rows[0] = 16, picks.cols = 16, picks.tokens = 1;
+  const std::string fold = "the argmax folded into the product needs argmax_keys and the CUDA-core kernel";
+  EXPECT_NE(message(GemvEpilogue::ArgmaxF32, picks, GemvKernel::CudaCore).find(fold), std::string::npos);
+  uint64_t keys[cuda::kArgmaxSlots];
+  picks.argmax_keys = keys;
+  EXPECT_NE(message(GemvEpilogue::ArgmaxF32, picks, GemvKernel::TensorCore).find(fold), std::string::npos);
+  EXPECT_TRUE(cuda::gemv_folds_argmax(GemvKernel::Auto, DType::BF16, 1));
+  EXPECT_FALSE(cuda::gemv_folds_argmax(GemvKernel::Auto, DType::BF16, 2));
+  EXPECT_TRUE(cuda::gemv_folds_argmax(GemvKernel::Auto, DType::F32, 4));
 }
 
 // What runs without a GPU: the token limits and LLM_GEMV.

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda_test_support.h"
@@ -159,6 +161,54 @@ TEST(LlamaCuda, GreedyStepsInOneGraphGiveTheIdsOfSingleSteps) {
     o.steps_ahead = 8;
     const auto eight = Engine(c).generate("Once upon a time", o);
     EXPECT_EQ(eight.tokens, one.tokens) << dtype;
+  }
+}
+
+// The pick folded into the classifier (the default where the classifier takes the CUDA-core kernel: one
+// token a sequence in bf16, up to four in fp32) gives the ids of argmax_rows after the classifier, in runs
+// of steps from one graph, each step's embedding reading the keys of the step before, and in single steps.
+TEST(LlamaCuda, TheArgmaxFoldedIntoTheClassifierPicksTheIdsOfArgmaxRows) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  for (auto [dtype, backend, seqs] :
+       {std::tuple{"bf16", "flash_cuda", 1}, {"fp32", "mha_cuda", 2}, {"bf16", "flash_cuda", 2}}) {
+    RunConfig c = gpu_config(model, dtype);
+    c.backend_order = {backend};
+    Engine folded(c, 2), plain(c, 2);
+    auto* folding = dynamic_cast<cuda::LlamaCuda*>(&folded.model());
+    auto* argmax_rows = dynamic_cast<cuda::LlamaCuda*>(&plain.model());
+    ASSERT_NE(folding, nullptr);
+    ASSERT_NE(argmax_rows, nullptr);
+    argmax_rows->set_fold_argmax(false);
+    const std::string what = std::string(dtype) + ", " + std::to_string(seqs) + " sequence(s)";
+    EXPECT_EQ(folding->folds_argmax(seqs, seqs), seqs == 1 || std::string(dtype) == "fp32") << what;
+    EXPECT_FALSE(argmax_rows->folds_argmax(seqs, seqs)) << what;
+    const std::vector<std::vector<int>> prompts = {folded.tokenizer().encode("The little dog", true),
+                                                   folded.tokenizer().encode("Once upon", true)};
+    std::vector<SequenceChunk> prefill;
+    for (int k = 0; k < seqs; ++k) prefill.push_back(SequenceChunk{k, 0, prompts[k]});
+    std::vector<int> tok(seqs), again(seqs), pos(seqs);
+    folded.model().forward_argmax(prefill, tok.data());
+    plain.model().forward_argmax(prefill, again.data());
+    EXPECT_EQ(tok, again) << what;
+    for (int k = 0; k < seqs; ++k) pos[k] = static_cast<int>(prompts[k].size());
+    auto step_chunks = [&] {
+      std::vector<SequenceChunk> chunks;
+      for (int k = 0; k < seqs; ++k) chunks.push_back(SequenceChunk{k, pos[k], {tok[k]}});
+      return chunks;
+    };
+    for (int steps : {1, 4, 8, 1, 3}) {
+      std::vector<int> a(seqs * steps), b(seqs * steps);
+      if (steps == 1) {
+        folded.model().forward_argmax(step_chunks(), a.data());
+        plain.model().forward_argmax(step_chunks(), b.data());
+      } else {
+        folded.model().forward_argmax_steps(step_chunks(), steps, a.data());
+        plain.model().forward_argmax_steps(step_chunks(), steps, b.data());
+      }
+      EXPECT_EQ(a, b) << what << ", " << steps << " step(s) from position " << pos[0];
+      for (int k = 0; k < seqs; ++k) pos[k] += steps, tok[k] = a[(steps - 1) * seqs + k];
+    }
   }
 }
 

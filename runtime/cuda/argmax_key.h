@@ -1,0 +1,43 @@
+// A greedy pick folded into the classifier's own launch (gemv.h, GemvEpilogue::ArgmaxF32): every warp folds
+// its rows' logits into 64-bit keys with one atomic max each, so that no argmax kernel has to run (and be
+// waited for) after the classifier. A key holds the logit's bits, made to order as unsigned integers, above
+// the complement of the row, so the largest key is the largest logit and, among equal logits, the lowest
+// row: argmax_rows' rule (cuda_kernels.h). As there, only logits above -FLT_MAX count: NaN and -inf never
+// win, and a token whose logits hold no such number keeps the key 0, which decodes to an id outside every
+// vocabulary. A token's keys are kArgmaxSlots words (warp w folds into word w % kArgmaxSlots), so that no
+// single word takes every warp's atomic; they must be zero before the classifier, and the pick is the id
+// of their largest.
+#pragma once
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define LLM_ARGMAX_KEY_FN __host__ __device__ __forceinline__
+#else
+#define LLM_ARGMAX_KEY_FN inline
+#endif
+
+namespace llm::cuda {
+
+constexpr int kArgmaxSlots = 32;  // a warp's lanes read a token's keys in one load
+constexpr int32_t kArgmaxNone = 0x7fffffff;
+
+// The key of logit `bits` (a float's bits) at row `row` (< 2^31); 0 where the logit is not above -FLT_MAX.
+LLM_ARGMAX_KEY_FN uint64_t argmax_key(uint32_t bits, int row) {
+  const bool negative = bits >> 31;
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return 0;               // NaN
+  if (negative && magnitude >= 0x7f7fffffu) return 0;  // -FLT_MAX and -inf
+  if (magnitude == 0) bits = 0;                        // -0 ties with +0
+  const uint32_t ordered = negative && magnitude ? ~bits : bits | 0x80000000u;
+  return static_cast<uint64_t>(ordered) << 32 | (0xffffffffu - static_cast<uint32_t>(row));
+}
+
+// The row a key names; kArgmaxNone for 0 (no logit above -FLT_MAX).
+LLM_ARGMAX_KEY_FN int32_t argmax_key_row(uint64_t key) {
+  return key ? static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(key)) : kArgmaxNone;
+}
+
+}  // namespace llm::cuda
+
+#undef LLM_ARGMAX_KEY_FN
