@@ -4,9 +4,11 @@
 // the complement of the row, so the largest key is the largest logit and, among equal logits, the lowest
 // row: argmax_rows' rule (cuda_kernels.h). As there, only logits above -FLT_MAX count: NaN and -inf never
 // win, and a token whose logits hold no such number keeps the key 0, which decodes to an id outside every
-// vocabulary. A token's keys are kArgmaxSlots words (warp w folds into word w % kArgmaxSlots), so that no
-// single word takes every warp's atomic; they must be zero before the classifier, and the pick is the id
-// of their largest.
+// vocabulary. A block folds its rows into one key in shared memory first, then into one of its token's
+// kArgmaxSlots slots in global memory (block b into slot b % kArgmaxSlots), each slot on an L2 line of its
+// own: atomics on one line queue behind each other (a warp an atomic into 32 slots on two lines slowed
+// stories110M's step by 1.8% on the H200). The slots must be zero before the classifier, and the pick is
+// the row of their largest.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +21,9 @@
 
 namespace llm::cuda {
 
-constexpr int kArgmaxSlots = 32;  // a warp's lanes read a token's keys in one load
+constexpr int kArgmaxSlots = 32;       // a warp's lanes read a token's slots in one load
+constexpr int kArgmaxSlotStride = 16;  // 64-bit words from slot to slot: a 128-byte line each
+constexpr int kArgmaxTokenWords = kArgmaxSlots * kArgmaxSlotStride;  // a token's keys, slot i at i * stride
 constexpr int32_t kArgmaxNone = 0x7fffffff;
 
 // The key of logit `bits` (a float's bits) at row `row` (< 2^31); 0 where the logit is not above -FLT_MAX.

@@ -19,7 +19,7 @@ struct EmbedNextNorm {
   float* parts = nullptr;
 };
 
-// Argmax keys (argmax_key.h) the embedding reads and clears, [tokens][kArgmaxSlots] each: with `picked`, the
+// Argmax keys (argmax_key.h) the embedding reads and clears, [tokens][kArgmaxTokenWords] each: with `picked`, the
 // tokens are the picks a classifier folded there (the step before), not an array of ids; `clear` is zeroed
 // for the classifier of this step to fold into.
 struct EmbedKeys {

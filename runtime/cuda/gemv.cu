@@ -385,22 +385,40 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, in
       }
     } else {  // (apart from AddF32's: one body for both changed the classifier's registers, 58 -> 64 and 70 -> 64)
       warp_dot2<T, NT, U, Norm, Parts>(w, second ? w + cols : w, x, p, parts, c0, c1, valid, acc, ss);
-      if (!combine_slices<NT, Norm, Parts>(splits, slice, valid, acc, ss, cols, p.norm_eps, parts, p)) return;
-      if (lane < NT) {
+      const bool writes = combine_slices<NT, Norm, Parts>(splits, slice, valid, acc, ss, cols, p.norm_eps, parts, p);
+      auto store = [&](int t) {  // token t's logits of the warp's rows
+        float* y = static_cast<float*>(p.out) + static_cast<int64_t>(t) * rows + r;
+        y[0] = acc[0][t];
+        if (second) y[1] = acc[1][t];
+      };
+      if constexpr (E == GemvEpilogue::StoreF32) {
+        if (!writes) return;
+        if (lane < NT) {
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
-          if (t == lane) {
-            float* y = static_cast<float*>(p.out) + static_cast<int64_t>(t) * rows + r;
-            y[0] = acc[0][t];
-            if (second) y[1] = acc[1][t];
-            if constexpr (E == GemvEpilogue::ArgmaxF32) {  // the pick, folded (argmax_key.h)
-              uint64_t key = argmax_key(__float_as_uint(acc[0][t]), r);
-              if (second) key = max(key, argmax_key(__float_as_uint(acc[1][t]), r + 1));
-              if (key)
-                atomicMax(reinterpret_cast<unsigned long long*>(p.argmax_keys) + t * kArgmaxSlots + warp % kArgmaxSlots,
-                          static_cast<unsigned long long>(key));
+          for (int t = 0; t < NT; ++t)
+            if (t == lane) store(t);
+        }
+      } else {  // ArgmaxF32: also the block's keys, then one atomic a token into a slot (argmax_key.h)
+        unsigned long long key = 0;  // lane t's: token t's over the warp's rows
+        if (writes && lane < NT) {
+#pragma unroll
+          for (int t = 0; t < NT; ++t)
+            if (t == lane) {
+              store(t);
+              key = argmax_key(__float_as_uint(acc[0][t]), r);
+              if (second)
+                key = max(key, static_cast<unsigned long long>(argmax_key(__float_as_uint(acc[1][t]), r + 1)));
             }
-          }
+        }
+        __shared__ unsigned long long block_keys[NT];
+        if (threadIdx.x < NT) block_keys[threadIdx.x] = 0;
+        __syncthreads();
+        if (key) atomicMax(&block_keys[lane], key);
+        __syncthreads();
+        if (threadIdx.x < NT && block_keys[threadIdx.x])
+          atomicMax(reinterpret_cast<unsigned long long*>(p.argmax_keys) + threadIdx.x * kArgmaxTokenWords +
+                        block % kArgmaxSlots * kArgmaxSlotStride,
+                    block_keys[threadIdx.x]);
       }
     }
   }

@@ -94,8 +94,8 @@ struct GemvArgs {
   const float* next_gain = nullptr;
   void* next_x = nullptr;
   float* next_parts = nullptr;
-  // ArgmaxF32 only: [tokens][kArgmaxSlots] keys (argmax_key.h), zero before the product; every row's logit
-  // is folded into its token's keys.
+  // ArgmaxF32 only: [tokens][kArgmaxTokenWords] keys (argmax_key.h), zero before the product; every row's
+  // logit is folded into its token's slots.
   uint64_t* argmax_keys = nullptr;
 };
 

@@ -111,7 +111,7 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   cublas_workspace_ = alloc(kCublasWorkspace, AllocTag::Workspace);
   LLM_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
   LLM_CUDA_CHECK(cudaMallocHost(&pinned_ids_, sizeof(int32_t) * max_batch_ * kMaxStepsAhead));
-  LLM_CUDA_CHECK(cudaMallocHost(&pinned_keys_, sizeof(uint64_t) * max_batch_ * kMaxStepsAhead * kArgmaxSlots));
+  LLM_CUDA_CHECK(cudaMallocHost(&pinned_keys_, sizeof(uint64_t) * max_batch_ * kMaxStepsAhead * kArgmaxTokenWords));
   chain_->set_bridge(this);
   if (chain_->has_injected_failures()) {
     use_graphs_ = false;
@@ -322,7 +322,7 @@ void LlamaCuda::grow_buffers(int tokens, int chunks) {
   meta_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * meta_block_ints() * sizeof(int32_t), AllocTag::Activations));
   ids_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * c * sizeof(int32_t), AllocTag::Activations));
   argmax_keys_ =
-      static_cast<uint64_t*>(alloc(kMaxStepsAhead * c * kArgmaxSlots * sizeof(uint64_t), AllocTag::Activations));
+      static_cast<uint64_t*>(alloc(kMaxStepsAhead * c * kArgmaxTokenWords * sizeof(uint64_t), AllocTag::Activations));
 }
 
 // y = W x for `tokens` rows of x: W (rows, cols) row-major in dtype, x (tokens, cols) dtype, y (tokens, rows)
@@ -419,7 +419,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   EmbedNextNorm first;
   if (prepared) first.gain = layers_[0].rms_att, first.x = xn_, first.parts = parts_, parts = 1;
   // Where the classifier folds the pick, this step's keys start at zero and the step before's are its tokens.
-  const size_t keys_per_step = static_cast<size_t>(cap_chunks_) * kArgmaxSlots;
+  const size_t keys_per_step = static_cast<size_t>(cap_chunks_) * kArgmaxTokenWords;
   uint64_t* step_keys = folds_argmax(tokens, chunks) ? argmax_keys_ + step * keys_per_step : nullptr;
   EmbedKeys keys;
   keys.clear = step_keys;
@@ -575,13 +575,15 @@ void LlamaCuda::copy_picks(int n, int steps, bool folded) {
     LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     return;
   }
-  const size_t row = n * kArgmaxSlots * sizeof(uint64_t);
-  LLM_CUDA_CHECK(cudaMemcpy2DAsync(pinned_keys_, row, argmax_keys_, cap_chunks_ * kArgmaxSlots * sizeof(uint64_t), row,
-                                   steps, cudaMemcpyDeviceToHost, stream_));
+  const size_t row = n * kArgmaxTokenWords * sizeof(uint64_t);
+  LLM_CUDA_CHECK(cudaMemcpy2DAsync(pinned_keys_, row, argmax_keys_, cap_chunks_ * kArgmaxTokenWords * sizeof(uint64_t),
+                                   row, steps, cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   for (int i = 0; i < steps * n; ++i) {
-    const uint64_t* keys = pinned_keys_ + static_cast<size_t>(i) * kArgmaxSlots;
-    pinned_ids_[i] = argmax_key_row(*std::max_element(keys, keys + kArgmaxSlots));
+    const uint64_t* keys = pinned_keys_ + static_cast<size_t>(i) * kArgmaxTokenWords;
+    uint64_t top = 0;
+    for (int slot = 0; slot < kArgmaxSlots; ++slot) top = std::max(top, keys[slot * kArgmaxSlotStride]);
+    pinned_ids_[i] = argmax_key_row(top);
   }
 }
 

@@ -187,7 +187,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   float* logits_ = nullptr;  // (chunks, vocab)
   int32_t* meta_ = nullptr;  // device: tokens, pos, slot [tokens]; q_start [chunks+1], kv_len, seq_slot, last [chunks]
   int32_t* ids_ = nullptr;   // device argmax output [step][chunks]
-  uint64_t* argmax_keys_ = nullptr;  // [step][chunks][kArgmaxSlots]: the picks folded by the classifier
+  uint64_t* argmax_keys_ = nullptr;  // [step][chunks][kArgmaxTokenWords]: the picks folded by the classifier
   // A view of pinned host memory (freed by the model).
   struct PinnedInts {
     PinnedInts() = default;

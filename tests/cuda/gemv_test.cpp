@@ -659,7 +659,7 @@ TEST(Gemv, CudaCoreKernelFoldsTheArgmaxIntoTheProduct) {
         for (size_t i = 0; i < x.size(); ++i) xb[i] = to_bits(x[i], type);
         dw.upload(wb), dx.upload(xb);
       }
-      const size_t n_keys = static_cast<size_t>(kTokens) * cuda::kArgmaxSlots;
+      const size_t n_keys = static_cast<size_t>(kTokens) * cuda::kArgmaxTokenWords;
       DeviceBuffer plain(static_cast<size_t>(kTokens) * rows * sizeof(float));
       DeviceBuffer folded(static_cast<size_t>(kTokens) * rows * sizeof(float)), keys(n_keys * sizeof(uint64_t));
       for (int tokens = 1; tokens <= kTokens; ++tokens)
@@ -680,8 +680,16 @@ TEST(Gemv, CudaCoreKernelFoldsTheArgmaxIntoTheProduct) {
           const auto logits = folded.download<float>();
           const auto k = keys.download<uint64_t>();
           for (int t = 0; t < kTokens; ++t) {
-            const uint64_t* tk = k.data() + static_cast<size_t>(t) * cuda::kArgmaxSlots;
-            const uint64_t top = *std::max_element(tk, tk + cuda::kArgmaxSlots);
+            // the slots, and nothing between them
+            const uint64_t* tk = k.data() + static_cast<size_t>(t) * cuda::kArgmaxTokenWords;
+            uint64_t top = 0;
+            for (int i = 0; i < cuda::kArgmaxTokenWords; ++i) {
+              if (i % cuda::kArgmaxSlotStride == 0) {
+                top = std::max(top, tk[i]);
+              } else {
+                EXPECT_EQ(tk[i], 0u) << what << ": token " << t << ", word " << i << " is not a slot";
+              }
+            }
             if (t >= tokens) {
               EXPECT_EQ(top, 0u) << what << ": token " << t << " is past the step";
               continue;
@@ -797,7 +805,7 @@ TEST(Gemv, APreparedNormAskedForWrongIsAClearError) {
   picks.rows[0] = 16, picks.cols = 16, picks.tokens = 1;
   const std::string fold = "the argmax folded into the product needs argmax_keys and the CUDA-core kernel";
   EXPECT_NE(message(GemvEpilogue::ArgmaxF32, picks, GemvKernel::CudaCore).find(fold), std::string::npos);
-  uint64_t keys[cuda::kArgmaxSlots];
+  uint64_t keys[cuda::kArgmaxTokenWords];
   picks.argmax_keys = keys;
   EXPECT_NE(message(GemvEpilogue::ArgmaxF32, picks, GemvKernel::TensorCore).find(fold), std::string::npos);
   EXPECT_TRUE(cuda::gemv_folds_argmax(GemvKernel::Auto, DType::BF16, 1));
