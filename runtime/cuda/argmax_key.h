@@ -4,11 +4,12 @@
 // the complement of the row, so the largest key is the largest logit and, among equal logits, the lowest
 // row: argmax_rows' rule (cuda_kernels.h). As there, only logits above -FLT_MAX count: NaN and -inf never
 // win, and a token whose logits hold no such number keeps the key 0, which decodes to an id outside every
-// vocabulary. A block folds its rows into one key in shared memory first, then into one of its token's
-// kArgmaxSlots slots in global memory (block b into slot b % kArgmaxSlots), each slot on an L2 line of its
-// own: atomics on one line queue behind each other (a warp an atomic into 32 slots on two lines slowed
-// stories110M's step by 1.8% on the H200). The slots must be zero before the classifier, and the pick is
-// the row of their largest.
+// vocabulary. A warp folds its rows into one of its token's kArgmaxSlots slots (warp w into slot
+// w % kArgmaxSlots), each slot on an L2 line of its own: atomics on one line queue behind each other (32
+// slots on two lines slowed stories110M's step by 1.8% on the H200), and a block's keys gathered in shared
+// memory first, behind two barriers, lengthened every block by more than the argmax kernel they replace
+// cost (docs/PERFORMANCE.md). The slots must be zero before the classifier; the pick is the row of their
+// largest.
 #pragma once
 
 #include <cstdint>

@@ -398,27 +398,21 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, in
           for (int t = 0; t < NT; ++t)
             if (t == lane) store(t);
         }
-      } else {  // ArgmaxF32: also the block's keys, then one atomic a token into a slot (argmax_key.h)
-        unsigned long long key = 0;  // lane t's: token t's over the warp's rows
+      } else {  // ArgmaxF32: and one atomic a warp into a slot of its token's (argmax_key.h)
         if (writes && lane < NT) {
 #pragma unroll
           for (int t = 0; t < NT; ++t)
             if (t == lane) {
               store(t);
-              key = argmax_key(__float_as_uint(acc[0][t]), r);
+              unsigned long long key = argmax_key(__float_as_uint(acc[0][t]), r);
               if (second)
                 key = max(key, static_cast<unsigned long long>(argmax_key(__float_as_uint(acc[1][t]), r + 1)));
+              if (key)
+                atomicMax(reinterpret_cast<unsigned long long*>(p.argmax_keys) + t * kArgmaxTokenWords +
+                              warp % kArgmaxSlots * kArgmaxSlotStride,
+                          key);
             }
         }
-        __shared__ unsigned long long block_keys[NT];
-        if (threadIdx.x < NT) block_keys[threadIdx.x] = 0;
-        __syncthreads();
-        if (key) atomicMax(&block_keys[lane], key);
-        __syncthreads();
-        if (threadIdx.x < NT && block_keys[threadIdx.x])
-          atomicMax(reinterpret_cast<unsigned long long*>(p.argmax_keys) + threadIdx.x * kArgmaxTokenWords +
-                        block % kArgmaxSlots * kArgmaxSlotStride,
-                    block_keys[threadIdx.x]);
       }
     }
   }

@@ -26,7 +26,7 @@ def short(name):
                 name = name[:i]
                 break
     name = re.sub(r"^void ", "", name.replace("(anonymous namespace)::", ""))
-    name = re.sub(r"\(llm::cuda::GemvEpilogue\)(\d)", lambda m: ["QkvRope", "Swiglu", "AddF32", "StoreF32"][int(m.group(1))], name)
+    name = re.sub(r"\(llm::cuda::GemvEpilogue\)(\d)", lambda m: ["QkvRope", "Swiglu", "AddF32", "StoreF32", "ArgmaxF32"][int(m.group(1))], name)
     return name if len(name) <= 110 else name[:107] + "..."
 
 
