@@ -1,7 +1,8 @@
 // The Llama forward pass on the GPU: weights uploaded once in the model dtype (bf16, fp16 or fp32; Q8_0
 // dequantized on upload), an fp32 residual stream, cuBLAS products with fp32 accumulation, fused kernels
 // for the element-wise steps, attention through the backend chain on a device KV cache in the model dtype,
-// and argmax on the GPU so that a greedy step copies back one token id per sequence.
+// and argmax on the GPU (folded into the classifier where it takes the CUDA-core kernel) so that a greedy
+// step copies back a pick per sequence, not the logits.
 #pragma once
 
 #include <cublas_v2.h>
