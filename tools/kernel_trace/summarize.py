@@ -26,7 +26,9 @@ def short(name):
                 name = name[:i]
                 break
     name = re.sub(r"^void ", "", name.replace("(anonymous namespace)::", ""))
-    name = re.sub(r"\(llm::cuda::GemvEpilogue\)(\d)", lambda m: ["QkvRope", "Swiglu", "AddF32", "StoreF32", "ArgmaxF32"][int(m.group(1))], name)
+    epilogues = ["QkvRope", "Swiglu", "AddF32", "StoreF32", "ArgmaxF32"]  # gemv.h's GemvEpilogue, in order
+    name = re.sub(r"\(llm::cuda::GemvEpilogue\)(\d+)",
+                  lambda m: epilogues[int(m.group(1))] if int(m.group(1)) < len(epilogues) else m.group(0), name)
     return name if len(name) <= 110 else name[:107] + "..."
 
 
