@@ -43,6 +43,21 @@ LLM_ARGMAX_KEY_FN int32_t argmax_key_row(uint64_t key) {
   return key ? static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(key)) : kArgmaxNone;
 }
 
+// Where slot `slot` of token `token`'s keys is, in 64-bit words from the first token's.
+LLM_ARGMAX_KEY_FN int argmax_slot_word(int token, int slot) {
+  return token * kArgmaxTokenWords + slot * kArgmaxSlotStride;
+}
+
+// The largest of one token's slots (keys: the token's first word).
+LLM_ARGMAX_KEY_FN uint64_t argmax_top_key(const uint64_t* keys) {
+  uint64_t top = 0;
+  for (int slot = 0; slot < kArgmaxSlots; ++slot) {
+    const uint64_t k = keys[argmax_slot_word(0, slot)];
+    top = k > top ? k : top;
+  }
+  return top;
+}
+
 }  // namespace llm::cuda
 
 #undef LLM_ARGMAX_KEY_FN

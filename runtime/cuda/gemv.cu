@@ -408,9 +408,9 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, in
               if (second)
                 key = max(key, static_cast<unsigned long long>(argmax_key(__float_as_uint(acc[1][t]), r + 1)));
               if (key)
-                atomicMax(reinterpret_cast<unsigned long long*>(p.argmax_keys) + t * kArgmaxTokenWords +
-                              warp % kArgmaxSlots * kArgmaxSlotStride,
-                          key);
+                atomicMax(
+                    reinterpret_cast<unsigned long long*>(p.argmax_keys) + argmax_slot_word(t, warp % kArgmaxSlots),
+                    key);
             }
         }
       }

@@ -579,12 +579,8 @@ void LlamaCuda::copy_picks(int n, int steps, bool folded) {
   LLM_CUDA_CHECK(cudaMemcpy2DAsync(pinned_keys_, row, argmax_keys_, cap_chunks_ * kArgmaxTokenWords * sizeof(uint64_t),
                                    row, steps, cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  for (int i = 0; i < steps * n; ++i) {
-    const uint64_t* keys = pinned_keys_ + static_cast<size_t>(i) * kArgmaxTokenWords;
-    uint64_t top = 0;
-    for (int slot = 0; slot < kArgmaxSlots; ++slot) top = std::max(top, keys[slot * kArgmaxSlotStride]);
-    pinned_ids_[i] = argmax_key_row(top);
-  }
+  for (int i = 0; i < steps * n; ++i)
+    pinned_ids_[i] = argmax_key_row(argmax_top_key(pinned_keys_ + static_cast<size_t>(i) * kArgmaxTokenWords));
 }
 
 void LlamaCuda::run(const std::vector<SequenceChunk>& chunks) {

@@ -681,15 +681,12 @@ TEST(Gemv, CudaCoreKernelFoldsTheArgmaxIntoTheProduct) {
           const auto k = keys.download<uint64_t>();
           for (int t = 0; t < kTokens; ++t) {
             // the slots, and nothing between them
-            const uint64_t* tk = k.data() + static_cast<size_t>(t) * cuda::kArgmaxTokenWords;
-            uint64_t top = 0;
-            for (int i = 0; i < cuda::kArgmaxTokenWords; ++i) {
-              if (i % cuda::kArgmaxSlotStride == 0) {
-                top = std::max(top, tk[i]);
-              } else {
+            const uint64_t* tk = k.data() + cuda::argmax_slot_word(t, 0);
+            const uint64_t top = cuda::argmax_top_key(tk);
+            for (int i = 0; i < cuda::kArgmaxTokenWords; ++i)
+              if (i % cuda::kArgmaxSlotStride != 0) {
                 EXPECT_EQ(tk[i], 0u) << what << ": token " << t << ", word " << i << " is not a slot";
               }
-            }
             if (t >= tokens) {
               EXPECT_EQ(top, 0u) << what << ": token " << t << " is past the step";
               continue;
