@@ -50,15 +50,9 @@ __global__ void embed_kernel(const int32_t* tokens, const T* table, int dim, int
   const int t = blockIdx.x;
   if (keys.clear && threadIdx.x < kArgmaxSlots) keys.clear[argmax_slot_word(t, threadIdx.x)] = 0;
   int token;
-  if (keys.picked) {  // the largest of the token's keys, by the first warp
+  if (keys.picked) {  // the row of the token's largest key, by the first thread (its slots' loads in flight together)
     __shared__ int32_t picked;
-    if (threadIdx.x < 32) {
-      unsigned long long k = 0;
-      for (int i = threadIdx.x; i < kArgmaxSlots; i += 32)
-        k = max(k, static_cast<unsigned long long>(keys.picked[argmax_slot_word(t, i)]));
-      for (int o = 16; o > 0; o >>= 1) k = max(k, __shfl_xor_sync(0xffffffffu, k, o));
-      if (threadIdx.x == 0) picked = argmax_key_row(k);
-    }
+    if (threadIdx.x == 0) picked = argmax_key_row(argmax_top_key(keys.picked + argmax_slot_word(t, 0)));
     __syncthreads();
     token = picked;
   } else {
