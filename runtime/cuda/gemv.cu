@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -21,8 +22,8 @@
 namespace llm::cuda {
 
 // gemv_tc.cu: the tensor-core kernel (bf16/fp16, 1 to kGemvMaxTokens tokens) and its plan.
-void gemv_tensor_core(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream,
-                      const GemvTuning& tuning);
+int gemv_tensor_core(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream,
+                     const GemvTuning& tuning);
 GemvTuning gemv_tensor_core_plan(GemvEpilogue epilogue, const GemvArgs& args, DType type, const GemvTuning& tuning);
 
 namespace {
@@ -624,10 +625,11 @@ bool gemv_folds_argmax(GemvKernel kernel, DType type, int tokens) {
   return gemv_normalizes_input(kernel, type, tokens);
 }
 
-int gemv_next_parts_capacity(int rows) { return (rows + 1) / 2; }
+int gemv_next_parts_capacity(int rows, int tokens) { return std::max((rows + 1) / 2, (rows + 15) / 16 * tokens); }
 
 bool gemv_prepares_norm(GemvKernel kernel, DType type, int tokens) {
-  return tokens == 1 && gemv_normalizes_input(kernel, type, tokens);
+  if (tokens < 1 || tokens > gemv_max_tokens(kernel, type)) return false;
+  return tokens == 1 || takes_tensor_cores(kernel, type, tokens);
 }
 
 int gemv_max_tokens(GemvKernel kernel, DType type) {
@@ -645,7 +647,7 @@ int gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t s
   if (args.norm_gain && epilogue == GemvEpilogue::AddF32) fail("gemv: no fused RMSNorm before a residual add");
   if ((args.norm_parts || args.next_x) && !gemv_prepares_norm(kernel, type, args.tokens))
     fail(
-        "gemv: an RMSNorm prepared by the product before needs the CUDA-core kernel at one token ({} tokens, {} "
+        "gemv: an RMSNorm prepared by the product before needs the tensor-core kernel or one token ({} tokens, {} "
         "kernel, {})",
         args.tokens, gemv_kernel_name(kernel), dtype_name(type));
   if (args.norm_parts && (args.norm_gain || epilogue == GemvEpilogue::AddF32 || args.norm_parts_count < 1))
@@ -658,10 +660,7 @@ int gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t s
         "gemv: the argmax folded into the product needs argmax_keys and the CUDA-core kernel ({} tokens, {} kernel, "
         "{})",
         args.tokens, gemv_kernel_name(kernel), dtype_name(type));
-  if (takes_tensor_cores(kernel, type, args.tokens)) {
-    gemv_tensor_core(epilogue, args, type, stream, tuning);
-    return 0;
-  }
+  if (takes_tensor_cores(kernel, type, args.tokens)) return gemv_tensor_core(epilogue, args, type, stream, tuning);
   if (tuning.splits && tuning.splits != 1 && tuning.splits != 2 && tuning.splits != 4 && tuning.splits != 8)
     fail("gemv: {} warps a row unit; the CUDA-core kernel takes 1, 2, 4 or 8", tuning.splits);
   const CudaCorePlan plan = plan_cuda_core(epilogue, args, type, tuning);

@@ -14,11 +14,13 @@
 // fp32 residual stream and the product is W (g * x / rms(x)). Every warp reads all of x anyway, so it sums
 // the squares on the way and scales its totals at the end: one launch (and one wait on the kernel before)
 // a norm fewer, which at batch 1 is a large share of a small product's time.
-// At one token the norm can instead be prepared by the product before it (norm_parts): the AddF32 that
-// writes the residual also writes g * y in the model dtype and one partial sum of squares of y per block,
-// and the product after reads that as a plain x and scales its totals by 1 / rms from the partial sums.
-// The fp32 x and the gain then no longer pass through every warp for every chunk: on the H200 the batch-1
-// q/k/v and SwiGLU products take 7-14% less of a decode step (docs/PERFORMANCE.md).
+// The norm can instead be prepared by the product before it (norm_parts; the CUDA-core kernel at one token,
+// the tensor-core kernel at any count): the AddF32 that writes the residual also writes g * y in the model
+// dtype and, per token, one partial sum of squares of y per block, and the product after reads that as a
+// plain x and scales each token's totals by 1 / rms from its partial sums. The fp32 x and the gain then no
+// longer pass through every warp for every chunk: on the H200 the batch-1 q/k/v and SwiGLU products take
+// 7-14% less of a decode step; for several tokens it replaces the RMSNorm launches between the products,
+// two a layer (docs/PERFORMANCE.md).
 // The CUDA-core kernel (gemv.cu: a warp per two rows, fp32 multiply-adds) works for every dtype but its
 // unpacking and multiply-adds grow with the tokens while the bytes do not: from about 8 tokens on a 7B
 // shape it is instruction-bound, so it stops at kGemvCudaCoreMaxTokens. The tensor-core kernel (gemv_tc.cu,
@@ -73,9 +75,9 @@ struct GemvArgs {
   // The RMSNorm fused in front (CUDA-core kernel only): gain [cols]; x is then the fp32 residual.
   const float* norm_gain = nullptr;
   float norm_eps = 0.0f;
-  // Or, at one token (CUDA-core kernel), the RMSNorm prepared by the AddF32 before (next_x below): x is
-  // g * residual in the model dtype, and norm_parts its norm_parts_count partial sums of squares of the
-  // residual; the product scales its totals by rsqrt(sum / cols + norm_eps).
+  // Or (gemv_prepares_norm) the RMSNorm prepared by the AddF32 before (next_x below): x is g * residual in
+  // the model dtype, and norm_parts [tokens][norm_parts_count] each token's partial sums of squares of its
+  // residual; the product scales each token's totals by rsqrt(sum / cols + norm_eps).
   const float* norm_parts = nullptr;
   int norm_parts_count = 0;
   int tokens = 0;
@@ -88,9 +90,10 @@ struct GemvArgs {
   const int32_t* slot = nullptr;   // [tokens]
   void *k_cache = nullptr, *v_cache = nullptr;
   int64_t seq_stride = 0;  // elements between slots; rows of rows[1] elements per position
-  // AddF32 at one token (CUDA-core kernel) only: the input of the RMSNorm after it, for a product with
-  // norm_parts: next_x = next_gain * y in the model dtype [rows], and into next_parts one partial sum of
-  // squares of y per block (as many as gemv returns; at most gemv_next_parts_capacity(rows)).
+  // AddF32 only (gemv_prepares_norm): the input of the RMSNorm after it, for a product with norm_parts:
+  // next_x = next_gain * y in the model dtype [tokens][rows], and into next_parts [tokens][blocks] each
+  // token's partial sum of squares of y per block (blocks: what gemv returns; blocks * tokens at most
+  // gemv_next_parts_capacity(rows, tokens)).
   const float* next_gain = nullptr;
   void* next_x = nullptr;
   float* next_parts = nullptr;
@@ -113,15 +116,16 @@ struct GemvTuning {
 // Whether gemv takes norm_gain (a fused RMSNorm) for a step of `tokens` tokens: the CUDA-core kernel does.
 bool gemv_normalizes_input(GemvKernel kernel, DType type, int tokens);
 // Whether gemv takes norm_parts and next_x (the RMSNorm prepared by the product before): the CUDA-core
-// kernel at one token.
+// kernel at one token, the tensor-core kernel at any count.
 bool gemv_prepares_norm(GemvKernel kernel, DType type, int tokens);
 
 // Whether gemv takes ArgmaxF32 (the greedy pick folded into the product) for a step of `tokens` tokens:
 // the CUDA-core kernel does.
 bool gemv_folds_argmax(GemvKernel kernel, DType type, int tokens);
 
-// The most partial sums an AddF32 with next_parts writes for `rows` rows: a block per pair of rows at most.
-int gemv_next_parts_capacity(int rows);
+// The most partial sums an AddF32 with next_parts writes for `rows` rows and `tokens` tokens: a block per
+// pair of rows at most at one token (CUDA-core), a block per 16 rows and token (tensor-core).
+int gemv_next_parts_capacity(int rows, int tokens = 1);
 
 // Enqueues the product on `stream`; tokens in [1, gemv_max_tokens(kernel, type)]. Returns the blocks
 // launched (for an AddF32 with next_parts: the partial sums written).

@@ -162,6 +162,41 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_tc_kernel(const GemvArgs 
 #pragma unroll
   for (int u = 0; u < U; ++u)
     if (u < n) load_x(u, c0 + u);
+  // The RMSNorm prepared by the product before (norm_parts, [token][norm_parts_count]): warp 0 sums this
+  // lane's share of its tokens' partial sums (parts g, g + 8, ... of token 8j + 2t + e) while its first
+  // chunks are on their way; the epilogue adds the shares over the lanes of a quad column.
+  float norm_ss[NT][2];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) norm_ss[j][0] = norm_ss[j][1] = 0.0f;
+  if (p.norm_parts && warp == 0) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tok = 8 * j + 2 * t + e;
+        if (tok < tokens) {
+          const float* part = p.norm_parts + static_cast<int64_t>(tok) * p.norm_parts_count;
+          float s = 0.0f;
+#pragma unroll 4
+          for (int k = g; k < p.norm_parts_count; k += 8) s += part[k];
+          norm_ss[j][e] = s;
+        }
+      }
+  }
+  // AddF32 preparing the next norm (next_x): warp 0's rows' gains, also beside the first chunks.
+  const bool next = E == GemvEpilogue::AddF32 && p.next_x != nullptr;
+  float next_gain[MT][2];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    next_gain[m][0] = next_gain[m][1] = 0.0f;
+    if (next && warp == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = (static_cast<int>(blockIdx.x) * MT + m) * 16 + g + 8 * h;
+        if (r < p.rows[0]) next_gain[m][h] = p.next_gain[r];
+      }
+    }
+  }
   int i = 0;
   for (; i + 2 * U <= n; i += U) {  // steady state: no bounds
 #pragma unroll
@@ -225,6 +260,19 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_tc_kernel(const GemvArgs 
   }
 
   // Epilogue, warp 0: acc[m][j][2h + e] is row g + 8h of tile m at token 8j + 2t + e.
+  if (p.norm_parts) {  // each token's totals by 1 / rms (its sum of squares: the shares of lanes g = 0..7)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float s = norm_ss[j][e];
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        const float inv = rsqrtf(s / cols + p.norm_eps);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) acc[m][j][e] *= inv, acc[m][j][2 + e] *= inv;
+      }
+  }
   if constexpr (E == GemvEpilogue::Swiglu) {
     const int rows = p.rows[0];
 #pragma unroll
@@ -281,6 +329,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_tc_kernel(const GemvArgs 
         }
   } else {
     const int rows = p.rows[0];
+    float sq[NT][2];  // (next) each token's sum of squares of y over this lane's rows
+#pragma unroll
+    for (int j = 0; j < NT; ++j) sq[j][0] = sq[j][1] = 0.0f;
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
@@ -292,12 +343,30 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_tc_kernel(const GemvArgs 
             const int r = (static_cast<int>(blockIdx.x) * MT + m) * 16 + g + 8 * h, tok = 8 * j + 2 * t + e;
             if (r < rows && tok < tokens) {
               float* y = static_cast<float*>(p.out) + static_cast<int64_t>(tok) * rows + r;
-              if constexpr (E == GemvEpilogue::AddF32)
-                *y += acc[m][j][2 * h + e];
-              else
+              if constexpr (E == GemvEpilogue::AddF32) {
+                const float v = *y + acc[m][j][2 * h + e];
+                *y = v;
+                if (next) {
+                  static_cast<T*>(p.next_x)[static_cast<int64_t>(tok) * rows + r] = from_f32<T>(v * next_gain[m][h]);
+                  sq[j][e] = fmaf(v, v, sq[j][e]);
+                }
+              } else {
                 *y = acc[m][j][2 * h + e];
+              }
             }
           }
+    if (next) {  // the block's partial sum of each token, [token][blocks], added over the lanes g = 0..7
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float s = sq[j][e];
+#pragma unroll
+          for (int o = 4; o < 32; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+          const int tok = 8 * j + 2 * t + e;
+          if (g == 0 && tok < tokens) p.next_parts[static_cast<int64_t>(tok) * gridDim.x + blockIdx.x] = s;
+        }
+    }
   }
 }
 
@@ -418,15 +487,16 @@ GemvTuning gemv_tensor_core_plan(GemvEpilogue epilogue, const GemvArgs& args, DT
   return resolve(epilogue, args, type, tuning);
 }
 
-void gemv_tensor_core(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream,
-                      const GemvTuning& tuning) {
+int gemv_tensor_core(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t stream,
+                     const GemvTuning& tuning) {
   if (type != DType::BF16 && type != DType::F16) fail("gemv: the tensor-core kernel takes bf16 or fp16 weights");
   const GemvTuning r = resolve(epilogue, args, type, tuning);
   const int n_tiles = args.tokens > 8 ? 2 : 1;
-  launch_pdl(pick(type, epilogue, r.row_tiles, n_tiles), dim3(row_blocks(epilogue, args, r.row_tiles)),
-             dim3(r.warps * 32), shared_bytes(epilogue, r.row_tiles, n_tiles, r.warps), stream, args,
-             full_chunks(args));
+  const int blocks = row_blocks(epilogue, args, r.row_tiles);
+  launch_pdl(pick(type, epilogue, r.row_tiles, n_tiles), dim3(blocks), dim3(r.warps * 32),
+             shared_bytes(epilogue, r.row_tiles, n_tiles, r.warps), stream, args, full_chunks(args));
   LLM_CUDA_CHECK_LAUNCH();
+  return blocks;
 }
 
 }  // namespace llm::cuda

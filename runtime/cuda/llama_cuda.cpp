@@ -316,8 +316,9 @@ void LlamaCuda::grow_buffers(int tokens, int chunks) {
   h3_ = static_cast<float*>(alloc(t * h.hidden_dim * sizeof(float), AllocTag::Activations));
   hb_ = alloc(t * h.hidden_dim * e, AllocTag::Activations);
   last_ = alloc(c * m.dim * e, AllocTag::Activations);
-  xn_ = alloc(m.dim * e, AllocTag::Activations);
-  parts_ = static_cast<float*>(alloc(gemv_next_parts_capacity(m.dim) * sizeof(float), AllocTag::Activations));
+  xn_ = alloc(t * m.dim * e, AllocTag::Activations);
+  parts_ =
+      static_cast<float*>(alloc(gemv_next_parts_capacity(m.dim, cap_tokens_) * sizeof(float), AllocTag::Activations));
   logits_ = static_cast<float*>(alloc(c * m.vocab_size * sizeof(float), AllocTag::Activations));
   meta_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * meta_block_ints() * sizeof(int32_t), AllocTag::Activations));
   ids_ = static_cast<int32_t*>(alloc(kMaxStepsAhead * c * sizeof(int32_t), AllocTag::Activations));
@@ -412,9 +413,12 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
   const bool gemv_path = tokens <= gemv_tokens && chunks <= gemv_tokens;
   const bool cuda_core = gemv_path && gemv_normalizes_input(gemv_kernel_, dtype_, tokens);  // the CUDA-core products
+  // The norm in the product (no RMSNorm launch): from the fp32 residual (fused_norm) or prepared by the
+  // residual add before (prepared: the CUDA-core kernel at one token, the tensor-core one at any count).
   const bool fused_norm = fuse_norm_ && cuda_core;
   const bool prepared =
-      fused_norm && prepare_norm_ && !tp_.collective && gemv_prepares_norm(gemv_kernel_, dtype_, tokens);
+      gemv_path && fuse_norm_ && prepare_norm_ && !tp_.collective && gemv_prepares_norm(gemv_kernel_, dtype_, tokens);
+  const bool norm_in_product = fused_norm || prepared;
   int parts = 0;  // partial sums in parts_ (prepared)
   EmbedNextNorm first;
   if (prepared) first.gain = layers_[0].rms_att, first.x = xn_, first.parts = parts_, parts = 1;
@@ -447,9 +451,10 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   if (max_q_len == 1) args.overlap = decode_overlap(tokens, cuda_core);
 
   // Decode steps (up to 16 tokens: a batch of sequences a token each) stream the weights through the
-  // fused matrix-vector kernels (gemv_path); longer steps (prefill) go through cuBLAS. The CUDA-core products
-  // (batch 1 under LLM_GEMV=auto) take the RMSNorm before them into their own launch (fused_norm): from
-  // the input prepared for them (prepared), or else from the fp32 residual and the norm's gain.
+  // fused matrix-vector kernels (gemv_path); longer steps (prefill) go through cuBLAS. The products take
+  // the RMSNorm before them into their own launch (norm_in_product): from the input prepared for them by
+  // the residual add before (prepared), or else, on the CUDA-core kernel, from the fp32 residual and the
+  // norm's gain (fused_norm).
   GemvArgs qkv;
   if (gemv_path) {
     qkv.rows[0] = h.dim, qkv.rows[1] = h.kv_dim(), qkv.rows[2] = h.kv_dim();
@@ -490,8 +495,8 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
                                                 : GemvEpilogue::StoreF32;
     const int blocks = gemv(epilogue, a, dtype_, stream_, gemv_kernel_);
     if (a.next_x) {
-      if (blocks > gemv_next_parts_capacity(c.dim))
-        fail("gemv: {} partial sums for a buffer of {}", blocks, gemv_next_parts_capacity(c.dim));
+      if (blocks * n > gemv_next_parts_capacity(c.dim, cap_tokens_))
+        fail("gemv: {} partial sums for a buffer of {}", blocks * n, gemv_next_parts_capacity(c.dim, cap_tokens_));
       parts = blocks;
     }
   };
@@ -502,7 +507,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
     void* v_cache = static_cast<char*>(v_cache_) + static_cast<size_t>(l) * layer_stride_ * e;
 
     // attention rmsnorm, q/k/v products, RoPE with k and v written into the cache
-    if (fused_norm) {
+    if (norm_in_product) {
       take_norm(qkv, L.rms_att);
     } else {
       rmsnorm(x_, nullptr, tokens, L.rms_att, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
@@ -531,12 +536,12 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
     all_reduce(tokens);
 
     // ffn rmsnorm, SwiGLU, down product added into the residual
-    if (!fused_norm) rmsnorm(x_, nullptr, tokens, L.rms_ffn, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
+    if (!norm_in_product) rmsnorm(x_, nullptr, tokens, L.rms_ffn, c.dim, c.rms_norm_eps, xb_, dtype_, stream_);
     if (gemv_path) {
       GemvArgs a;
       a.w[0] = L.w1.data, a.w[1] = L.w3.data, a.rows[0] = L.w1.rows, a.cols = L.w1.cols;
       a.x = xb_, a.tokens = tokens, a.out = hb_;
-      if (fused_norm) take_norm(a, L.rms_ffn);
+      if (norm_in_product) take_norm(a, L.rms_ffn);
       gemv(GemvEpilogue::Swiglu, a, dtype_, stream_, gemv_kernel_);
     } else {
       gemm(L.w1, xb_, tokens, h1_, true, 0.0f);
@@ -552,7 +557,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   // final rmsnorm of each chunk's last token, classifier, argmax (the norm fused when every chunk is one
   // token: the last tokens are then the rows of x as they are; the argmax folded into the classifier where
   // it takes it)
-  if (fused_norm && tokens == chunks) {
+  if (norm_in_product && tokens == chunks) {
     product_f32(classifier_, x_, chunks, logits_, false, rms_final_, nullptr, step_keys);
   } else {
     rmsnorm(x_, last, chunks, rms_final_, c.dim, c.rms_norm_eps, last_, dtype_, stream_);

@@ -148,12 +148,13 @@ struct XProducer {
 };
 
 // The input of a product's RMSNorm prepared by the residual add before it (GemvArgs::next_x, norm_parts):
-// the device's gain * residual and partial sums, and the residual itself (the reference norms it).
+// the device's gain * residual and partial sums ([tokens][count]), and the residual itself (the reference
+// norms it).
 struct PreparedNorm {
   const void* x = nullptr;
   const float* parts = nullptr;
   int count = 0;
-  std::vector<float> residual;  // [cols], one token
+  std::vector<float> residual;  // [tokens][cols]
 };
 
 // Inputs of one shape in one dtype, on the host (rounded) and the device, and the reference outputs for
@@ -210,8 +211,8 @@ class Problem {
   // (infinity where one is not finite, or where an element outside them was written). With an XProducer,
   // x is not uploaded but written on `stream` just before the product by an RMSNorm that overlaps it
   // (PDL), as in the model (see XProducer); the reference then follows the x it wrote.
-  // With a PreparedNorm (norm, one token), the product reads it instead of the residual, and the
-  // reference norms its residual.
+  // With a PreparedNorm (norm), the product reads it instead of the residual, and the reference norms its
+  // residual.
   double run(int tokens, GemvKernel kernel, const GemvTuning& tuning, const XProducer* producer = nullptr,
              const PreparedNorm* prepared = nullptr) {
     const Shape& s = s_;
@@ -224,7 +225,8 @@ class Problem {
     a.tokens = tokens;
     if (norm_) a.norm_gain = static_cast<const float*>(dgain_->get()), a.norm_eps = kEps;
     if (prepared) {
-      if (!norm_ || tokens != 1) fail("Problem: a prepared norm needs `norm` and one token");
+      if (!norm_ || prepared->residual.size() != static_cast<size_t>(tokens) * s.cols)
+        fail("Problem: a prepared norm needs `norm` and a residual of {} tokens", tokens);
       a.x = prepared->x, a.norm_gain = nullptr, a.norm_parts = prepared->parts, a.norm_parts_count = prepared->count;
       if (!std::equal(prepared->residual.begin(), prepared->residual.end(), residual_.begin())) {
         std::copy(prepared->residual.begin(), prepared->residual.end(), residual_.begin());
@@ -509,13 +511,14 @@ TEST(Gemv, CudaCoreKernelFusesTheRmsNormBeforeIt) {
   check_kernel(GemvKernel::CudaCore, cuda_core_splits(), true);
 }
 
-// The RMSNorm prepared by the residual add before the product (the model's batch-1 step at one token): an
-// AddF32 writes y = y0 + W x, next_x = gain * y in the dtype and a partial sum of squares of y per block;
-// the product after reads next_x and the partial sums. Checked: y and next_x element by element, the
+// The RMSNorm prepared by the residual add before the product (the model's decode step): an AddF32 writes
+// y = y0 + W x, next_x = gain * y in the dtype and, per token, a partial sum of squares of y per block; the
+// product after reads next_x and the partial sums. Checked: y and next_x element by element, each token's
 // partial sums' total against float64, and the product against the float64 RMSNorm of the y the device
-// wrote; every split of the add and of the product, every shape that takes a norm, bf16 and fp16.
-TEST(Gemv, CudaCoreKernelTakesTheRmsNormPreparedByTheAddBefore) {
-  LLM_REQUIRE_GPU();
+// wrote; every shape that takes a norm, bf16 and fp16, each of `token_counts` and every tuning given of
+// the add and of the product, through `kernel`.
+void check_prepared_norm(GemvKernel kernel, std::initializer_list<int> token_counts,
+                         const std::vector<GemvTuning>& add_tunings, const std::vector<GemvTuning>& product_tunings) {
   using E = GemvEpilogue;
   std::mt19937 rng(20240615);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -527,72 +530,103 @@ TEST(Gemv, CudaCoreKernelTakesTheRmsNormPreparedByTheAddBefore) {
       Problem problem(s, type, rng, true);
       const int n = s.cols;  // the add's rows: the product's columns
       for (int add_cols : {40, 2048}) {
-        // the add: W [n][add_cols], x [add_cols] in the dtype, y0 [n] fp32
-        std::vector<uint16_t> wbits(static_cast<size_t>(n) * add_cols), xbits(add_cols);
-        std::vector<double> w(wbits.size()), x(add_cols);
+        // the add: W [n][add_cols], x [tokens][add_cols] in the dtype, y0 [tokens][n]
+        std::vector<uint16_t> wbits(static_cast<size_t>(n) * add_cols),
+            xbits(static_cast<size_t>(kMaxTokens) * add_cols);
+        std::vector<double> w(wbits.size()), x(xbits.size());
         for (size_t i = 0; i < wbits.size(); ++i)
           wbits[i] = to_bits(0.2f * u(rng), type), w[i] = from_bits(wbits[i], type);
-        for (int i = 0; i < add_cols; ++i) xbits[i] = to_bits(u(rng), type), x[i] = from_bits(xbits[i], type);
-        std::vector<float> y0(n);
+        for (size_t i = 0; i < xbits.size(); ++i) xbits[i] = to_bits(u(rng), type), x[i] = from_bits(xbits[i], type);
+        std::vector<float> y0(static_cast<size_t>(kMaxTokens) * n);
         for (float& v : y0) v = 3 * u(rng);
         DeviceBuffer dw(wbits.size() * 2), dx(xbits.size() * 2), dgain(n * 4);
         dw.upload(wbits), dx.upload(xbits), dgain.upload(problem.gain());
-        for (int add_splits : {0, 1, 2, 4}) {
-          DeviceBuffer y((n + kGuard) * 4), next((n + kGuard) * 2),
-              parts((cuda::gemv_next_parts_capacity(n) + kGuard) * 4);
-          y.poison(), next.poison(), parts.poison();
-          LLM_CUDA_CHECK(cudaMemcpy(y.get(), y0.data(), n * 4, cudaMemcpyHostToDevice));
-          GemvArgs a;
-          a.w[0] = dw.get(), a.rows[0] = n, a.cols = add_cols, a.x = dx.get(), a.tokens = 1, a.out = y.get();
-          a.next_gain = static_cast<const float*>(dgain.get()), a.next_x = next.get();
-          a.next_parts = static_cast<float*>(parts.get());
-          GemvTuning t;
-          t.splits = add_splits;
-          const int blocks = cuda::gemv(E::AddF32, a, type, nullptr, GemvKernel::CudaCore, t);
-          LLM_CUDA_CHECK(cudaDeviceSynchronize());
-          ASSERT_GE(blocks, 1);
-          ASSERT_LE(blocks, cuda::gemv_next_parts_capacity(n));
-          // y and next_x, element by element; the guards past them and past the partial sums untouched
-          const auto yraw = y.download<float>();
-          const auto nraw = next.download<uint16_t>();
-          const auto praw = parts.download<uint32_t>();
-          PreparedNorm prepared{next.get(), static_cast<const float*>(parts.get()), blocks, {}};
-          double ss = 0, y_err = 0, y_norm = 0, worst_next = 0;
-          for (int r = 0; r < n; ++r) {
-            double want = y0[r];
-            for (int k = 0; k < add_cols; ++k) want += w[static_cast<size_t>(r) * add_cols + k] * x[k];
-            y_err += (yraw[r] - want) * (yraw[r] - want), y_norm += want * want;
-            ss += static_cast<double>(yraw[r]) * yraw[r];
-            const double g = static_cast<double>(problem.gain()[r]) * yraw[r], got = from_bits(nraw[r], type);
-            worst_next =
-                std::max(worst_next, std::isfinite(got) ? std::abs(got - g) / std::max(std::abs(g), 1e-3) : INFINITY);
-            prepared.residual.push_back(yraw[r]);
-          }
-          EXPECT_LT(std::sqrt(y_err / y_norm), 1e-5) << s.name() << " add of " << add_cols << " columns";
-          EXPECT_LE(worst_next, rounding) << s.name() << " add of " << add_cols << " columns";
-          bool guards = true;
-          for (size_t i = n; i < yraw.size(); ++i) guards = guards && std::isnan(yraw[i]);
-          for (size_t i = n; i < nraw.size(); ++i) guards = guards && nraw[i] == 0xffffu;
-          for (size_t i = blocks; i < praw.size(); ++i) guards = guards && praw[i] == 0xffffffffu;
-          EXPECT_TRUE(guards) << s.name() << ": written past an output";
-          double total = 0;
-          for (int b = 0; b < blocks; ++b) {
-            float f;
-            std::memcpy(&f, &praw[b], 4);
-            total += f;
-          }
-          EXPECT_LT(std::abs(total - ss) / ss, 1e-5) << s.name() << " partial sums of squares";
-          for (int splits : {0, 1, 2, 4, 8}) {
-            GemvTuning pt;
-            pt.splits = splits;
-            const double err = problem.run(1, GemvKernel::CudaCore, pt, nullptr, &prepared);
-            EXPECT_LT(err, bound) << dtype_name(type) << " " << s.name() << " add splits " << add_splits
-                                  << " product splits " << splits;
+        for (int tokens : token_counts) {
+          const size_t count = static_cast<size_t>(tokens) * n;
+          for (const GemvTuning& add_tuning : add_tunings) {
+            const int capacity = cuda::gemv_next_parts_capacity(n, tokens);
+            DeviceBuffer y((count + kGuard) * 4), next((count + kGuard) * 2), parts((capacity + kGuard) * 4);
+            y.poison(), next.poison(), parts.poison();
+            LLM_CUDA_CHECK(cudaMemcpy(y.get(), y0.data(), count * 4, cudaMemcpyHostToDevice));
+            GemvArgs a;
+            a.w[0] = dw.get(), a.rows[0] = n, a.cols = add_cols, a.x = dx.get(), a.tokens = tokens, a.out = y.get();
+            a.next_gain = static_cast<const float*>(dgain.get()), a.next_x = next.get();
+            a.next_parts = static_cast<float*>(parts.get());
+            const int blocks = cuda::gemv(E::AddF32, a, type, nullptr, kernel, add_tuning);
+            LLM_CUDA_CHECK(cudaDeviceSynchronize());
+            ASSERT_GE(blocks, 1);
+            ASSERT_LE(blocks * tokens, capacity);
+            const std::string where = s.name() + " add of " + std::to_string(add_cols) + " columns, " +
+                                      std::to_string(tokens) + " tokens, " + dtype_name(type);
+            // y and next_x, element by element; the guards past them and past the partial sums untouched
+            const auto yraw = y.download<float>();
+            const auto nraw = next.download<uint16_t>();
+            const auto praw = parts.download<uint32_t>();
+            PreparedNorm prepared{next.get(), static_cast<const float*>(parts.get()), blocks, {}};
+            double y_err = 0, y_norm = 0, worst_next = 0;
+            std::vector<double> ss(tokens, 0.0);
+            for (int t = 0; t < tokens; ++t)
+              for (int r = 0; r < n; ++r) {
+                const size_t at = static_cast<size_t>(t) * n + r;
+                double want = y0[at];
+                for (int k = 0; k < add_cols; ++k)
+                  want += w[static_cast<size_t>(r) * add_cols + k] * x[static_cast<size_t>(t) * add_cols + k];
+                y_err += (yraw[at] - want) * (yraw[at] - want), y_norm += want * want;
+                ss[t] += static_cast<double>(yraw[at]) * yraw[at];
+                const double g = static_cast<double>(problem.gain()[r]) * yraw[at], got = from_bits(nraw[at], type);
+                worst_next = std::max(worst_next,
+                                      std::isfinite(got) ? std::abs(got - g) / std::max(std::abs(g), 1e-3) : INFINITY);
+                prepared.residual.push_back(yraw[at]);
+              }
+            EXPECT_LT(std::sqrt(y_err / y_norm), 1e-5) << where;
+            EXPECT_LE(worst_next, rounding) << where;
+            bool guards = true;
+            for (size_t i = count; i < yraw.size(); ++i) guards = guards && std::isnan(yraw[i]);
+            for (size_t i = count; i < nraw.size(); ++i) guards = guards && nraw[i] == 0xffffu;
+            for (size_t i = static_cast<size_t>(blocks) * tokens; i < praw.size(); ++i)
+              guards = guards && praw[i] == 0xffffffffu;
+            EXPECT_TRUE(guards) << where << ": written past an output";
+            for (int t = 0; t < tokens; ++t) {
+              double total = 0;
+              for (int b = 0; b < blocks; ++b) {
+                float f;
+                std::memcpy(&f, &praw[static_cast<size_t>(t) * blocks + b], 4);
+                total += f;
+              }
+              EXPECT_LT(std::abs(total - ss[t]) / ss[t], 1e-5) << where << ": token " << t << "'s sum of squares";
+            }
+            for (const GemvTuning& product_tuning : product_tunings) {
+              const double err = problem.run(tokens, kernel, product_tuning, nullptr, &prepared);
+              EXPECT_LT(err, bound) << where << ", product splits " << product_tuning.splits << " warps "
+                                    << product_tuning.warps << " row tiles " << product_tuning.row_tiles;
+            }
           }
         }
       }
     }
   }
+}
+
+std::vector<GemvTuning> splits_of(std::initializer_list<int> splits) {
+  std::vector<GemvTuning> v;
+  for (int s : splits) v.emplace_back().splits = s;
+  return v;
+}
+
+// At one token on the CUDA-core kernel (the model's batch-1 step): every split of the add and the product.
+TEST(Gemv, CudaCoreKernelTakesTheRmsNormPreparedByTheAddBefore) {
+  LLM_REQUIRE_GPU();
+  check_prepared_norm(GemvKernel::CudaCore, {1}, splits_of({0, 1, 2, 4}), splits_of({0, 1, 2, 4, 8}));
+}
+
+// On the tensor-core kernel (the model's steps of 2 to 16 sequences): one n-tile of tokens, cut short or
+// full, and two; the planned warps and one warp, and two row tiles a block.
+TEST(Gemv, TensorCoreKernelTakesTheRmsNormPreparedByTheAddBefore) {
+  LLM_REQUIRE_GPU();
+  std::vector<GemvTuning> tunings(3);
+  tunings[1].warps = 1;
+  tunings[2].warps = 2, tunings[2].row_tiles = 2;
+  check_prepared_norm(GemvKernel::TensorCore, {1, 3, 8, 9, 16}, tunings, tunings);
 }
 
 // The CUDA-core kernel's split at one token, on the decode shapes: products of few rows (Llama-2-7B's
@@ -751,15 +785,22 @@ TEST(Gemv, AutoPlanFollowsTheTokenCount) {
   }
 }
 
-// The RMSNorm prepared by the product before (norm_parts, next_x) is the CUDA-core kernel's at one token;
-// asked for elsewhere, or with its pieces missing, gemv says what is wrong before it launches anything.
+// The RMSNorm prepared by the product before (norm_parts, next_x) is the CUDA-core kernel's at one token
+// and the tensor-core kernel's at any count; asked for elsewhere, or with its pieces missing, gemv says
+// what is wrong before it launches anything.
 TEST(Gemv, APreparedNormAskedForWrongIsAClearError) {
   EXPECT_TRUE(cuda::gemv_prepares_norm(GemvKernel::Auto, DType::BF16, 1));
+  EXPECT_TRUE(cuda::gemv_prepares_norm(GemvKernel::Auto, DType::BF16, 8));  // the tensor-core kernel
   EXPECT_TRUE(cuda::gemv_prepares_norm(GemvKernel::CudaCore, DType::F32, 1));
   EXPECT_FALSE(cuda::gemv_prepares_norm(GemvKernel::CudaCore, DType::BF16, 2));
-  EXPECT_FALSE(cuda::gemv_prepares_norm(GemvKernel::TensorCore, DType::BF16, 1));
+  EXPECT_FALSE(cuda::gemv_prepares_norm(GemvKernel::Auto, DType::F32, 2));  // fp32: CUDA cores only
+  EXPECT_TRUE(cuda::gemv_prepares_norm(GemvKernel::TensorCore, DType::BF16, 1));
+  EXPECT_TRUE(cuda::gemv_prepares_norm(GemvKernel::TensorCore, DType::F16, 16));
+  EXPECT_FALSE(cuda::gemv_prepares_norm(GemvKernel::TensorCore, DType::BF16, 17));
   EXPECT_EQ(cuda::gemv_next_parts_capacity(4096), 2048);
   EXPECT_EQ(cuda::gemv_next_parts_capacity(37), 19);
+  EXPECT_EQ(cuda::gemv_next_parts_capacity(2048, 16), 2048);  // 128 tensor-core blocks a token
+  EXPECT_EQ(cuda::gemv_next_parts_capacity(37, 16), 48);
   auto message = [](GemvEpilogue e, const GemvArgs& a, GemvKernel kernel) -> std::string {
     try {
       cuda::gemv(e, a, DType::BF16, nullptr, kernel);
@@ -774,8 +815,7 @@ TEST(Gemv, APreparedNormAskedForWrongIsAClearError) {
   GemvArgs reads;  // a product reading a prepared norm
   reads.rows[0] = 16, reads.cols = 16, reads.tokens = 1;
   reads.norm_parts = &part, reads.norm_parts_count = 1;
-  const std::string where = "an RMSNorm prepared by the product before needs the CUDA-core kernel at one token";
-  EXPECT_NE(message(GemvEpilogue::StoreF32, reads, GemvKernel::TensorCore).find(where), std::string::npos);
+  const std::string where = "an RMSNorm prepared by the product before needs the tensor-core kernel or one token";
   reads.tokens = 2;
   EXPECT_NE(message(GemvEpilogue::StoreF32, reads, GemvKernel::CudaCore).find(where + " (2 tokens"), std::string::npos);
   reads.tokens = 1;

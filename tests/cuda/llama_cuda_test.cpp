@@ -573,6 +573,51 @@ TEST(LlamaCuda, PreparedNormGivesTheLogitsOfTheNormInTheProduct) {
   }
 }
 
+// At several sequences the tensor-core products take the norm prepared by the residual adds before them
+// too (no RMSNorm launches); with that off each norm is a launch of its own. Same logits for every sequence
+// along 40 decode steps fed the launches' greedy tokens, within the dtype's rounding of the prepared input,
+// in graphs and out, at 3, 8 and 12 sequences (one tile of tokens cut short, a full one, two).
+TEST(LlamaCuda, PreparedNormAtSeveralSequencesGivesTheLogitsOfTheNormLaunches) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(model, "stories260K.bin");
+  const int vocab = 512, steps = 40;
+  for (auto [dtype, bound] : {std::pair{"fp16", 1e-2}, {"bf16", 3e-2}})
+    for (int seqs : {3, 8, 12})
+      for (bool graphs : {true, false}) {
+        SCOPED_TRACE(std::string(dtype) + ", " + std::to_string(seqs) + " sequences" + (graphs ? "" : ", no graphs"));
+        Engine prepared(gpu_config(model, dtype), seqs), launches(gpu_config(model, dtype), seqs);
+        auto& a = dynamic_cast<cuda::LlamaCuda&>(prepared.model());
+        auto& b = dynamic_cast<cuda::LlamaCuda&>(launches.model());
+        b.set_prepare_norm(false);
+        a.set_use_graphs(graphs), b.set_use_graphs(graphs);
+        std::vector<SequenceChunk> chunks;
+        std::vector<int> pos;
+        for (int k = 0; k < seqs; ++k) {
+          std::vector<int> prompt(5 + 3 * k);
+          for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int>(1 + i * (k + 3) % 511);
+          pos.push_back(static_cast<int>(prompt.size()));
+          chunks.push_back(SequenceChunk{k, 0, prompt});
+        }
+        test::PathComparison c;
+        for (int step = 0; step <= steps; ++step) {
+          const float* lb = b.forward(chunks);
+          const std::vector<float> want(lb, lb + seqs * vocab);
+          const float* got = a.forward(chunks);
+          for (int k = 0; k < seqs; ++k) {
+            const int next = c.add(&want[k * vocab], got + k * vocab, vocab);
+            ASSERT_GE(next, 0) << "a logit not finite at step " << step << ", sequence " << k;
+            chunks[k] = SequenceChunk{k, pos[k]++, {next}};
+          }
+        }
+        std::printf(
+            "%s, %d sequences%s: prepared norm vs RMSNorm launches, %d steps: max relative L2 logit error "
+            "%.3e (bound %.0e), argmax differs %d, not explained by a tie %d\n",
+            dtype, seqs, graphs ? "" : " (no graphs)", steps, c.max_rel_err, bound, c.argmax_differs, c.unexplained);
+        EXPECT_LT(c.max_rel_err, bound);
+        EXPECT_EQ(c.unexplained, 0);
+      }
+}
+
 }  // namespace
 }  // namespace llm
 
@@ -648,6 +693,9 @@ TEST(LlamaCuda, TensorCoreGemvBatchesMatchCublas) {
   for (auto [dtype, bound] : {std::pair{"bf16", 3e-2}, {"fp16", 1e-2}}) {
     Engine tc(gpu_config(model, dtype), 16), cublas(gpu_config(model, dtype), 16);
     dynamic_cast<cuda::LlamaCuda&>(tc.model()).set_gemv_kernel(cuda::GemvKernel::TensorCore);
+    // The products alone: both read the RMSNorm launches' output (the norm prepared by the adds rounds its
+    // input elsewhere; PreparedNormAtSeveralSequencesGivesTheLogitsOfTheNormLaunches compares that).
+    dynamic_cast<cuda::LlamaCuda&>(tc.model()).set_prepare_norm(false);
     dynamic_cast<cuda::LlamaCuda&>(cublas.model()).set_gemv_max_tokens(0);
     int ties = 0;
     for (int batch : {8, 16}) {
