@@ -413,11 +413,13 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
   const bool gemv_path = tokens <= gemv_tokens && chunks <= gemv_tokens;
   const bool cuda_core = gemv_path && gemv_normalizes_input(gemv_kernel_, dtype_, tokens);  // the CUDA-core products
-  // The norm in the product (no RMSNorm launch): from the fp32 residual (fused_norm) or prepared by the
-  // residual add before (prepared: the CUDA-core kernel at one token, the tensor-core one at any count).
+  // The norm in the product (no RMSNorm launch): from the fp32 residual (fused_norm) or, in a decode step,
+  // prepared by the residual add before (prepared: the CUDA-core kernel at one token, the tensor-core one
+  // at any count; prefills of a few tokens keep the RMSNorm launches, as a group of ranks does, whose
+  // residual adds are partial sums before the all-reduce).
   const bool fused_norm = fuse_norm_ && cuda_core;
-  const bool prepared =
-      gemv_path && fuse_norm_ && prepare_norm_ && !tp_.collective && gemv_prepares_norm(gemv_kernel_, dtype_, tokens);
+  const bool prepared = gemv_path && max_q_len == 1 && fuse_norm_ && prepare_norm_ && !tp_.collective &&
+                        gemv_prepares_norm(gemv_kernel_, dtype_, tokens);
   const bool norm_in_product = fused_norm || prepared;
   int parts = 0;  // partial sums in parts_ (prepared)
   EmbedNextNorm first;
