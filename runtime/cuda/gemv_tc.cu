@@ -70,6 +70,14 @@ __device__ __forceinline__ uint4 load8_checked(const T* row, int k0, int cols) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
+// The sum of v over the 8 lanes of this lane's quad column (lanes t, t + 4, ..., t + 28, which hold the same
+// tokens in every fragment), in the same order every run.
+__device__ __forceinline__ float quad_column_sum(float v) {
+#pragma unroll
+  for (int o = 4; o < 32; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // acc += the chunk's products: w[m][0], w[m][1] the lane's 16 bytes of rows g and g + 8 of tile m, x[j] its
 // 16 bytes of token 8j + g (the k permutation in the file comment).
 template <typename T, int MT, int NT>
@@ -265,10 +273,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_tc_kernel(const GemvArgs 
     for (int j = 0; j < NT; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        float s = norm_ss[j][e];
-#pragma unroll
-        for (int o = 4; o < 32; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        const float inv = rsqrtf(s / cols + p.norm_eps);
+        const float inv = rsqrtf(quad_column_sum(norm_ss[j][e]) / cols + p.norm_eps);
 #pragma unroll
         for (int m = 0; m < MT; ++m) acc[m][j][e] *= inv, acc[m][j][2 + e] *= inv;
       }
@@ -360,9 +365,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_tc_kernel(const GemvArgs 
       for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          float s = sq[j][e];
-#pragma unroll
-          for (int o = 4; o < 32; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+          const float s = quad_column_sum(sq[j][e]);
           const int tok = 8 * j + 2 * t + e;
           if (g == 0 && tok < tokens) p.next_parts[static_cast<int64_t>(tok) * gridDim.x + blockIdx.x] = s;
         }
