@@ -57,8 +57,11 @@ void dispatch(GemvEpilogue e, const GemvArgs& p, int full, int blocks, int warps
 
 static int failures = 0;
 
+// prepared: the RMSNorm prepared by the add before (gemv.h's norm_parts, next_x): a product other than AddF32
+// reads 5 partial sums of squares a token and scales its totals; an AddF32 writes next_x and its partial sums.
 template <typename T>
-void check(const Shape& s, int tokens, int warps, int row_tiles, std::mt19937& rng, bool misalign_x = false) {
+void check(const Shape& s, int tokens, int warps, int row_tiles, std::mt19937& rng, bool misalign_x = false,
+           bool prepared = false) {
   std::uniform_real_distribution<float> u(-1, 1);
   const int nm = s.e == GemvEpilogue::QkvRope ? 3 : s.e == GemvEpilogue::Swiglu ? 2 : 1;
   std::vector<std::vector<uint16_t>> w(nm);
@@ -98,6 +101,24 @@ void check(const Shape& s, int tokens, int warps, int row_tiles, std::mt19937& r
   p.out = f32 ? (void*)outf.data() : (void*)outh.data();
   p.head_dim = s.head_dim, p.cos_sin = cs.data(), p.pos = pos.data(), p.slot = slot.data();
   p.k_cache = kc.data(), p.v_cache = vc.data(), p.seq_stride = int64_t(kPos) * s.rows[1];
+  // the prepared norm: each token's scale (consumer), or the gain, next_x and partial sums (producer)
+  constexpr int kParts = 5;
+  constexpr float kEps = 1e-5f;
+  std::vector<double> scale(tokens, 1.0);
+  std::vector<float> parts_in(size_t(tokens) * kParts), gain(rows0);
+  const bool reads_norm = prepared && s.e != GemvEpilogue::AddF32, writes_norm = prepared && !reads_norm;
+  if (reads_norm) {
+    for (int t = 0; t < tokens; ++t) {
+      double sum = 0;
+      for (int k = 0; k < kParts; ++k) {
+        const float v = u(rng);
+        sum += parts_in[size_t(t) * kParts + k] = 0.1f + v * v * s.cols;
+      }
+      scale[t] = 1.0 / std::sqrt(float(sum) / s.cols + kEps);
+    }
+    p.norm_parts = parts_in.data(), p.norm_parts_count = kParts, p.norm_eps = kEps;
+  }
+  for (auto& g : gain) g = 1.0f + 0.5f * u(rng);
 
   // host plan, as gemv_tc.cu
   const int nt = tokens > 8 ? 2 : 1;
@@ -112,6 +133,9 @@ void check(const Shape& s, int tokens, int warps, int row_tiles, std::mt19937& r
   bool aligned = s.cols % 8 == 0 && uintptr_t(p.x) % 16 == 0;
   for (const void* q : p.w) aligned = aligned && uintptr_t(q) % 16 == 0;
   const int full = aligned ? s.cols / 32 : 0;
+  std::vector<uint16_t> next_x(size_t(tokens) * rows0 + kGuard, 0xffff);
+  std::vector<float> next_parts(size_t(tokens) * blocks + kGuard, NAN);
+  if (writes_norm) p.next_gain = gain.data(), p.next_x = next_x.data(), p.next_parts = next_parts.data();
   emu::g_oob = emu::g_misaligned = emu::g_reads_before_wait = emu::g_nc_activation = 0;
   if (nt == 1) {
     if (rt == 1)
@@ -128,7 +152,7 @@ void check(const Shape& s, int tokens, int warps, int row_tiles, std::mt19937& r
   auto dot = [&](int m, int r, int t) {
     double a = 0;
     for (int k = 0; k < s.cols; ++k) a += wd[m][size_t(r) * s.cols + k] * xd[size_t(t) * s.cols + k];
-    return a;
+    return a * scale[t];
   };
   double e2 = 0, n2 = 0;
   bool bad = false;
@@ -173,6 +197,20 @@ void check(const Shape& s, int tokens, int warps, int row_tiles, std::mt19937& r
     }
   }
   bool guard_ok = true;
+  if (writes_norm) {  // next_x = gain * y (the y written), each token's partial sums: the sum of squares of y
+    for (int t = 0; t < tokens; ++t) {
+      double ss = 0, parts = 0;
+      for (int r = 0; r < rows0; ++r) {
+        const double y = outf[size_t(t) * rows0 + r];
+        ss += y * y;
+        cmp(val_of<T>(next_x[size_t(t) * rows0 + r]), gain[r] * y);
+      }
+      for (int b = 0; b < blocks; ++b) parts += next_parts[size_t(t) * blocks + b];
+      if (!(std::abs(parts - ss) <= 1e-5 * ss)) bad = true;
+    }
+    for (size_t i = size_t(tokens) * rows0; i < next_x.size(); ++i) guard_ok &= next_x[i] == 0xffff;
+    for (size_t i = size_t(tokens) * blocks; i < next_parts.size(); ++i) guard_ok &= std::isnan(next_parts[i]);
+  }
   if (f32) {
     for (size_t i = size_t(tokens) * rows0; i < outf.size(); ++i) guard_ok &= std::isnan(outf[i]);
   } else
@@ -184,11 +222,13 @@ void check(const Shape& s, int tokens, int warps, int row_tiles, std::mt19937& r
   const bool ok = !bad && err < bound && guard_ok && emu::g_oob == 0 && emu::g_misaligned == 0 &&
                   emu::g_reads_before_wait == 0 && emu::g_nc_activation == 0;
   if (!ok) ++failures;
-  std::printf("%s %s e=%d rows %d+%d+%d cols %d tokens %2d warps %2d rt %d%s: err %.2e %s%s%s%s%s\n",
+  std::printf("%s %s e=%d rows %d+%d+%d cols %d tokens %2d warps %2d rt %d%s%s: err %.2e %s%s%s%s%s\n",
               ok ? "ok  " : "FAIL", std::is_same_v<T, __nv_bfloat16> ? "bf16" : "fp16", int(s.e), s.rows[0], s.rows[1],
-              s.rows[2], s.cols, tokens, warps, rt, misalign_x ? " x misaligned" : "", err, bad ? "nonfinite " : "",
-              guard_ok ? "" : "guard/cache written ", emu::g_oob ? "OOB " : "",
-              emu::g_reads_before_wait ? "x read before wait " : "", emu::g_nc_activation ? "x read with __ldg" : "");
+              s.rows[2], s.cols, tokens, warps, rt, misalign_x ? " x misaligned" : "",
+              prepared ? (writes_norm ? " preparing the norm" : " prepared norm") : "", err,
+              bad ? "nonfinite or partial sums off " : "", guard_ok ? "" : "guard/cache written ",
+              emu::g_oob ? "OOB " : "", emu::g_reads_before_wait ? "x read before wait " : "",
+              emu::g_nc_activation ? "x read with __ldg" : "");
 }
 
 int main(int argc, char** argv) {
@@ -207,6 +247,8 @@ int main(int argc, char** argv) {
           if (s.e == E::Swiglu && rt == 2) continue;
           check<__nv_bfloat16>(s, tokens, warps, rt, rng);
           check<__half>(s, tokens, warps, rt, rng);
+          check<__nv_bfloat16>(s, tokens, warps, rt, rng, false, true);
+          check<__half>(s, tokens, warps, rt, rng, false, true);
         }
   // stories260K's products (dim 64, 8 heads of 8, 4 kv heads, hidden 172, vocab 512), every token count
   const std::vector<Shape> model = {

@@ -44,7 +44,7 @@ struct Warp {
   uint32_t slot[32][10];
 };
 struct Block {
-  Dim block_idx, block_dim;
+  Dim block_idx, block_dim, grid_dim;
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   Barrier block_bar;
@@ -191,7 +191,7 @@ inline void fiber_main(unsigned lo, unsigned hi) {
 inline void launch(unsigned grid, unsigned block, size_t shared_floats, const std::function<void()>& body) {
   for (unsigned b = 0; b < grid; ++b) {
     Block blk;
-    blk.block_idx.x = b, blk.block_dim.x = block;
+    blk.block_idx.x = b, blk.block_dim.x = block, blk.grid_dim.x = grid;
     blk.fibers.resize(block);
     blk.warps.resize((block + 31) / 32);
     blk.shared.assign(shared_floats + 1, NAN);
@@ -225,6 +225,7 @@ inline void launch(unsigned grid, unsigned block, size_t shared_floats, const st
 #define threadIdx (emu::Dim{emu::tid(), 0, 0})
 #define blockIdx (emu::g_block->block_idx)
 #define blockDim (emu::g_block->block_dim)
+#define gridDim (emu::g_block->grid_dim)
 template <typename T>
 T __ldg(const T* p) {
   return emu::ldg(p);
@@ -232,4 +233,5 @@ T __ldg(const T* p) {
 inline float __shfl_xor_sync(unsigned m, float v, int l) { return emu::shfl_xor(m, v, l); }
 inline void __syncthreads() { emu::syncthreads(); }
 inline float __expf(float x) { return std::exp(x); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline int min(int a, int b) { return a < b ? a : b; }

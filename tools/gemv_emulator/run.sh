@@ -3,7 +3,8 @@
 # source, cut out of the file, compiled by the host compiler with every CUDA thread a fiber (ucontext),
 # warp collectives (mma.m16n8k16 with the fragment layouts PTX documents, shuffles) and __syncthreads
 # as barriers between fibers. driver.cpp runs each epilogue, bf16 and fp16, 1 to 16 tokens, forced
-# splits, odd shapes, stories260K's products at every token count, against a float64 reference, and flags
+# splits, odd shapes (also reading and writing the prepared RMSNorm), stories260K's products at every
+# token count, against a float64 reference, and flags
 # out-of-bounds and misaligned loads, x read before the PDL wait or through the read-only path (__ldg:
 # ptxas may hoist such a load above the wait, which no emulation of the source order can see; tools/pdl_check
 # checks the SASS), and writes outside the outputs. A development check of the kernel's indexing
