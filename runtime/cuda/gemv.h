@@ -40,9 +40,11 @@ namespace llm::cuda {
 
 constexpr int kGemvMaxTokens = 16;         // the most tokens any gemv kernel takes (bf16/fp16)
 constexpr int kGemvCudaCoreMaxTokens = 4;  // the CUDA-core kernel's limit (the only one for fp32)
-// GemvKernel::Auto takes the CUDA-core kernel up to this many tokens, the tensor-core one above: a guess
-// until benches/gemv_bench measures both on the GPU (the CUDA-core kernel was tuned for 1 token).
-constexpr int kGemvAutoCudaCoreMaxTokens = 1;
+// GemvKernel::Auto takes the CUDA-core kernel up to this many tokens, the tensor-core one above. Measured end
+// to end (docs/PERFORMANCE.md, H200, bf16 decode tok/s per sequence, CUDA cores / tensor cores): at 2 tokens
+// TinyLlama 978 / 900-904, stories110M 3,643-3,651 / 2,825-2,831; at 3 TinyLlama 881-882 / 902-903 (stories110M
+// still 3,157-3,168 / 2,743-2,749: narrow models would gain to 4 tokens, left to a width-aware rule).
+constexpr int kGemvAutoCudaCoreMaxTokens = 2;
 
 enum class GemvEpilogue { QkvRope, Swiglu, AddF32, StoreF32, ArgmaxF32 };
 

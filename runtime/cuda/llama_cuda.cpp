@@ -407,7 +407,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   const int32_t* last = seq_slot + cap_chunks_;
   const size_t e = dtype_size(dtype_);
 
-  // The CUDA-core products take the RMSNorm before them (batch 1). At one token, without tensor parallelism,
+  // The CUDA-core products take the RMSNorm before them. At one token, without tensor parallelism,
   // the kernel that writes the residual (the embedding, a residual add) also writes the next norm's input
   // for them: xn = gain * x in the dtype and parts_ its partial sums of squares (gemv.h).
   const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));

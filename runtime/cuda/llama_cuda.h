@@ -183,7 +183,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   float *h1_ = nullptr, *h3_ = nullptr;              // (tokens, hidden) fp32
   void* hb_ = nullptr;                               // (tokens, hidden) dtype
   void* last_ = nullptr;                             // (chunks, dim) dtype
-  void* xn_ = nullptr;       // (1, dim) dtype: the next RMSNorm's gain * residual (set_prepare_norm)
+  void* xn_ = nullptr;       // (tokens, dim) dtype: the next RMSNorm's gain * residual (set_prepare_norm)
   float* parts_ = nullptr;   // its partial sums of squares, one per block of the kernel that wrote it
   float* logits_ = nullptr;  // (chunks, vocab)
   int32_t* meta_ = nullptr;  // device: tokens, pos, slot [tokens]; q_start [chunks+1], kv_len, seq_slot, last [chunks]

@@ -846,7 +846,8 @@ TEST(Gemv, APreparedNormAskedForWrongIsAClearError) {
   picks.argmax_keys = keys;
   EXPECT_NE(message(GemvEpilogue::ArgmaxF32, picks, GemvKernel::TensorCore).find(fold), std::string::npos);
   EXPECT_TRUE(cuda::gemv_folds_argmax(GemvKernel::Auto, DType::BF16, 1));
-  EXPECT_FALSE(cuda::gemv_folds_argmax(GemvKernel::Auto, DType::BF16, 2));
+  EXPECT_EQ(cuda::gemv_folds_argmax(GemvKernel::Auto, DType::BF16, 2), cuda::kGemvAutoCudaCoreMaxTokens >= 2);
+  EXPECT_FALSE(cuda::gemv_folds_argmax(GemvKernel::Auto, DType::BF16, cuda::kGemvAutoCudaCoreMaxTokens + 1));
   EXPECT_TRUE(cuda::gemv_folds_argmax(GemvKernel::Auto, DType::F32, 4));
 }
 
@@ -869,7 +870,8 @@ TEST(Gemv, TokenLimitsAndTheLlmGemvVariable) {
   }
   // A fused RMSNorm: the CUDA-core kernel's, never before a residual add.
   EXPECT_TRUE(cuda::gemv_normalizes_input(GemvKernel::Auto, DType::BF16, 1));
-  EXPECT_FALSE(cuda::gemv_normalizes_input(GemvKernel::Auto, DType::BF16, 2));
+  EXPECT_TRUE(cuda::gemv_normalizes_input(GemvKernel::Auto, DType::BF16, cuda::kGemvAutoCudaCoreMaxTokens));
+  EXPECT_FALSE(cuda::gemv_normalizes_input(GemvKernel::Auto, DType::BF16, cuda::kGemvAutoCudaCoreMaxTokens + 1));
   EXPECT_TRUE(cuda::gemv_normalizes_input(GemvKernel::Auto, DType::F32, 4));
   EXPECT_TRUE(cuda::gemv_normalizes_input(GemvKernel::CudaCore, DType::F16, 4));
   EXPECT_FALSE(cuda::gemv_normalizes_input(GemvKernel::TensorCore, DType::BF16, 1));

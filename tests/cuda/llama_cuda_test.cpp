@@ -164,9 +164,10 @@ TEST(LlamaCuda, GreedyStepsInOneGraphGiveTheIdsOfSingleSteps) {
   }
 }
 
-// The pick folded into the classifier (the default where the classifier takes the CUDA-core kernel: one
-// token a sequence in bf16, up to four in fp32) gives the ids of argmax_rows after the classifier, in runs
-// of steps from one graph, each step's embedding reading the keys of the step before, and in single steps.
+// The pick folded into the classifier (the default where the classifier takes the CUDA-core kernel: up to
+// kGemvAutoCudaCoreMaxTokens sequences in bf16, up to four in fp32) gives the ids of argmax_rows after the
+// classifier, in runs of steps from one graph, each step's embedding reading the keys of the step before,
+// and in single steps.
 TEST(LlamaCuda, TheArgmaxFoldedIntoTheClassifierPicksTheIdsOfArgmaxRows) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
@@ -181,7 +182,10 @@ TEST(LlamaCuda, TheArgmaxFoldedIntoTheClassifierPicksTheIdsOfArgmaxRows) {
     ASSERT_NE(argmax_rows, nullptr);
     argmax_rows->set_fold_argmax(false);
     const std::string what = std::string(dtype) + ", " + std::to_string(seqs) + " sequence(s)";
-    EXPECT_EQ(folding->folds_argmax(seqs, seqs), seqs == 1 || std::string(dtype) == "fp32") << what;
+    EXPECT_EQ(folding->folds_argmax(seqs, seqs),
+              seqs <= cuda::kGemvAutoCudaCoreMaxTokens || std::string(dtype) == "fp32")
+        << what;
+    EXPECT_EQ(folding->folds_argmax(3, 3), std::string(dtype) == "fp32") << what;  // bf16: the tensor-core kernel
     EXPECT_FALSE(argmax_rows->folds_argmax(seqs, seqs)) << what;
     const std::vector<std::vector<int>> prompts = {folded.tokenizer().encode("The little dog", true),
                                                    folded.tokenizer().encode("Once upon", true)};
