@@ -609,6 +609,13 @@ int gemv_splits_from_env() {
   fail("LLM_GEMV_SPLITS='{}': expected 1, 2, 4, 8 or auto", v);
 }
 
+GemvKernel gemv_resolve(GemvKernel kernel, DType type, int dim, int tokens) {
+  if (kernel != GemvKernel::Auto) return kernel;
+  if (type == DType::F32) return GemvKernel::CudaCore;
+  const int cuda_core_max = dim <= kGemvAutoNarrowDim ? kGemvCudaCoreMaxTokens : kGemvAutoCudaCoreMaxTokens;
+  return tokens <= cuda_core_max ? GemvKernel::CudaCore : GemvKernel::TensorCore;
+}
+
 const char* gemv_kernel_name(GemvKernel kernel) {
   switch (kernel) {
     case GemvKernel::CudaCore: return "cuda_core";

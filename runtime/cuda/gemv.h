@@ -40,11 +40,14 @@ namespace llm::cuda {
 
 constexpr int kGemvMaxTokens = 16;         // the most tokens any gemv kernel takes (bf16/fp16)
 constexpr int kGemvCudaCoreMaxTokens = 4;  // the CUDA-core kernel's limit (the only one for fp32)
-// GemvKernel::Auto takes the CUDA-core kernel up to this many tokens, the tensor-core one above. Measured end
-// to end (docs/PERFORMANCE.md, H200, bf16 decode tok/s per sequence, CUDA cores / tensor cores): at 2 tokens
-// TinyLlama 978 / 900-904, stories110M 3,643-3,651 / 2,825-2,831; at 3 TinyLlama 881-882 / 902-903 (stories110M
-// still 3,157-3,168 / 2,743-2,749: narrow models would gain to 4 tokens, left to a width-aware rule).
+// GemvKernel::Auto takes the CUDA-core kernel up to this many tokens, the tensor-core one above; for a model
+// at most kGemvAutoNarrowDim wide (gemv_resolve), up to kGemvCudaCoreMaxTokens. Measured end to end
+// (docs/PERFORMANCE.md, H200, bf16 decode tok/s per sequence, CUDA cores / tensor cores): at 2 tokens
+// Llama-2-7B 221 / 218, TinyLlama (2,048 wide) 969-978 / 900-904, stories110M (768 wide) 3,643-3,651 /
+// 2,825-2,840; at 3 Llama-2-7B 196 / 212-213, TinyLlama 871-882 / 894-903, but stories110M 3,157-3,178 /
+// 2,743-2,751, and at 4 2,788-2,793 / 2,659-2,667. The narrow bound lies between the widths measured.
 constexpr int kGemvAutoCudaCoreMaxTokens = 2;
+constexpr int kGemvAutoNarrowDim = 1024;
 
 enum class GemvEpilogue { QkvRope, Swiglu, AddF32, StoreF32, ArgmaxF32 };
 
@@ -52,13 +55,18 @@ enum class GemvEpilogue { QkvRope, Swiglu, AddF32, StoreF32, ArgmaxF32 };
 // gemv_kernel_from_env, which LlamaCuda calls once when it is built) chooses for a whole run, so that one
 // build can be measured both ways. fp32 models always take the CUDA-core kernel (up to 4 tokens).
 enum class GemvKernel {
-  Auto,        // the faster one for the token count (kGemvAutoCudaCoreMaxTokens)
+  Auto,        // the faster one for the token count (and, in a model's step, its width: gemv_resolve)
   CudaCore,    // up to kGemvCudaCoreMaxTokens: longer steps go through cuBLAS, as before the tensor-core kernel
   TensorCore,  // bf16/fp16, 1 to kGemvMaxTokens
 };
 
 // LLM_GEMV as a GemvKernel (unset or empty: Auto); throws llm::Error naming the variable on another value.
 GemvKernel gemv_kernel_from_env();
+// The kernel a step of `tokens` tokens of a model `dim` wide (its residual stream's width) takes: `kernel`
+// where it names one; for Auto the CUDA-core kernel (always for fp32) or the tensor-core one, by the token
+// count and the width (kGemvAutoCudaCoreMaxTokens, kGemvAutoNarrowDim). gemv's own Auto, which sees one
+// product and not the model, goes by the token count alone.
+GemvKernel gemv_resolve(GemvKernel kernel, DType type, int dim, int tokens);
 const char* gemv_kernel_name(GemvKernel kernel);
 // LLM_GEMV_SPLITS as GemvTuning::splits for every product (unset, empty or auto: 0, chosen per product);
 // throws llm::Error naming the variable on another value. gemv reads it once per process.

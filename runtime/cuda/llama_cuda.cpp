@@ -154,7 +154,8 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       dtype_name(dtype_), 2.0 * cache_bytes / (1 << 20), max_batch_, max_context_, alloc_->stats_line());
   if (gemv_kernel_ != GemvKernel::Auto)
     log().info("decode-step products: the {} matrix-vector kernel (LLM_GEMV)", gemv_kernel_name(gemv_kernel_));
-  const uint32_t one = decode_overlap(1, gemv_normalizes_input(gemv_kernel_, dtype_, 1));
+  const uint32_t one =
+      decode_overlap(1, gemv_normalizes_input(gemv_resolve(gemv_kernel_, dtype_, config_.dim, 1), dtype_, 1));
   std::string overlap;
   if (one & LLM_OVERLAP_EARLY_START) overlap = "starts during the q/k/v product";
   if (one & LLM_OVERLAP_EARLY_NEXT)
@@ -412,14 +413,15 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   // for them: xn = gain * x in the dtype and parts_ its partial sums of squares (gemv.h).
   const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
   const bool gemv_path = tokens <= gemv_tokens && chunks <= gemv_tokens;
-  const bool cuda_core = gemv_path && gemv_normalizes_input(gemv_kernel_, dtype_, tokens);  // the CUDA-core products
+  const GemvKernel kernel = gemv_resolve(gemv_kernel_, dtype_, c.dim, tokens);        // this step's
+  const bool cuda_core = gemv_path && gemv_normalizes_input(kernel, dtype_, tokens);  // the CUDA-core products
   // The norm in the product (no RMSNorm launch): from the fp32 residual (fused_norm) or, in a decode step,
   // prepared by the residual add before (prepared: the CUDA-core kernel at one token, the tensor-core one
   // at any count; prefills of a few tokens keep the RMSNorm launches, as a group of ranks does, whose
   // residual adds are partial sums before the all-reduce).
   const bool fused_norm = fuse_norm_ && cuda_core;
   const bool prepared = gemv_path && max_q_len == 1 && fuse_norm_ && prepare_norm_ && !tp_.collective &&
-                        gemv_prepares_norm(gemv_kernel_, dtype_, tokens);
+                        gemv_prepares_norm(kernel, dtype_, tokens);
   const bool norm_in_product = fused_norm || prepared;
   int parts = 0;  // partial sums in parts_ (prepared)
   EmbedNextNorm first;
@@ -495,7 +497,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
     const GemvEpilogue epilogue = add           ? GemvEpilogue::AddF32
                                   : argmax_keys ? GemvEpilogue::ArgmaxF32
                                                 : GemvEpilogue::StoreF32;
-    const int blocks = gemv(epilogue, a, dtype_, stream_, gemv_kernel_);
+    const int blocks = gemv(epilogue, a, dtype_, stream_, kernel);
     if (a.next_x) {
       if (blocks * n > gemv_next_parts_capacity(c.dim, cap_tokens_))
         fail("gemv: {} partial sums for a buffer of {}", blocks * n, gemv_next_parts_capacity(c.dim, cap_tokens_));
@@ -517,7 +519,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
     if (gemv_path) {
       qkv.w[0] = L.wq.data, qkv.w[1] = L.wk.data, qkv.w[2] = L.wv.data;
       qkv.k_cache = k_cache, qkv.v_cache = v_cache;
-      gemv(GemvEpilogue::QkvRope, qkv, dtype_, stream_, gemv_kernel_);
+      gemv(GemvEpilogue::QkvRope, qkv, dtype_, stream_, kernel);
     } else {
       gemm(L.wq, xb_, tokens, q_, false, 0.0f);
       gemm(L.wk, xb_, tokens, k_, false, 0.0f);
@@ -544,7 +546,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
       a.w[0] = L.w1.data, a.w[1] = L.w3.data, a.rows[0] = L.w1.rows, a.cols = L.w1.cols;
       a.x = xb_, a.tokens = tokens, a.out = hb_;
       if (norm_in_product) take_norm(a, L.rms_ffn);
-      gemv(GemvEpilogue::Swiglu, a, dtype_, stream_, gemv_kernel_);
+      gemv(GemvEpilogue::Swiglu, a, dtype_, stream_, kernel);
     } else {
       gemm(L.w1, xb_, tokens, h1_, true, 0.0f);
       gemm(L.w3, xb_, tokens, h3_, true, 0.0f);
@@ -571,7 +573,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
 bool LlamaCuda::folds_argmax(int tokens, int chunks) const {
   const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
   return fold_argmax_ && head_ && tokens == chunks && tokens <= gemv_tokens &&
-         gemv_folds_argmax(gemv_kernel_, dtype_, tokens);
+         gemv_folds_argmax(gemv_resolve(gemv_kernel_, dtype_, config_.dim, tokens), dtype_, tokens);
 }
 
 void LlamaCuda::copy_picks(int n, int steps, bool folded) {

@@ -852,6 +852,28 @@ TEST(Gemv, APreparedNormAskedForWrongIsAClearError) {
 }
 
 // What runs without a GPU: the token limits and LLM_GEMV.
+// A model's step resolves Auto by its token count and the model's width (gemv_resolve): the CUDA-core kernel
+// up to 2 tokens, or up to 4 on a model at most kGemvAutoNarrowDim wide, and always for fp32; a kernel asked
+// for by name is kept.
+TEST(Gemv, AutoResolvesByTheTokenCountAndTheModelsWidth) {
+  using cuda::gemv_resolve;
+  constexpr auto cc = GemvKernel::CudaCore, tc = GemvKernel::TensorCore, automatic = GemvKernel::Auto;
+  for (int dim : {64, 768, cuda::kGemvAutoNarrowDim}) {
+    for (int tokens = 1; tokens <= cuda::kGemvCudaCoreMaxTokens; ++tokens)
+      EXPECT_EQ(gemv_resolve(automatic, DType::BF16, dim, tokens), cc) << dim << " wide, " << tokens;
+    EXPECT_EQ(gemv_resolve(automatic, DType::F16, dim, cuda::kGemvCudaCoreMaxTokens + 1), tc) << dim;
+  }
+  for (int dim : {cuda::kGemvAutoNarrowDim + 1, 2048, 4096}) {
+    EXPECT_EQ(gemv_resolve(automatic, DType::BF16, dim, 1), cc) << dim;
+    EXPECT_EQ(gemv_resolve(automatic, DType::BF16, dim, cuda::kGemvAutoCudaCoreMaxTokens), cc) << dim;
+    EXPECT_EQ(gemv_resolve(automatic, DType::BF16, dim, cuda::kGemvAutoCudaCoreMaxTokens + 1), tc) << dim;
+    EXPECT_EQ(gemv_resolve(automatic, DType::BF16, dim, cuda::kGemvMaxTokens), tc) << dim;
+  }
+  EXPECT_EQ(gemv_resolve(automatic, DType::F32, 4096, 4), cc);
+  EXPECT_EQ(gemv_resolve(tc, DType::BF16, 64, 1), tc);
+  EXPECT_EQ(gemv_resolve(cc, DType::BF16, 4096, 4), cc);
+}
+
 TEST(Gemv, TokenLimitsAndTheLlmGemvVariable) {
   using cuda::gemv_max_tokens;
   EXPECT_EQ(gemv_max_tokens(GemvKernel::Auto, DType::BF16), 16);
