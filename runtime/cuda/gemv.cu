@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <type_traits>
@@ -586,9 +587,10 @@ CudaCorePlan plan_cuda_core(GemvEpilogue e, const GemvArgs& p, DType type, const
   }
 }
 
+// Auto here sees one product, not the model: it resolves as for a model too wide to count as narrow.
 bool takes_tensor_cores(GemvKernel kernel, DType type, int tokens) {
   if (type == DType::F32) return false;
-  return kernel == GemvKernel::TensorCore || (kernel == GemvKernel::Auto && tokens > kGemvAutoCudaCoreMaxTokens);
+  return gemv_resolve(kernel, type, std::numeric_limits<int>::max(), tokens) == GemvKernel::TensorCore;
 }
 
 }  // namespace

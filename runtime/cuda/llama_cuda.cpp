@@ -154,8 +154,7 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       dtype_name(dtype_), 2.0 * cache_bytes / (1 << 20), max_batch_, max_context_, alloc_->stats_line());
   if (gemv_kernel_ != GemvKernel::Auto)
     log().info("decode-step products: the {} matrix-vector kernel (LLM_GEMV)", gemv_kernel_name(gemv_kernel_));
-  const uint32_t one =
-      decode_overlap(1, gemv_normalizes_input(gemv_resolve(gemv_kernel_, dtype_, config_.dim, 1), dtype_, 1));
+  const uint32_t one = decode_overlap(1, gemv_normalizes_input(step_kernel(1), dtype_, 1));
   std::string overlap;
   if (one & LLM_OVERLAP_EARLY_START) overlap = "starts during the q/k/v product";
   if (one & LLM_OVERLAP_EARLY_NEXT)
@@ -413,7 +412,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   // for them: xn = gain * x in the dtype and parts_ its partial sums of squares (gemv.h).
   const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
   const bool gemv_path = tokens <= gemv_tokens && chunks <= gemv_tokens;
-  const GemvKernel kernel = gemv_resolve(gemv_kernel_, dtype_, c.dim, tokens);        // this step's
+  const GemvKernel kernel = step_kernel(tokens);
   const bool cuda_core = gemv_path && gemv_normalizes_input(kernel, dtype_, tokens);  // the CUDA-core products
   // The norm in the product (no RMSNorm launch): from the fp32 residual (fused_norm) or, in a decode step,
   // prepared by the residual add before (prepared: the CUDA-core kernel at one token, the tensor-core one
@@ -573,7 +572,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
 bool LlamaCuda::folds_argmax(int tokens, int chunks) const {
   const int gemv_tokens = std::min(gemv_max_tokens_, gemv_max_tokens(gemv_kernel_, dtype_));
   return fold_argmax_ && head_ && tokens == chunks && tokens <= gemv_tokens &&
-         gemv_folds_argmax(gemv_resolve(gemv_kernel_, dtype_, config_.dim, tokens), dtype_, tokens);
+         gemv_folds_argmax(step_kernel(tokens), dtype_, tokens);
 }
 
 void LlamaCuda::copy_picks(int n, int steps, bool folded) {

@@ -138,6 +138,8 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   // ids step - 1 picked. Its argmax goes to ids_ + step * cap_chunks_, or where folds_argmax, to its keys
   // in argmax_keys_ (which the step's embedding clears first).
   void enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, int step = 0);
+  // The matrix-vector kernel a step of `tokens` tokens takes (gemv_kernel_ resolved for this model's width).
+  GemvKernel step_kernel(int tokens) const { return gemv_resolve(gemv_kernel_, dtype_, config_.dim, tokens); }
   // The picks of `steps` steps of n sequences, copied back into pinned_ids_ [step][sequence] (waits).
   void copy_picks(int n, int steps, bool folded);
   struct Graph {
