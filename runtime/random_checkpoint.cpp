@@ -13,8 +13,10 @@ namespace llm {
 namespace {
 
 const std::map<std::string, ModelConfig>& presets() {
-  // The published models' classifiers: llama2.c's stories models share the token embedding; TinyLlama and
-  // Llama 2 have a separate lm_head (tie_word_embeddings false), which the floors count.
+  // The published models' classifiers: llama2.c's stories models and MobileLLM (share_embedding) use the
+  // token embedding; TinyLlama and Llama 2 have a separate lm_head (tie_word_embeddings false), which the
+  // issue's floors count. MobileLLM's widths (960-1,600, 64-wide heads, GQA 3-5, the Llama 2 vocabulary)
+  // fill the span between stories110M's 768 and TinyLlama's 2,048.
   auto shape = [](int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq, bool shared) {
     ModelConfig c;
     c.dim = dim, c.hidden_dim = hidden, c.n_layers = layers, c.n_heads = heads, c.n_kv_heads = kv_heads;
@@ -29,6 +31,10 @@ const std::map<std::string, ModelConfig>& presets() {
       {"tinyllama", shape(2048, 5632, 22, 32, 4, 32000, 2048, false)},
       {"llama2-7b", shape(4096, 11008, 32, 32, 32, 32000, 4096, false)},
       {"llama2-70b", shape(8192, 28672, 80, 64, 8, 32000, 4096, false)},
+      {"mobilellm-350m", shape(960, 2560, 32, 15, 5, 32000, 2048, true)},
+      {"mobilellm-600m", shape(1152, 3072, 40, 18, 6, 32000, 2048, true)},
+      {"mobilellm-1b", shape(1280, 3584, 54, 20, 5, 32000, 2048, true)},
+      {"mobilellm-1.5b", shape(1600, 4352, 54, 25, 5, 32000, 2048, true)},
   };
   return p;
 }

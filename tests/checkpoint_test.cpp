@@ -670,13 +670,15 @@ namespace llm {
 namespace {
 
 // The presets carry their published model's classifier (the benchmark's floors count a separate one's
-// bytes): llama2.c's stories models share the token embedding, TinyLlama and Llama 2 do not. An unknown
-// name is an error that lists the known ones.
+// bytes): llama2.c's stories models and MobileLLM share the token embedding, TinyLlama and Llama 2 do not.
+// Every preset's heads divide into its KV heads. An unknown name is an error that lists the known ones.
 TEST(ModelPreset, ClassifierIsThePublishedModels) {
-  ASSERT_GE(model_preset_names().size(), 7u);
+  ASSERT_GE(model_preset_names().size(), 11u);
   for (const std::string& name : model_preset_names()) {
-    const bool stories = name.rfind("stories", 0) == 0;
-    EXPECT_EQ(model_preset(name).shared_classifier, stories) << name;
+    const bool shared = name.rfind("stories", 0) == 0 || name.rfind("mobilellm", 0) == 0;
+    const ModelConfig c = model_preset(name);
+    EXPECT_EQ(c.shared_classifier, shared) << name;
+    EXPECT_EQ(c.n_heads % c.n_kv_heads, 0) << name;
   }
   try {
     model_preset("llama3-8b");
