@@ -168,11 +168,14 @@ struct NormParts {
 // once the kernel before has finished, while the first weights are on their way: the epilogue's own loads
 // go there rather than after the sums (an L2 round trip or two at the end of every warp's path). (Before
 // the wait only weights are read: tools/pdl_check.) Parts: the norm's partial sums are loaded there too
-// (combine_slices adds them).
+// (combine_slices adds them). Ragged: a slice shorter than a batch (rows 960 wide: 3.75 chunks a lane) goes
+// out as one partial batch, each lane loading only its chunks in range; otherwise the chunks past the last
+// whole batch are loaded one at a time after the wait, a DRAM round trip each on the warp's path (see
+// unrolled_for for where that is the faster).
 struct Nothing {
   __device__ void operator()() const {}
 };
-template <typename T, int NT, int kUnroll, bool Norm, bool Parts, typename AfterWait = Nothing>
+template <typename T, int NT, int kUnroll, bool Norm, bool Parts, bool Ragged, typename AfterWait = Nothing>
 __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activations<T, Norm>& x, const GemvArgs& p,
                                           NormParts& parts, int c0, int c1, bool active, float (&acc)[2][NT],
                                           float (&ss)[NT], const AfterWait& after_wait = AfterWait{}) {
@@ -192,13 +195,38 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
       wb[u] = load_stream(b + static_cast<int64_t>(c + u * 32) * kPer);
     }
   };
-  bool full = c + (kUnroll - 1) * 32 < end;
-  if (full) load_batch();
+  auto load_ragged = [&] {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (c + u * 32 < end) {
+        wa[u] = load_stream(a + static_cast<int64_t>(c + u * 32) * kPer);
+        wb[u] = load_stream(b + static_cast<int64_t>(c + u * 32) * kPer);
+      }
+  };
+  bool full = Ragged ? c < end : c + (kUnroll - 1) * 32 < end;
+  if (full) {
+    if constexpr (Ragged)
+      load_ragged();
+    else
+      load_batch();
+  }
   // The first weights are on their way; x (and the outputs) may still be in the previous kernel's hands.
   wait_for_previous_kernel();
   after_wait();
   if constexpr (Parts) parts.load(p);
-  while (full) {
+  if constexpr (Ragged) {
+    while (full) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (c + u * 32 < end)
+#pragma unroll
+          for (int t = 0; t < NT; ++t) x.dot_chunk(wa[u], wb[u], t, c + u * 32, acc[0][t], acc[1][t], ss[t]);
+      c += kUnroll * 32;
+      full = c < end;
+      if (full) load_ragged();
+    }
+  }
+  while (!Ragged && full) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
@@ -271,7 +299,7 @@ __device__ __forceinline__ bool combine_slices(int splits, int slice, bool valid
 // whole-row kernels as they were: 62-70 against 72-80 for four chunks a lane, and 102-106 against 120-138
 // for eight). Norm: the RMSNorm on the fp32 x; Parts (one token): prepared by the product before
 // (norm_parts). An AddF32 at one token writes the next norm's input where next_x is set.
-template <typename T, int NT, int U, GemvEpilogue E, bool Norm, bool Parts, bool Split>
+template <typename T, int NT, int U, GemvEpilogue E, bool Norm, bool Parts, bool Split, bool Ragged>
 __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, int block) {
   const int splits = Split ? split_count : 1;
   allow_next_kernel();
@@ -288,8 +316,8 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, in
     const int r = warp;
     const bool valid = r < p.rows[0];
     const int64_t off = static_cast<int64_t>(valid ? r : 0) * cols;
-    warp_dot2<T, NT, U, Norm, Parts>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off, x, p,
-                                     parts, c0, c1, valid, acc, ss);
+    warp_dot2<T, NT, U, Norm, Parts, Ragged>(static_cast<const T*>(p.w[0]) + off, static_cast<const T*>(p.w[1]) + off,
+                                             x, p, parts, c0, c1, valid, acc, ss);
     if (!combine_slices<NT, Norm, Parts>(splits, slice, valid, acc, ss, cols, p.norm_eps, parts, p)) return;
     if (lane < NT) {  // lane t writes token t (the totals are in every lane; pick with a constant index)
 #pragma unroll
@@ -314,7 +342,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, in
     // Lane t reads token t's position, cache slot and rotation beside the weights, not after the sums.
     int pos = 0, slot = 0;
     float rc = 1.0f, rs = 0.0f;
-    warp_dot2<T, NT, U, Norm, Parts>(w, w + cols, x, p, parts, c0, c1, valid, acc, ss, [&] {
+    warp_dot2<T, NT, U, Norm, Parts, Ragged>(w, w + cols, x, p, parts, c0, c1, valid, acc, ss, [&] {
       if (lane < NT && valid) {
         pos = p.pos[lane];
         if (m > 0) slot = p.slot[lane];
@@ -357,7 +385,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, in
       const bool adds = lane < NT && valid && slice == 0;
       const bool next = NT == 1 && p.next_x != nullptr;  // (the same in every thread)
       float y0 = 0.0f, y1 = 0.0f, g0 = 0.0f, g1 = 0.0f;
-      warp_dot2<T, NT, U, Norm, Parts>(w, second ? w + cols : w, x, p, parts, c0, c1, valid, acc, ss, [&] {
+      warp_dot2<T, NT, U, Norm, Parts, Ragged>(w, second ? w + cols : w, x, p, parts, c0, c1, valid, acc, ss, [&] {
         if (adds) {
           y0 = y[0];
           if (second) y1 = y[1];
@@ -386,7 +414,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, in
         if (threadIdx.x == 0) p.next_parts[block] = total;
       }
     } else {  // (apart from AddF32's: one body for both changed the classifier's registers, 58 -> 64 and 70 -> 64)
-      warp_dot2<T, NT, U, Norm, Parts>(w, second ? w + cols : w, x, p, parts, c0, c1, valid, acc, ss);
+      warp_dot2<T, NT, U, Norm, Parts, Ragged>(w, second ? w + cols : w, x, p, parts, c0, c1, valid, acc, ss);
       const bool writes = combine_slices<NT, Norm, Parts>(splits, slice, valid, acc, ss, cols, p.norm_eps, parts, p);
       auto store = [&](int t) {  // token t's logits of the warp's rows
         float* y = static_cast<float*>(p.out) + static_cast<int64_t>(t) * rows + r;
@@ -420,29 +448,29 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& p, int split_count, in
   }
 }
 
-template <typename T, int NT, int U, GemvEpilogue E, bool Norm, bool Parts, bool Split>
+template <typename T, int NT, int U, GemvEpilogue E, bool Norm, bool Parts, bool Split, bool Ragged>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int split_count) {
-  if constexpr (Parts && (U == 4 || U == 8)) {
+  if constexpr (Parts && !Ragged && (U == 4 || U == 8)) {
     // A loop over the grid that runs once: ptxas schedules and allocates the body differently inside it
     // (Llama-2-7B's q/k/v product 72 -> 80 registers, fewer instructions), and decode at batch 1 measured
     // faster so on the H200: Llama-2-7B +1.4%, TinyLlama +0.7% (docs/PERFORMANCE.md). Rows of 3 chunks a lane
     // (stories110M) measured 2.5% slower that way. Only batch 1's kernels with a prepared norm (Parts) were
     // measured; the others keep the plain body and the registers their plans were chosen with.
     for (int b = blockIdx.x; b < static_cast<int>(gridDim.x); b += gridDim.x) {
-      gemv_body<T, NT, U, E, Norm, Parts, Split>(p, split_count, b);
+      gemv_body<T, NT, U, E, Norm, Parts, Split, Ragged>(p, split_count, b);
       __syncthreads();  // (what a second pass would need before reusing the block's shared sums; as measured)
     }
   } else {
-    gemv_body<T, NT, U, E, Norm, Parts, Split>(p, split_count, static_cast<int>(blockIdx.x));
+    gemv_body<T, NT, U, E, Norm, Parts, Split, Ragged>(p, split_count, static_cast<int>(blockIdx.x));
   }
 }
 
 // The residual add at one token, held to the blocks a SM it had before it also prepared the next norm
 // (four for up to four chunks a lane, two for eight and eleven): the split plan counts on them (7B's wo and
 // w2 went from halves of rows to whole rows at three a SM, 16.4 -> 19.6 us).
-template <typename T, int U, bool Split>
+template <typename T, int U, bool Split, bool Ragged>
 __global__ void __launch_bounds__(kWarps * 32, U <= 4 ? 4 : 2) gemv_add_kernel(const GemvArgs p, int split_count) {
-  gemv_body<T, 1, U, GemvEpilogue::AddF32, false, false, Split>(p, split_count, static_cast<int>(blockIdx.x));
+  gemv_body<T, 1, U, GemvEpilogue::AddF32, false, false, Split, Ragged>(p, split_count, static_cast<int>(blockIdx.x));
 }
 
 using GemvKernelFn = void (*)(const GemvArgs, int);
@@ -458,23 +486,24 @@ int64_t row_units(GemvEpilogue e, const GemvArgs& p) {
 
 // norm: 0 none, 1 the RMSNorm in the kernel (norm_gain), 2 the RMSNorm prepared before it (norm_parts, one
 // token).
-template <typename T, int NT, int U, bool Split>
+template <typename T, int NT, int U, bool Split, bool Ragged = false>
 GemvKernelFn kernel_for(GemvEpilogue e, int norm) {
   using E = GemvEpilogue;
   auto pick = [norm](auto epilogue) -> GemvKernelFn {
     constexpr E k = decltype(epilogue)::value;
     if constexpr (NT == 1)
-      if (norm == 2) return gemv_kernel<T, NT, U, k, false, true, Split>;
-    return norm == 1 ? gemv_kernel<T, NT, U, k, true, false, Split> : gemv_kernel<T, NT, U, k, false, false, Split>;
+      if (norm == 2) return gemv_kernel<T, NT, U, k, false, true, Split, Ragged>;
+    return norm == 1 ? gemv_kernel<T, NT, U, k, true, false, Split, Ragged>
+                     : gemv_kernel<T, NT, U, k, false, false, Split, Ragged>;
   };
   switch (e) {
     case E::QkvRope: return pick(std::integral_constant<E, E::QkvRope>{});
     case E::Swiglu: return pick(std::integral_constant<E, E::Swiglu>{});
     case E::AddF32:  // (never after a norm)
       if constexpr (NT == 1)
-        return gemv_add_kernel<T, U, Split>;
+        return gemv_add_kernel<T, U, Split, Ragged>;
       else
-        return gemv_kernel<T, NT, U, E::AddF32, false, false, Split>;
+        return gemv_kernel<T, NT, U, E::AddF32, false, false, Split, Ragged>;
     case E::ArgmaxF32: return pick(std::integral_constant<E, E::ArgmaxF32>{});
     default: return pick(std::integral_constant<E, E::StoreF32>{});
   }
@@ -487,17 +516,25 @@ GemvKernelFn kernel_for(GemvEpilogue e, int norm) {
 // TinyLlama 994 -> 1,050 (eight) -> 1,085-1,093 tok/s (eleven), stories110M 3,715-3,724 -> 4,056-4,073
 // (three). Eight for 7B's 8 KB rows (253 -> 240), and a row's last partial batch loaded as one batch
 // (TinyLlama 1,050 -> 1,012-1,017), measured slower: docs/PERFORMANCE.md.
+// Batches of four chunks a lane (eight, three and eleven where a slice is exactly that at one token: 2,048,
+// 768 and 5,632 bf16 columns). A slice shorter than a batch and not a whole one goes out ragged (warp_dot2):
+// rows 960 wide (3.75 chunks a lane), where lanes 24-31 loaded their three chunks one at a time after the
+// wait. H200, MobileLLM-350M's shape, decode tok/s: 1,409-1,416 -> 1,655-1,662 at batch 1, 1,131-1,138 ->
+// 1,294-1,296 a sequence at batch 2. Longer slices ragged too (a last partial batch in place of single
+// chunks: 1,152, 1,280 and 1,600 wide, Llama-2-7B's 11,008) measured 2-11% slower, as did batches of six or
+// eight for them (90-128 registers, two blocks a SM): docs/PERFORMANCE.md.
 template <typename T, int NT>
 GemvKernelFn unrolled_for(size_t slice_bytes, bool split, GemvEpilogue e, int norm) {
   if constexpr (NT == 1) {  // (only one token splits rows)
     if (split) {            // (not eight: 120-138 registers, and fewer warps resident, where splitting wants more)
       if (slice_bytes == 22 * 32 * 16 || slice_bytes == 11 * 32 * 16) return kernel_for<T, NT, 11, true>(e, norm);
-      return kernel_for<T, NT, 4, true>(e, norm);
+      return kernel_for<T, NT, 4, true>(e, norm);  // (a split slice is at least a batch: plan_tokens)
     }
     if (slice_bytes == 8 * 32 * 16) return kernel_for<T, NT, 8, false>(e, norm);
     if (slice_bytes == 3 * 32 * 16) return kernel_for<T, NT, 3, false>(e, norm);
     if (slice_bytes == 22 * 32 * 16) return kernel_for<T, NT, 11, false>(e, norm);
   }
+  if (slice_bytes < 4 * 32 * 16) return kernel_for<T, NT, 4, false, true>(e, norm);
   return kernel_for<T, NT, 4, false>(e, norm);
 }
 

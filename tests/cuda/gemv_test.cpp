@@ -415,6 +415,13 @@ std::vector<Shape> shapes() {
       {E::StoreF32, {40, 0, 0}, 768},
       {E::Swiglu, {24, 0, 0}, 2048},
       {E::AddF32, {20, 0, 0}, 5632},
+      // MobileLLM's widths, rows of 120, 144, 200, 320 and 544 chunks: one ragged batch (lanes 24-31 load
+      // three chunks of four), then whole batches and a tail of single chunks
+      {E::AddF32, {30, 0, 0}, 960},
+      {E::QkvRope, {18, 6, 6}, 1152, 6},
+      {E::Swiglu, {20, 0, 0}, 1600},
+      {E::AddF32, {24, 0, 0}, 2560},
+      {E::StoreF32, {22, 0, 0}, 4352},
       // q, k, v sections that do not end on a 16-row tile: pairs near the seams
       {E::QkvRope, {18, 6, 6}, 40, 6},
       {E::QkvRope, {24, 8, 8}, 200, 8},
