@@ -455,7 +455,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const GemvArgs p, int
     // (Llama-2-7B's q/k/v product 72 -> 80 registers, fewer instructions), and decode at batch 1 measured
     // faster so on the H200: Llama-2-7B +1.4%, TinyLlama +0.7% (docs/PERFORMANCE.md). Rows of 3 chunks a lane
     // (stories110M) measured 2.5% slower that way. Only batch 1's kernels with a prepared norm (Parts) were
-    // measured; the others keep the plain body and the registers their plans were chosen with.
+    // measured; the others keep the plain body and the registers their plans were chosen with (the ragged ones
+    // were measured with it).
     for (int b = blockIdx.x; b < static_cast<int>(gridDim.x); b += gridDim.x) {
       gemv_body<T, NT, U, E, Norm, Parts, Split, Ragged>(p, split_count, b);
       __syncthreads();  // (what a second pass would need before reusing the block's shared sums; as measured)
@@ -516,13 +517,12 @@ GemvKernelFn kernel_for(GemvEpilogue e, int norm) {
 // TinyLlama 994 -> 1,050 (eight) -> 1,085-1,093 tok/s (eleven), stories110M 3,715-3,724 -> 4,056-4,073
 // (three). Eight for 7B's 8 KB rows (253 -> 240), and a row's last partial batch loaded as one batch
 // (TinyLlama 1,050 -> 1,012-1,017), measured slower: docs/PERFORMANCE.md.
-// Batches of four chunks a lane (eight, three and eleven where a slice is exactly that at one token: 2,048,
-// 768 and 5,632 bf16 columns). A slice shorter than a batch and not a whole one goes out ragged (warp_dot2):
-// rows 960 wide (3.75 chunks a lane), where lanes 24-31 loaded their three chunks one at a time after the
-// wait. H200, MobileLLM-350M's shape, decode tok/s: 1,409-1,416 -> 1,655-1,662 at batch 1, 1,131-1,138 ->
-// 1,294-1,296 a sequence at batch 2. Longer slices ragged too (a last partial batch in place of single
-// chunks: 1,152, 1,280 and 1,600 wide, Llama-2-7B's 11,008) measured 2-11% slower, as did batches of six or
-// eight for them (90-128 registers, two blocks a SM): docs/PERFORMANCE.md.
+// A slice shorter than a batch of four goes out ragged (warp_dot2): rows 960 wide (3.75 chunks a lane),
+// where lanes 24-31 loaded their three chunks one at a time after the wait. H200, MobileLLM-350M's shape,
+// decode tok/s: 1,409-1,416 -> 1,655-1,662 at batch 1, 1,131-1,138 -> 1,294-1,296 a sequence at batch 2.
+// Longer slices ragged too (a last partial batch in place of single chunks: 1,152, 1,280 and 1,600 wide,
+// Llama-2-7B's 11,008) measured 2-11% slower, as did batches of six or eight for them (90-128 registers,
+// two blocks a SM): docs/PERFORMANCE.md.
 template <typename T, int NT>
 GemvKernelFn unrolled_for(size_t slice_bytes, bool split, GemvEpilogue e, int norm) {
   if constexpr (NT == 1) {  // (only one token splits rows)
