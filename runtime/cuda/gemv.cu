@@ -522,19 +522,30 @@ GemvKernelFn kernel_for(GemvEpilogue e, int norm) {
 // decode tok/s: 1,409-1,416 -> 1,655-1,662 at batch 1, 1,131-1,138 -> 1,294-1,296 a sequence at batch 2.
 // Longer slices ragged too (a last partial batch in place of single chunks: 1,152, 1,280 and 1,600 wide,
 // Llama-2-7B's 11,008) measured 2-11% slower, as did batches of six or eight for them (90-128 registers,
-// two blocks a SM): docs/PERFORMANCE.md.
+// two blocks a SM): docs/PERFORMANCE.md. A split slice shorter than four chunks a lane (plan_tokens allows
+// them where a whole row is not whole batches) is one ragged batch too.
+constexpr size_t kLaneChunkBytes = 32 * 16;  // one 16-byte chunk for every lane of a warp
+constexpr int batch_chunks(size_t slice_bytes, bool split) {
+  if (split)  // (not eight: 120-138 registers, and fewer warps resident, where splitting wants more)
+    return slice_bytes == 22 * kLaneChunkBytes || slice_bytes == 11 * kLaneChunkBytes ? 11 : 4;
+  if (slice_bytes == 8 * kLaneChunkBytes) return 8;
+  if (slice_bytes == 3 * kLaneChunkBytes) return 3;
+  if (slice_bytes == 22 * kLaneChunkBytes) return 11;
+  return 4;
+}
 template <typename T, int NT>
 GemvKernelFn unrolled_for(size_t slice_bytes, bool split, GemvEpilogue e, int norm) {
   if constexpr (NT == 1) {  // (only one token splits rows)
-    if (split) {            // (not eight: 120-138 registers, and fewer warps resident, where splitting wants more)
-      if (slice_bytes == 22 * 32 * 16 || slice_bytes == 11 * 32 * 16) return kernel_for<T, NT, 11, true>(e, norm);
-      return kernel_for<T, NT, 4, true>(e, norm);  // (a split slice is at least a batch: plan_tokens)
+    const bool ragged = slice_bytes < 4 * kLaneChunkBytes;
+    switch (batch_chunks(slice_bytes, split)) {
+      case 8: return kernel_for<T, NT, 8, false>(e, norm);
+      case 3: return kernel_for<T, NT, 3, false>(e, norm);
+      case 11: return split ? kernel_for<T, NT, 11, true>(e, norm) : kernel_for<T, NT, 11, false>(e, norm);
+      default:
+        if (split) return ragged ? kernel_for<T, NT, 4, true, true>(e, norm) : kernel_for<T, NT, 4, true>(e, norm);
     }
-    if (slice_bytes == 8 * 32 * 16) return kernel_for<T, NT, 8, false>(e, norm);
-    if (slice_bytes == 3 * 32 * 16) return kernel_for<T, NT, 3, false>(e, norm);
-    if (slice_bytes == 22 * 32 * 16) return kernel_for<T, NT, 11, false>(e, norm);
   }
-  if (slice_bytes < 4 * 32 * 16) return kernel_for<T, NT, 4, false, true>(e, norm);
+  if (slice_bytes < 4 * kLaneChunkBytes) return kernel_for<T, NT, 4, false, true>(e, norm);
   return kernel_for<T, NT, 4, false>(e, norm);
 }
 
@@ -566,10 +577,14 @@ int splits_from_env_once() {
 // bytes that could be in flight: Llama-2-7B's wo and w2 (2,048 pairs), TinyLlama's w2 (1,024). Split,
 // every warp of TinyLlama's w2 loads its whole slice before the wait on the SwiGLU product, where whole
 // rows were two batches. The split is chosen by how full the waves of warps are, one wave preferred; a
-// slice keeps at least four chunks a lane, so that its loads stay batched. Products of several waves
-// split in two only where that doubles the warps resident (below). H200, batch 1: Llama-2-7B 254 ->
-// 263-264 tok/s, TinyLlama 1,111-1,116 -> 1,162-1,163; TinyLlama's q/k/v (1,280 pairs, 61% of the warps
-// busy) split in two added 4.9 us a layer where whole rows added 3.7-4.0 (docs/PERFORMANCE.md).
+// slice keeps at least four chunks a lane, so that its loads stay batched, or at least one (one ragged
+// batch, all before the wait) where a whole row is not whole batches of its kernel: a ragged batch, or
+// single chunks after the last batch (MobileLLM's 960-1,600 columns and 2,560-4,352 hidden units). H200,
+// batch 1: MobileLLM-350M 1,677-1,687 -> 1,818-1,835 tok/s, 600M 1,184-1,194 -> 1,284, 1B 810-814 ->
+// 902-903, 1.5B 600-603 -> 649-650; the same bound for every row cost stories110M 8% and TinyLlama 1%.
+// Products of several waves split in two only where that doubles the warps resident (below). H200, batch 1: Llama-2-7B
+// 254 -> 263-264 tok/s, TinyLlama 1,111-1,116 -> 1,162-1,163; TinyLlama's q/k/v (1,280 pairs, 61% of the warps busy)
+// split in two added 4.9 us a layer where whole rows added 3.7-4.0 (docs/PERFORMANCE.md).
 struct CudaCorePlan {
   int splits = 1;
   GemvKernelFn kernel = nullptr;
@@ -581,8 +596,13 @@ CudaCorePlan plan_tokens(GemvEpilogue e, const GemvArgs& p, int forced) {
   const int norm = p.norm_parts ? 2 : p.norm_gain ? 1 : 0;
   const size_t row_bytes = static_cast<size_t>(p.cols) * sizeof(T);
   const int64_t units = row_units(e, p);
-  // s warps a unit: one token, rows of whole chunks, slices of at least four chunks a lane
-  auto can_split = [&](int s) { return NT == 1 && p.cols % kPer == 0 && row_bytes / s >= 4 * 32 * 16; };
+  // s warps a unit: one token, rows of whole chunks, slices of at least four chunks a lane, or one where a
+  // whole row is not whole batches (not TinyLlama's, stories110M's or Llama-2-7B's rows, but 7B's w2: its
+  // slices are longer than four anyway)
+  const bool row_tail = row_bytes % (batch_chunks(row_bytes, false) * kLaneChunkBytes) != 0;
+  auto can_split = [&](int s) {
+    return NT == 1 && p.cols % kPer == 0 && row_bytes / s >= (row_tail ? 1 : 4) * kLaneChunkBytes;
+  };
   CudaCorePlan plan{1, unrolled_for<T, NT>(row_bytes, false, e, norm)};
   const int whole_resident = resident_warps(plan.kernel);
   if (!forced && units > whole_resident && can_split(2)) {

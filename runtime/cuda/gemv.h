@@ -45,9 +45,9 @@ constexpr int kGemvCudaCoreMaxTokens = 4;  // the CUDA-core kernel's limit (the 
 // (docs/PERFORMANCE.md, H200, bf16 decode tok/s per sequence, CUDA cores / tensor cores): at 2 tokens
 // Llama-2-7B 221 / 218, TinyLlama (2,048 wide) 969-978 / 900-904, stories110M (768 wide) 3,643-3,651 /
 // 2,825-2,840; at 3 Llama-2-7B 196 / 212-213, TinyLlama 871-882 / 894-903, but stories110M 3,157-3,178 /
-// 2,743-2,751, and at 4 2,788-2,793 / 2,659-2,667. MobileLLM-350M's 960 columns, before their ragged batches
-// (gemv.cu): at 3 907-909 / 989-990, at 4 829-830 / 980, so the bound may lie below 960; not moved until the
-// ragged kernel is measured at 3 and 4 tokens.
+// 2,743-2,751, and at 4 2,788-2,793 / 2,659-2,667. Between them, MobileLLM's shapes with their ragged batches
+// (gemv.cu): 960 columns at 3 1,101-1,107 / 1,010-1,018, at 4 1,003-1,004 / 992-998; but 1,152 at 3 776 /
+// 836 and at 4 690 / 819, 1,280 at 3 540 / 562 and at 4 481 / 552. So the bound lies between 960 and 1,152.
 constexpr int kGemvAutoCudaCoreMaxTokens = 2;
 constexpr int kGemvAutoNarrowDim = 1024;
 
