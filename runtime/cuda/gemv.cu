@@ -523,7 +523,7 @@ GemvKernelFn kernel_for(GemvEpilogue e, int norm) {
 // Longer slices ragged too (a last partial batch in place of single chunks: 1,152, 1,280 and 1,600 wide,
 // Llama-2-7B's 11,008) measured 2-11% slower, as did batches of six or eight for them (90-128 registers,
 // two blocks a SM): docs/PERFORMANCE.md. A split slice shorter than four chunks a lane (plan_tokens allows
-// them where a whole row is not whole batches) is one ragged batch too.
+// them where a whole row is not one whole batch) is one ragged batch too.
 constexpr size_t kLaneChunkBytes = 32 * 16;  // one 16-byte chunk for every lane of a warp
 constexpr int batch_chunks(size_t slice_bytes, bool split) {
   if (split)  // (not eight: 120-138 registers, and fewer warps resident, where splitting wants more)
@@ -578,10 +578,12 @@ int splits_from_env_once() {
 // every warp of TinyLlama's w2 loads its whole slice before the wait on the SwiGLU product, where whole
 // rows were two batches. The split is chosen by how full the waves of warps are, one wave preferred; a
 // slice keeps at least four chunks a lane, so that its loads stay batched, or at least one (one ragged
-// batch, all before the wait) where a whole row is not whole batches of its kernel: a ragged batch, or
-// single chunks after the last batch (MobileLLM's 960-1,600 columns and 2,560-4,352 hidden units). H200,
-// batch 1: MobileLLM-350M 1,677-1,687 -> 1,818-1,835 tok/s, 600M 1,184-1,194 -> 1,284, 1B 810-814 ->
-// 902-903, 1.5B 600-603 -> 649-650; the same bound for every row cost stories110M 8% and TinyLlama 1%.
+// batch, all before the wait) where a whole row is not one whole batch of its kernel: a ragged batch, single
+// chunks after the last batch, or batches after the first loaded after the wait (MobileLLM's 960-1,600
+// columns and 2,560-4,352 hidden units). H200, batch 1: MobileLLM-350M 1,677-1,687 -> 1,818-1,835 tok/s,
+// 1B 810-814 -> 897-903, 1.5B 600-603 -> 643-650, 600M (its 3,072 hidden units three whole batches)
+// 1,282-1,283 -> 1,347-1,350; TinyLlama and Llama-2-7B level. The same bound for every row cost stories110M
+// 8% and TinyLlama 1% (rows of one batch: 768 and 2,048 columns).
 // Products of several waves split in two only where that doubles the warps resident (below). H200, batch 1: Llama-2-7B
 // 254 -> 263-264 tok/s, TinyLlama 1,111-1,116 -> 1,162-1,163; TinyLlama's q/k/v (1,280 pairs, 61% of the warps busy)
 // split in two added 4.9 us a layer where whole rows added 3.7-4.0 (docs/PERFORMANCE.md).
@@ -596,12 +598,12 @@ CudaCorePlan plan_tokens(GemvEpilogue e, const GemvArgs& p, int forced) {
   const int norm = p.norm_parts ? 2 : p.norm_gain ? 1 : 0;
   const size_t row_bytes = static_cast<size_t>(p.cols) * sizeof(T);
   const int64_t units = row_units(e, p);
-  // s warps a unit: one token, rows of whole chunks, slices of at least four chunks a lane, or one where a
-  // whole row is not whole batches (not TinyLlama's, stories110M's or Llama-2-7B's rows, but 7B's w2: its
-  // slices are longer than four anyway)
-  const bool row_tail = row_bytes % (batch_chunks(row_bytes, false) * kLaneChunkBytes) != 0;
+  // s warps a unit: one token, rows of whole chunks, slices of at least four chunks a lane, or of one where a
+  // whole row is not one whole batch (not TinyLlama's 2,048 columns or stories110M's 768)
+  const size_t whole_batch = batch_chunks(row_bytes, false) * kLaneChunkBytes;
+  const bool one_batch = row_bytes == whole_batch;
   auto can_split = [&](int s) {
-    return NT == 1 && p.cols % kPer == 0 && row_bytes / s >= (row_tail ? 1 : 4) * kLaneChunkBytes;
+    return NT == 1 && p.cols % kPer == 0 && row_bytes / s >= (one_batch ? 4 : 1) * kLaneChunkBytes;
   };
   CudaCorePlan plan{1, unrolled_for<T, NT>(row_bytes, false, e, norm)};
   const int whole_resident = resident_warps(plan.kernel);

@@ -639,7 +639,7 @@ TEST(Gemv, TensorCoreKernelTakesTheRmsNormPreparedByTheAddBefore) {
 // The CUDA-core kernel's split at one token, on the decode shapes: products of few rows (Llama-2-7B's
 // wo, 2,048 pairs of 8 KB rows) are split so that the GPU has a wave of warps, products of many rows
 // (its SwiGLU, 11,008 rows) and rows too short to cut (stories110M's 768 columns) are not; more tokens
-// never split; rows that are not whole batches of their kernel split further. The figures that chose the
+// never split; rows that are not one whole batch of their kernel split further. The figures that chose the
 // rule are in docs/PERFORMANCE.md.
 TEST(Gemv, CudaCorePlanSplitsTheRowsOfFewRowProducts) {
   LLM_REQUIRE_GPU();
@@ -661,11 +661,16 @@ TEST(Gemv, CudaCorePlanSplitsTheRowsOfFewRowProducts) {
   GemvTuning forced;
   forced.splits = 4;  // slices of 2 KB
   EXPECT_EQ(cuda::gemv_plan(E::AddF32, a, DType::BF16, GemvKernel::CudaCore, forced).splits, 4);
-  forced.splits = 8;  // slices of 1 KB: too short, whole rows
-  EXPECT_EQ(cuda::gemv_plan(E::AddF32, a, DType::BF16, GemvKernel::CudaCore, forced).splits, 1);
+  forced.splits = 8;  // slices of 1 KB (two chunks a lane): four batches a row, one ragged batch a slice
+  EXPECT_EQ(cuda::gemv_plan(E::AddF32, a, DType::BF16, GemvKernel::CudaCore, forced).splits, 8);
   EXPECT_GE(splits(E::AddF32, 2048, 5632), 2);  // TinyLlama's w2
-  // Rows that are not whole batches split down to one chunk a lane (MobileLLM-1.5B's wo: 6.25 chunks a
-  // lane whole, ending in single chunks); whole batches only down to four (the 4096 x 4096 above).
+  // A row that is one whole batch (TinyLlama's 2,048 columns: eight chunks a lane) splits only down to four;
+  // others down to one chunk a lane (MobileLLM-1.5B's wo: 6.25 chunks a lane whole).
+  a.rows[0] = 2048, a.cols = 2048;
+  forced.splits = 2;
+  EXPECT_EQ(cuda::gemv_plan(E::AddF32, a, DType::BF16, GemvKernel::CudaCore, forced).splits, 2);
+  forced.splits = 4;
+  EXPECT_EQ(cuda::gemv_plan(E::AddF32, a, DType::BF16, GemvKernel::CudaCore, forced).splits, 1);
   EXPECT_GE(splits(E::AddF32, 1600, 1600), 2);
   a.rows[0] = 1600, a.cols = 1600;
   forced.splits = 4;  // slices of 1.56 chunks a lane
