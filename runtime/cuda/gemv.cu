@@ -583,10 +583,10 @@ int splits_from_env_once() {
 // columns and 2,560-4,352 hidden units). H200, batch 1: MobileLLM-350M 1,677-1,687 -> 1,818-1,835 tok/s,
 // 1B 810-814 -> 897-903, 1.5B 600-603 -> 643-650, 600M (its 3,072 hidden units three whole batches)
 // 1,282-1,283 -> 1,347-1,350; TinyLlama and Llama-2-7B level. The same bound for every row cost stories110M
-// 8% and TinyLlama 1% (rows of one batch: 768 and 2,048 columns).
-// Products of several waves split in two only where that doubles the warps resident (below). H200, batch 1: Llama-2-7B
-// 254 -> 263-264 tok/s, TinyLlama 1,111-1,116 -> 1,162-1,163; TinyLlama's q/k/v (1,280 pairs, 61% of the warps busy)
-// split in two added 4.9 us a layer where whole rows added 3.7-4.0 (docs/PERFORMANCE.md).
+// 8% and TinyLlama 1% (rows of one batch: 768 and 2,048 columns). Products of several waves split in two
+// only where that doubles the warps resident (below). H200, batch 1: Llama-2-7B 254 -> 263-264 tok/s,
+// TinyLlama 1,111-1,116 -> 1,162-1,163; TinyLlama's q/k/v (1,280 pairs, 61% of the warps busy) split in two
+// added 4.9 us a layer where whole rows added 3.7-4.0 (docs/PERFORMANCE.md).
 struct CudaCorePlan {
   int splits = 1;
   GemvKernelFn kernel = nullptr;
