@@ -535,8 +535,8 @@ constexpr int batch_chunks(size_t slice_bytes, bool split) {
 }
 template <typename T, int NT>
 GemvKernelFn unrolled_for(size_t slice_bytes, bool split, GemvEpilogue e, int norm) {
+  const bool ragged = slice_bytes < 4 * kLaneChunkBytes;
   if constexpr (NT == 1) {  // (only one token splits rows)
-    const bool ragged = slice_bytes < 4 * kLaneChunkBytes;
     switch (batch_chunks(slice_bytes, split)) {
       case 8: return kernel_for<T, NT, 8, false>(e, norm);
       case 3: return kernel_for<T, NT, 3, false>(e, norm);
@@ -545,8 +545,7 @@ GemvKernelFn unrolled_for(size_t slice_bytes, bool split, GemvEpilogue e, int no
         if (split) return ragged ? kernel_for<T, NT, 4, true, true>(e, norm) : kernel_for<T, NT, 4, true>(e, norm);
     }
   }
-  if (slice_bytes < 4 * kLaneChunkBytes) return kernel_for<T, NT, 4, false, true>(e, norm);
-  return kernel_for<T, NT, 4, false>(e, norm);
+  return ragged ? kernel_for<T, NT, 4, false, true>(e, norm) : kernel_for<T, NT, 4, false>(e, norm);
 }
 
 // Warps of `kernel` that fit on the device at once (its occupancy, per device and kernel, asked once).
