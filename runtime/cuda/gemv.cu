@@ -188,51 +188,36 @@ __device__ __forceinline__ void warp_dot2(const T* a, const T* b, const Activati
   int c = c0 + lane;
   const int end = active ? min(c1, chunks) : c0;
   uint4 wa[kUnroll], wb[kUnroll];
+  // A batch: kUnroll chunks of each row, all of them (a whole batch) or, Ragged, those in range.
   auto load_batch = [&] {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      if constexpr (Ragged)
+        if (c + u * 32 >= end) continue;
       wa[u] = load_stream(a + static_cast<int64_t>(c + u * 32) * kPer);
       wb[u] = load_stream(b + static_cast<int64_t>(c + u * 32) * kPer);
     }
   };
-  auto load_ragged = [&] {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (c + u * 32 < end) {
-        wa[u] = load_stream(a + static_cast<int64_t>(c + u * 32) * kPer);
-        wb[u] = load_stream(b + static_cast<int64_t>(c + u * 32) * kPer);
-      }
+  auto more = [&] {
+    if constexpr (Ragged) return c < end;
+    return c + (kUnroll - 1) * 32 < end;
   };
-  bool full = Ragged ? c < end : c + (kUnroll - 1) * 32 < end;
-  if (full) {
-    if constexpr (Ragged)
-      load_ragged();
-    else
-      load_batch();
-  }
+  bool full = more();
+  if (full) load_batch();
   // The first weights are on their way; x (and the outputs) may still be in the previous kernel's hands.
   wait_for_previous_kernel();
   after_wait();
   if constexpr (Parts) parts.load(p);
-  if constexpr (Ragged) {
-    while (full) {
+  while (full) {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (c + u * 32 < end)
-#pragma unroll
-          for (int t = 0; t < NT; ++t) x.dot_chunk(wa[u], wb[u], t, c + u * 32, acc[0][t], acc[1][t], ss[t]);
-      c += kUnroll * 32;
-      full = c < end;
-      if (full) load_ragged();
-    }
-  }
-  while (!Ragged && full) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
+    for (int u = 0; u < kUnroll; ++u) {
+      if constexpr (Ragged)
+        if (c + u * 32 >= end) continue;
 #pragma unroll
       for (int t = 0; t < NT; ++t) x.dot_chunk(wa[u], wb[u], t, c + u * 32, acc[0][t], acc[1][t], ss[t]);
+    }
     c += kUnroll * 32;
-    full = c + (kUnroll - 1) * 32 < end;
+    full = more();
     if (full) load_batch();
   }
   for (; c < end; c += 32) {
