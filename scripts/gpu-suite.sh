@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole GPU test suite and the GPU benchmarks in one call, on the GPU machine, from the repository
 # root with .device/ (made by scripts/pack-device.sh) beside it. Logs go to $OUT (default /tmp/gpu-out).
-#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|trace|sass|fixtures|tp|runs|ab|builds|all]
+#   bash scripts/gpu-suite.sh [tests|bench|attention|gemv|profile|trace|dram|sass|fixtures|tp|runs|ab|builds|all]
 #   (bench: end to end; attention: the kernels beside SDPA, joined with the bars; gemv: the
 #    decode-step matrix-vector kernels beside cuBLAS, then end-to-end decode at batch 1 and 8 with each
 #    kernel; profile: per-kernel times of decode steps, ncu (PROFILE_SHAPE, default tinyllama); trace: where
 #    a replayed decode step's time goes, kernel by kernel as they overlap, timed by CUPTI (TRACE_SHAPES,
-#    TRACE_BATCHES, tools/kernel_trace); runs: greedy decode in runs of steps, its tests and its speed
+#    TRACE_BATCHES, tools/kernel_trace); dram: the same with what the DRAM moved under each kernel and across
+#    a layer, sampled by the GPU's performance monitors (DRAM_SHAPES, DRAM_BATCHES, DRAM_NS, DRAM_LAUNCHES); runs: greedy decode in runs of steps, its tests and its speed
 #    at each run length (RUNS_LENGTHS); ab: end-to-end decode under environment switches, alternating
 #    (AB_VARIANTS, AB_ROUNDS, AB_BATCHES); builds: the same against the builds scripts/pack-ab.sh packed
 #    into .device/ab/ (each its gpu_decode_bench and flash_cuda plugin, under each AB_VARIANTS); sass: one
@@ -222,6 +223,25 @@ if [ "$what" = trace ]; then
         --new-tokens 64 >"$out/trace_${shape}_b$batch.log" 2>&1 || status=1
       python3 tools/kernel_trace/summarize.py "$out/trace_${shape}_b$batch.csv" --steps 40 |
         tee "$out/trace_${shape}_b$batch.md" || status=1
+    done
+  done
+fi
+if [ "$what" = dram ]; then
+  # The trace above with the DRAM's bytes sampled every DRAM_NS ns over DRAM_LAUNCHES runs of 4 decode
+  # steps of the last round (from graph launch 384: after two rounds of 64 runs and 256 single steps
+  # replayed back to back; tools/kernel_trace/dram_sampler.cpp).
+  for shape in $(echo "${DRAM_SHAPES:-tinyllama}" | tr , ' '); do
+    for batch in $(echo "${DRAM_BATCHES:-1}" | tr , ' '); do
+      echo "== DRAM under the decode step's kernels: $shape, batch $batch"
+      base="$out/dram_${shape}_b$batch"
+      KERNEL_TRACE_OUT="$base.trace.csv" KERNEL_TRACE_DRAM_OUT="$base.csv" KERNEL_TRACE_DRAM_NS="${DRAM_NS:-1000}" \
+        KERNEL_TRACE_DRAM_FROM=384 KERNEL_TRACE_DRAM_LAUNCHES="${DRAM_LAUNCHES:-2}" LD_PRELOAD="$root/build/lib/libkernel_trace.so" \
+        build/bin/gpu_decode_bench --backends "${TRACE_BACKENDS:-flash_cuda}" --shapes "$shape" --batches "$batch" \
+        --new-tokens 256 >"$base.log" 2>&1 || status=1
+      grep -E "dram_sampler|kernel_trace" "$base.log"
+      bw=$(sed -n 's/.*copy bandwidth \([0-9]*\) GB.*/\1/p' "$base.log" | head -1)
+      python3 tools/kernel_trace/summarize.py "$base.trace.csv" --steps 60 --dram "$base.csv" ${bw:+--bandwidth "$bw"} |
+        tee "$base.md" || status=1
     done
   done
 fi
