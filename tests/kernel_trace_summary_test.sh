@@ -3,7 +3,10 @@
 # kernel starting before the first ends, as under PDL), a graph of another size and a kernel outside any
 # graph, which are left out; each kernel's time on the critical path, its own run time, the step and the gap
 # between steps; names without parameters or anonymous namespaces; a trace without graph kernels is a clear
-# error. Usage: kernel_trace_summary_test.sh SOURCE_DIR
+# error. With --dram, hand-made DRAM samples (dram_sampler.cpp's CSV: 4 TB/s while the product is on the
+# critical path, 1 TB/s under decode, none between steps, and a long first sample that is left out): the
+# bytes and GB/s each kernel's time on the path saw, the clocks' offset found at 0, a layer's profile, and
+# the launches outside the sampled window left out. Usage: kernel_trace_summary_test.sh SOURCE_DIR
 set -euo pipefail
 tool="$1/tools/kernel_trace/summarize.py"
 work=$(mktemp -d)
@@ -33,4 +36,26 @@ head -2 "$work/trace.csv" >"$work/none.csv"
 sed -i 's/,6,2,1,/,6,0,1,/' "$work/none.csv"
 if err=$(python3 "$tool" "$work/none.csv" 2>&1); then echo "a trace without graph kernels was accepted"; exit 1; fi
 grep -qF "no graph-launched kernels" <<<"$err" || { echo "unclear error: $err"; exit 1; }
+{
+  echo "start_ns,end_ns,dram__bytes_read.sum,dram__bytes_write.sum"
+  echo "0,90000,999999999,0"  # from set-up to the start: left out
+  for ((t = 90000; t < 320000; t += 1000)); do
+    at=$((t % 100000))
+    if ((t < 100000 || at >= 8000)); then bytes=0; elif ((at >= 5000)); then bytes=1000000; elif ((at >= 2000)); then bytes=4000000; else bytes=0; fi
+    echo "$t,$((t + 1000)),$((bytes * 3 / 4)),$((bytes / 4))"
+  done
+} >"$work/dram.csv"
+out=$(python3 "$tool" "$work/trace.csv" --dram "$work/dram.csv" --bandwidth 4000 --anchor "AddF32|decode")
+expect "3 steps of 3 kernels (of 3 graph launches)"
+expect "the sample clock offset by +0.00 us"
+expect "against 0.0% at 0). A step moves 0.015 GB in 8.0 us: 1875 GB/s (47%)."
+expect "| embed | 2.00 | 0 (0%) | 0.00 |"
+expect "AddF32, false> | 3.00 | 4000 (100%) | 12.00 |"
+expect "decode_kernel<__nv_bfloat16, 64, true> | 3.00 | 1000 (25%) | 3.00 |"
+expect "A layer, 3 of them"
+expect "| -2.0 | 4000 | #################### |  |"
+expect "| 0.0 | 1000 | ##### |  |"
+sed -n "1p;3,4p" "$work/dram.csv" >"$work/short.csv"  # 90-92 us: before the first step
+if err=$(python3 "$tool" "$work/trace.csv" --dram "$work/short.csv" 2>&1); then echo "samples outside every launch were accepted"; exit 1; fi
+grep -qF "no graph launch lies inside the DRAM samples" <<<"$err" || { echo "unclear error: $err"; exit 1; }
 echo "kernel_trace summary: ok"
