@@ -6,11 +6,12 @@
 #    decode-step matrix-vector kernels beside cuBLAS, then end-to-end decode at batch 1 and 8 with each
 #    kernel; profile: per-kernel times of decode steps, ncu (PROFILE_SHAPE, default tinyllama); trace: where
 #    a replayed decode step's time goes, kernel by kernel as they overlap, timed by CUPTI (TRACE_SHAPES,
-#    TRACE_BATCHES, tools/kernel_trace); dram: the same with what the DRAM moved under each kernel and across
-#    a layer, sampled by the GPU's performance monitors (DRAM_SHAPES, DRAM_BATCHES, DRAM_NS, DRAM_LAUNCHES); runs: greedy decode in runs of steps, its tests and its speed
-#    at each run length (RUNS_LENGTHS); ab: end-to-end decode under environment switches, alternating
-#    (AB_VARIANTS, AB_ROUNDS, AB_BATCHES); builds: the same against the builds scripts/pack-ab.sh packed
-#    into .device/ab/ (each its gpu_decode_bench and flash_cuda plugin, under each AB_VARIANTS); sass: one
+#    TRACE_BATCHES, tools/kernel_trace); dram: the same with what the DRAM moved under each kernel and
+#    across a layer, sampled by the GPU's performance monitors (DRAM_SHAPES, DRAM_BATCHES, DRAM_NS,
+#    DRAM_LAUNCHES); runs: greedy decode in runs of steps, its tests and its speed at each run length
+#    (RUNS_LENGTHS); ab: end-to-end decode under environment switches, alternating (AB_VARIANTS, AB_ROUNDS,
+#    AB_BATCHES); builds: the same against the builds scripts/pack-ab.sh packed into .device/ab/ (each its
+#    gpu_decode_bench and flash_cuda plugin, under each AB_VARIANTS); sass: one
 #    kernel's instructions and stalls by SASS line, ncu's source page summarised by tools/ncu/sass_summary.py,
 #    with its details page and every raw metric (sass_raw.csv)
 #    (SASS_KERNEL regex, SASS_SKIP launches, SASS_NCU_ARGS more ncu options, SASS_CMD the program:
@@ -227,9 +228,9 @@ if [ "$what" = trace ]; then
   done
 fi
 if [ "$what" = dram ]; then
-  # The trace above with the DRAM's bytes sampled every DRAM_NS ns over DRAM_LAUNCHES runs of 4 decode
-  # steps of the last round (from graph launch 384: after two rounds of 64 runs and 256 single steps
-  # replayed back to back; tools/kernel_trace/dram_sampler.cpp).
+  # The trace above with the DRAM's bytes sampled every DRAM_NS ns for DRAM_LAUNCHES graph launches from
+  # the 384th (tools/kernel_trace/dram_sampler.cpp). On the H200 the window landed among the single steps
+  # the bench replays back to back (2026-12-03), and only its first 20,000 samples come back.
   for shape in $(echo "${DRAM_SHAPES:-tinyllama}" | tr , ' '); do
     for batch in $(echo "${DRAM_BATCHES:-1}" | tr , ' '); do
       echo "== DRAM under the decode step's kernels: $shape, batch $batch"

@@ -174,11 +174,10 @@ class Sampler {
   // without evaluating them: that is slow, and the hardware buffer fills while it runs. True once the
   // buffer is empty.
   bool drain(bool& failed) {
-    for (;;) {
-      if (images_.empty() || image_full_) {
+    for (bool full = images_.empty();; full = true) {
+      if (full) {
         images_.emplace_back(image_bytes_);
         if (!initialise(images_.back())) return failed = true;
-        image_full_ = false;
       }
       DS_PARAMS(CUpti_PmSampling_DecodeData_Params, d);
       d.pPmSamplingObject = sampler_;
@@ -190,7 +189,6 @@ class Sampler {
       }
       if (d.decodeStopReason != CUPTI_PM_SAMPLING_DECODE_STOP_REASON_COUNTER_DATA_FULL)
         return d.decodeStopReason == CUPTI_PM_SAMPLING_DECODE_STOP_REASON_END_OF_RECORDS;
-      image_full_ = true;
     }
   }
 
@@ -310,7 +308,6 @@ class Sampler {
   std::vector<uint8_t> availability_, config_;
   std::vector<std::vector<uint8_t>> images_;
   size_t image_bytes_ = 0;
-  bool image_full_ = false;
   std::vector<std::string> names_;
   std::vector<const char*> metrics_;
   std::vector<Sample> samples_;

@@ -23,6 +23,9 @@ import re
 import statistics
 
 
+EPILOGUES = ["QkvRope", "Swiglu", "AddF32", "StoreF32", "ArgmaxF32"]  # gemv.h's GemvEpilogue, in order
+
+
 def short(name):
     """The kernel's name without its argument list, template arguments kept short."""
     if name.endswith(")"):  # drop the parameter list: the parentheses balanced from the end
@@ -33,15 +36,14 @@ def short(name):
                 name = name[:i]
                 break
     name = re.sub(r"^void ", "", name.replace("(anonymous namespace)::", ""))
-    epilogues = ["QkvRope", "Swiglu", "AddF32", "StoreF32", "ArgmaxF32"]  # gemv.h's GemvEpilogue, in order; label()
     name = re.sub(r"\(llm::cuda::GemvEpilogue\)(\d+)",
-                  lambda m: epilogues[int(m.group(1))] if int(m.group(1)) < len(epilogues) else m.group(0), name)
+                  lambda m: EPILOGUES[int(m.group(1))] if int(m.group(1)) < len(EPILOGUES) else m.group(0), name)
     return name if len(name) <= 110 else name[:107] + "..."
 
 
 def label(name):
     """A kernel's name in a few words: a product's epilogue, else the name before its template arguments."""
-    epilogue = re.search(r"QkvRope|Swiglu|AddF32|StoreF32|ArgmaxF32", name)
+    epilogue = re.search("|".join(EPILOGUES), name)
     return epilogue.group(0) if epilogue else name.split("<")[0][:40]
 
 
@@ -68,7 +70,8 @@ def main():
     dram = None
     if args.dram:  # only the launches inside the sampled window
         dram = Dram(args.dram)
-        launches = {c: k for c, k in launches.items() if min(k)[0] >= dram.first and max(e for _, e, *_ in k) <= dram.last}
+        launches = {c: k for c, k in launches.items()
+                    if min(k)[0] >= dram.first and max(e for _, e, *_ in k) <= dram.last}
         if not launches:
             raise SystemExit(f"no graph launch lies inside the DRAM samples of {args.dram}")
     sizes = collections.Counter(len(k) for k in launches.values())
