@@ -230,7 +230,7 @@ fi
 if [ "$what" = dram ]; then
   # The trace above with the DRAM's bytes sampled every DRAM_NS ns for DRAM_LAUNCHES graph launches from
   # the 384th (tools/kernel_trace/dram_sampler.cpp). On the H200 the window landed among the single steps
-  # the bench replays back to back (2026-12-03), and only its first 20,000 samples come back.
+  # the bench replays back to back (2026-12-03); its first KERNEL_TRACE_DRAM_SAMPLES (20,000) samples are kept.
   for shape in $(echo "${DRAM_SHAPES:-tinyllama}" | tr , ' '); do
     for batch in $(echo "${DRAM_BATCHES:-1}" | tr , ' '); do
       echo "== DRAM under the decode step's kernels: $shape, batch $batch"

@@ -5,8 +5,9 @@
 # between steps; names without parameters or anonymous namespaces; a trace without graph kernels is a clear
 # error. With --dram, hand-made DRAM samples (dram_sampler.cpp's CSV: 4 TB/s while the product is on the
 # critical path, 1 TB/s under decode, none between steps, and a long first sample that is left out): the
-# bytes and GB/s each kernel's time on the path saw, the clocks' offset found at 0, a layer's profile, and
-# the launches outside the sampled window left out. Usage: kernel_trace_summary_test.sh SOURCE_DIR
+# bytes and GB/s each kernel's time on the path saw, the clocks' offset found at 0, a layer's profile, the
+# launches outside the sampled window left out, and a missing DRAM file a clear error. Usage:
+# kernel_trace_summary_test.sh SOURCE_DIR
 set -euo pipefail
 tool="$1/tools/kernel_trace/summarize.py"
 work=$(mktemp -d)
@@ -58,4 +59,7 @@ expect "| 0.0 | 1000 | ##### |  |"
 sed -n "1p;3,4p" "$work/dram.csv" >"$work/short.csv"  # 90-92 us: before the first step
 if err=$(python3 "$tool" "$work/trace.csv" --dram "$work/short.csv" 2>&1); then echo "samples outside every launch were accepted"; exit 1; fi
 grep -qF "no graph launch lies inside the DRAM samples" <<<"$err" || { echo "unclear error: $err"; exit 1; }
+# (dram_sampler writes no file where it could not sample: its reason is on stderr)
+if err=$(python3 "$tool" "$work/trace.csv" --dram "$work/missing.csv" 2>&1); then echo "a missing DRAM file was accepted"; exit 1; fi
+grep -qF "missing.csv: cannot read dram_sampler's CSV" <<<"$err" || { echo "unclear error: $err"; exit 1; }
 echo "kernel_trace summary: ok"

@@ -11,7 +11,9 @@
 // for KERNEL_TRACE_DRAM_LAUNCHES graph launches (default 1) from the KERNEL_TRACE_DRAM_FROM-th one
 // (default 200): a window of decode steps, not the whole program, whose samples would be gigabytes.
 // KERNEL_TRACE_DRAM_METRICS (comma-separated) replaces the default dram__bytes_read.sum and
-// dram__bytes_write.sum. Nothing here stops the program: a failure is a line on stderr and no file.
+// dram__bytes_write.sum. Only the window's first KERNEL_TRACE_DRAM_SAMPLES samples (default 20,000: 20 ms at
+// 1 us) are kept: the window runs on until the stop reaches the GPU, usually longer than that. Nothing here stops the
+// program: a failure is a line on stderr and no file.
 #include <cuda.h>
 #include <cupti.h>
 #include <cupti_pmsampling.h>
@@ -151,9 +153,20 @@ class Sampler {
     data.pPmSamplingObject = sampler_;
     data.numMetrics = metrics_.size();
     data.pMetricNames = metrics_.data();
-    data.maxSamples = kSamplesPerDecode;
+    samples_ = env_or("KERNEL_TRACE_DRAM_SAMPLES", 20000);
+    if (samples_ < 1 || samples_ > 10000000) {
+      std::fprintf(stderr, "dram_sampler: KERNEL_TRACE_DRAM_SAMPLES=%llu: expected 1 to 10,000,000\n",
+                   static_cast<unsigned long long>(samples_));
+      return false;
+    }
+    data.maxSamples = static_cast<uint32_t>(samples_);
     if (!DS_OK(cuptiPmSamplingGetCounterDataSize(&data))) return false;
-    image_bytes_ = data.counterDataSize;
+    image_.resize(data.counterDataSize);
+    DS_PARAMS(CUpti_PmSampling_CounterDataImage_Initialize_Params, init_image);
+    init_image.pPmSamplingObject = sampler_;
+    init_image.counterDataSize = image_.size();
+    init_image.pCounterData = image_.data();
+    if (!DS_OK(cuptiPmSamplingCounterDataImageInitialize(&init_image))) return false;
     return true;
   }
 
@@ -170,56 +183,52 @@ class Sampler {
     return DS_OK(cuptiPmSamplingStop(&p));
   }
 
-  // Moves what the hardware buffer holds into counter-data images (a new one whenever the last is full),
-  // without evaluating them: that is slow, and the hardware buffer fills while it runs. True once the
-  // buffer is empty.
-  bool drain(bool& failed) {
-    for (bool full = images_.empty();; full = true) {
-      if (full) {
-        images_.emplace_back(image_bytes_);
-        if (!initialise(images_.back())) return failed = true;
-      }
-      DS_PARAMS(CUpti_PmSampling_DecodeData_Params, d);
-      d.pPmSamplingObject = sampler_;
-      d.pCounterDataImage = images_.back().data();
-      d.counterDataImageSize = images_.back().size();
-      if (!DS_OK(cuptiPmSamplingDecodeData(&d)) || d.overflow) {
-        if (d.overflow) std::fprintf(stderr, "dram_sampler: the hardware buffer overflowed\n");
-        return failed = true;
-      }
-      if (d.decodeStopReason != CUPTI_PM_SAMPLING_DECODE_STOP_REASON_COUNTER_DATA_FULL)
-        return d.decodeStopReason == CUPTI_PM_SAMPLING_DECODE_STOP_REASON_END_OF_RECORDS;
+  // Moves what the hardware buffer holds into the counter-data image, without evaluating it (that is slow).
+  // The image keeps the window's first samples: once it is full, CUPTI drops the rest of the buffer (on the
+  // H200 a second image decoded after a full one stayed empty, 2026-12-03).
+  bool decode() {
+    DS_PARAMS(CUpti_PmSampling_DecodeData_Params, d);
+    d.pPmSamplingObject = sampler_;
+    d.pCounterDataImage = image_.data();
+    d.counterDataImageSize = image_.size();
+    if (!DS_OK(cuptiPmSamplingDecodeData(&d))) return false;
+    if (d.overflow) {
+      std::fprintf(stderr, "dram_sampler: the hardware buffer overflowed\n");
+      return false;
     }
+    if (d.decodeStopReason == CUPTI_PM_SAMPLING_DECODE_STOP_REASON_COUNTER_DATA_FULL)
+      std::fprintf(stderr,
+                   "dram_sampler: the window ran past %llu samples; the first %llu are kept "
+                   "(KERNEL_TRACE_DRAM_SAMPLES keeps more)\n",
+                   static_cast<unsigned long long>(samples_), static_cast<unsigned long long>(samples_));
+    return true;
   }
-
-  // The samples of every image, in order.
+  // The image's samples, in order.
   bool evaluate() {
-    for (const std::vector<uint8_t>& image : images_) {
-      DS_PARAMS(CUpti_PmSampling_GetCounterDataInfo_Params, info);
-      info.pCounterDataImage = image.data();
-      info.counterDataImageSize = image.size();
-      if (!DS_OK(cuptiPmSamplingGetCounterDataInfo(&info))) return false;
-      for (size_t i = 0; i < info.numCompletedSamples; ++i) {
-        DS_PARAMS(CUpti_PmSampling_CounterData_GetSampleInfo_Params, s);
-        s.pPmSamplingObject = sampler_;
-        s.pCounterDataImage = image.data();
-        s.counterDataImageSize = image.size();
-        s.sampleIndex = i;
-        Sample sample{0, 0, std::vector<double>(metrics_.size())};
-        DS_PARAMS(CUpti_Profiler_Host_EvaluateToGpuValues_Params, e);
-        e.pHostObject = host_;
-        e.pCounterDataImage = image.data();
-        e.counterDataImageSize = image.size();
-        e.ppMetricNames = metrics_.data();
-        e.numMetrics = metrics_.size();
-        e.rangeIndex = i;
-        e.pMetricValues = sample.values.data();
-        if (!DS_OK(cuptiPmSamplingCounterDataGetSampleInfo(&s)) || !DS_OK(cuptiProfilerHostEvaluateToGpuValues(&e)))
-          return false;
-        sample.start = s.startTimestamp;
-        sample.end = s.endTimestamp;
-        samples_.push_back(std::move(sample));
-      }
+    DS_PARAMS(CUpti_PmSampling_GetCounterDataInfo_Params, info);
+    info.pCounterDataImage = image_.data();
+    info.counterDataImageSize = image_.size();
+    if (!DS_OK(cuptiPmSamplingGetCounterDataInfo(&info))) return false;
+    for (size_t i = 0; i < info.numCompletedSamples; ++i) {
+      DS_PARAMS(CUpti_PmSampling_CounterData_GetSampleInfo_Params, s);
+      s.pPmSamplingObject = sampler_;
+      s.pCounterDataImage = image_.data();
+      s.counterDataImageSize = image_.size();
+      s.sampleIndex = i;
+      Sample sample{0, 0, std::vector<double>(metrics_.size())};
+      DS_PARAMS(CUpti_Profiler_Host_EvaluateToGpuValues_Params, e);
+      e.pHostObject = host_;
+      e.pCounterDataImage = image_.data();
+      e.counterDataImageSize = image_.size();
+      e.ppMetricNames = metrics_.data();
+      e.numMetrics = metrics_.size();
+      e.rangeIndex = i;
+      e.pMetricValues = sample.values.data();
+      if (!DS_OK(cuptiPmSamplingCounterDataGetSampleInfo(&s)) || !DS_OK(cuptiProfilerHostEvaluateToGpuValues(&e)))
+        return false;
+      sample.start = s.startTimestamp;
+      sample.end = s.endTimestamp;
+      kept_.push_back(std::move(sample));
     }
     return true;
   }
@@ -233,13 +242,13 @@ class Sampler {
     std::fprintf(f, "start_ns,end_ns");
     for (const std::string& m : names_) std::fprintf(f, ",%s", m.c_str());
     std::fprintf(f, "\n");
-    for (const Sample& s : samples_) {
+    for (const Sample& s : kept_) {
       std::fprintf(f, "%llu,%llu", static_cast<unsigned long long>(s.start), static_cast<unsigned long long>(s.end));
       for (double v : s.values) std::fprintf(f, ",%.17g", v);
       std::fprintf(f, "\n");
     }
     std::fclose(f);
-    std::fprintf(stderr, "dram_sampler: %zu samples of %llu ns written to %s\n", samples_.size(),
+    std::fprintf(stderr, "dram_sampler: %zu samples of %llu ns written to %s\n", kept_.size(),
                  static_cast<unsigned long long>(interval_ns_), path);
     return true;
   }
@@ -259,11 +268,6 @@ class Sampler {
   }
 
  private:
-  // Samples a counter-data image holds. Every window measured on the H200 (2026-12-03) came back with exactly
-  // this many, the window's first (20 ms at 1 us, 10 ms at 0.5 us: 13-29 TinyLlama steps), however long it
-  // ran; the images drain() adds after a full one stayed empty. Not understood; enough for a layer profile.
-  static constexpr size_t kSamplesPerDecode = 20000;
-
   // The asked metrics whose base metric the chip samples; the DRAM's own are listed where none is.
   bool choose_metrics(const char* chip) {
     const char* asked = std::getenv("KERNEL_TRACE_DRAM_METRICS");
@@ -297,20 +301,11 @@ class Sampler {
     return true;
   }
 
-  bool initialise(std::vector<uint8_t>& image) {
-    DS_PARAMS(CUpti_PmSampling_CounterDataImage_Initialize_Params, p);
-    p.pPmSamplingObject = sampler_;
-    p.counterDataSize = image.size();
-    p.pCounterData = image.data();
-    return DS_OK(cuptiPmSamplingCounterDataImageInitialize(&p));
-  }
-
-  std::vector<uint8_t> availability_, config_;
-  std::vector<std::vector<uint8_t>> images_;
-  size_t image_bytes_ = 0;
+  std::vector<uint8_t> availability_, config_, image_;
+  uint64_t samples_ = 0;  // the image's capacity
   std::vector<std::string> names_;
   std::vector<const char*> metrics_;
-  std::vector<Sample> samples_;
+  std::vector<Sample> kept_;
   CUpti_Profiler_Host_Object* host_ = nullptr;
   CUpti_PmSampling_Object* sampler_ = nullptr;
   uint64_t interval_ns_ = 0;
@@ -347,9 +342,7 @@ void sample_window(const std::string out, uint64_t from, uint64_t launches) {
   while (g_graph_launches < first + launches && !g_exiting) std::this_thread::sleep_for(100us);
   if (!sampler.stop()) return;
   const auto t0 = std::chrono::steady_clock::now();
-  bool failed = false;
-  for (int i = 0; i < 1000 && !failed && !sampler.drain(failed);) ++i;
-  if (failed || !sampler.evaluate()) return;
+  if (!sampler.decode() || !sampler.evaluate()) return;
   std::fprintf(stderr, "dram_sampler: decoded in %.2f s\n",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   sampler.write(out.c_str());

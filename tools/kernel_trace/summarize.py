@@ -47,6 +47,14 @@ def label(name):
     return epilogue.group(0) if epilogue else name.split("<")[0][:40]
 
 
+def read(path, what):
+    """The open file, or an exit naming it and what it should have been."""
+    try:
+        return open(path)
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot read {what}: {e.strerror}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("csv")
@@ -60,7 +68,7 @@ def main():
     args = ap.parse_args()
 
     launches = collections.defaultdict(list)
-    for row in csv.DictReader(open(args.csv)):
+    for row in csv.DictReader(read(args.csv, "kernel_trace's CSV")):
         if row["graph"] == "0":
             continue
         launches[int(row["correlation"])].append(
@@ -119,7 +127,7 @@ class Dram:
     """DRAM samples: bytes (every column named *bytes*) over [start, end) intervals; integral() over any span."""
 
     def __init__(self, path):
-        rows = list(csv.DictReader(open(path)))
+        rows = list(csv.DictReader(read(path, "dram_sampler's CSV (its stderr says why none was written)")))
         if not rows:
             raise SystemExit(f"{path}: no samples")
         cols = [c for c in rows[0] if "bytes" in c]
