@@ -459,6 +459,118 @@ __global__ void __launch_bounds__(kWarps * 32, U <= 4 ? 4 : 2) gemv_add_kernel(c
   gemv_body<T, 1, U, GemvEpilogue::AddF32, false, false, Split, Ragged>(p, split_count, static_cast<int>(blockIdx.x));
 }
 
+// The one-token SwiGLU that stages rows (gemv.h, gemv_stages_swiglu): norm prepared, rows of exactly one
+// batch of kStageChunks chunks a lane. Blocks below `staged_blocks` own kWarps units in registers, as the
+// plain kernel's do, and `staged_units` more whose W1 and W3 rows (contiguous: two bulk copies) the copy
+// engine brings into shared memory; the other blocks own kWarps units. Thread 0 issues the copies once its
+// own last register loads have landed: at the block's start they went out while the DRAM was still busy
+// with the output product's and SwiGLU's register loads, and cost more than they saved (session 30,
+// docs/PERFORMANCE.md). A unit's sums are gemv_body's (the same chunks to the same lanes, the same adds in
+// the same order): the same bits as the plain kernel.
+constexpr int kStageChunks = 8;      // 16-byte chunks a lane: rows of 2,048 bf16/fp16
+constexpr int kStagedUnits = 12;     // a staged block's units in shared memory: 96 KB, two blocks a SM
+constexpr int kMaxStagedUnits = 13;  // 104 KB: two blocks still fit an SM's 228 KB
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32, 2)
+    gemv_swiglu_staged_kernel(const GemvArgs p, int staged_blocks, int staged_units) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(128) unsigned char stage[];
+  __shared__ __align__(8) uint64_t landed;
+  constexpr int kPer = 16 / sizeof(T);
+  const int cols = p.cols, rows = p.rows[0];
+  const int b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const bool staged = b < staged_blocks;
+  const int base =
+      staged ? b * (kWarps + staged_units) : staged_blocks * (kWarps + staged_units) + (b - staged_blocks) * kWarps;
+  const int u = base + warp;
+  const bool valid = u < rows;
+  const int64_t off = static_cast<int64_t>(valid ? u : 0) * cols;
+  uint4 wa[kStageChunks], wb[kStageChunks];
+  if (valid) {
+#pragma unroll
+    for (int k = 0; k < kStageChunks; ++k) {
+      wa[k] = load_stream(static_cast<const T*>(p.w[0]) + off + static_cast<int64_t>(lane + 32 * k) * kPer);
+      wb[k] = load_stream(static_cast<const T*>(p.w[1]) + off + static_cast<int64_t>(lane + 32 * k) * kPer);
+    }
+  }
+  // The staged units: rows [base + kWarps, base + kWarps + n) of W1, then of W3 (n the same in every thread)
+  const int n = staged ? max(0, min(staged_units, rows - (base + kWarps))) : 0;
+  const uint32_t bytes = static_cast<uint32_t>(n) * static_cast<uint32_t>(cols * sizeof(T));
+  const uint32_t bar = shared_address(&landed);
+  if (threadIdx.x == 0 && n > 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    if (valid) {  // an instruction that reads the last loads: the thread waits for them to land
+      uint32_t landed_word;
+      asm volatile("add.u32 %0, %1, %2;"
+                   : "=r"(landed_word)
+                   : "r"(wa[kStageChunks - 1].w), "r"(wb[kStageChunks - 1].w));
+    }
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(2 * bytes) : "memory");
+    const int64_t first = static_cast<int64_t>(base + kWarps) * cols;
+    for (int m = 0; m < 2; ++m)
+      asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                       shared_address(stage + m * bytes)),
+                   "l"(static_cast<const T*>(p.w[m]) + first), "r"(bytes), "r"(bar)
+                   : "memory");
+  }
+  allow_next_kernel();
+  wait_for_previous_kernel();
+  NormParts parts;
+  parts.load(p);
+  const uint4* x = static_cast<const uint4*>(p.x);
+  // One unit's totals over the warp (every lane ends with them): rows in registers (kStaged false: wa and wb,
+  // indexed only with constants, so that they stay registers) or in shared memory (s1, s3).
+  auto sums = [&](auto staged_rows, const uint4* s1, const uint4* s3, float& g, float& v) {
+    constexpr bool kStaged = decltype(staged_rows)::value;
+    g = 0.0f, v = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kStageChunks; ++k) {
+      const uint4 xv = load_activation16(x + lane + 32 * k);
+      if constexpr (kStaged) {
+        g = dot16<T>(s1[lane + 32 * k], xv, g);
+        v = dot16<T>(s3[lane + 32 * k], xv, v);
+      } else {
+        g = dot16<T>(wa[k], xv, g);
+        v = dot16<T>(wb[k], xv, v);
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      g += __shfl_xor_sync(0xffffffffu, g, o);
+      v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+  };
+  float g, v;
+  sums(std::false_type{}, nullptr, nullptr, g, v);
+  const float inv = rsqrtf(parts.total(p) / cols + p.norm_eps);  // (every thread: a block-wide sum, a barrier)
+  auto store = [&](int r) {
+    const float gi = g * inv, vi = v * inv;
+    if (lane == 0) static_cast<T*>(p.out)[r] = from_f32<T>(gi / (1.0f + __expf(-gi)) * vi);
+  };
+  if (valid) store(u);
+  if (n == 0) return;
+  uint32_t done = 0;
+  while (!done)
+    asm volatile("{ .reg .pred q; mbarrier.try_wait.parity.shared::cta.b64 q, [%1], 0; selp.u32 %0, 1, 0, q; }"
+                 : "=r"(done)
+                 : "r"(bar)
+                 : "memory");
+  const int row_chunks = cols / kPer;
+  const uint4* s1 = reinterpret_cast<const uint4*>(stage);
+  const uint4* s3 = reinterpret_cast<const uint4*>(stage + bytes);
+  for (int j = warp; j < n; j += kWarps) {
+    sums(std::true_type{}, s1 + static_cast<size_t>(j) * row_chunks, s3 + static_cast<size_t>(j) * row_chunks, g, v);
+    store(base + kWarps + j);
+  }
+#endif
+}
+
 using GemvKernelFn = void (*)(const GemvArgs, int);
 
 // Row units of a product: pairs of rows (an odd last row alone), or Swiglu's rows of W1 with W3.
@@ -636,6 +748,70 @@ bool takes_tensor_cores(GemvKernel kernel, DType type, int tokens) {
   return gemv_resolve(kernel, type, std::numeric_limits<int>::max(), tokens) == GemvKernel::TensorCore;
 }
 
+// A one-token SwiGLU that stages rows (gemv_swiglu_staged_kernel): `blocks` staged blocks of `units` staged
+// units each, `grid` blocks in all; grid 0 where the product takes the plain kernel.
+struct StagedPlan {
+  int blocks = 0, units = 0, grid = 0;
+};
+
+// Staged where the step keeps every SM in the largest shared-memory split (max_shared), the norm is prepared
+// and the rows are one batch of kStageChunks chunks a lane of bf16/fp16, unless tuning.staged_units is 0.
+// Every whole block is staged: TinyLlama's 5,632 rows are then 281 blocks of 20 units and one of 12, about
+// one wave at two blocks a SM. H200, decode tok/s at batch 1 (units staged:blocks staged): 8:132 1,522-1,530,
+// 8:264 1,536-1,546, 8:352 (all) 1,506-1,516, 12:264 1,549-1,551, 12:all 1,564-1,565, 14:256 (all) 1,551-1,555
+// (docs/PERFORMANCE.md).
+StagedPlan plan_staged(GemvEpilogue e, const GemvArgs& p, DType type, const GemvTuning& tuning) {
+  StagedPlan plan;
+  const int units = tuning.staged_units < 0 ? kStagedUnits : tuning.staged_units;
+  if (e != GemvEpilogue::Swiglu || p.tokens != 1 || !p.norm_parts || !p.max_shared || units == 0 ||
+      (type != DType::BF16 && type != DType::F16) || static_cast<size_t>(p.cols) * 2 != kStageChunks * kLaneChunkBytes)
+    return plan;
+  plan.units = units;
+  plan.blocks = p.rows[0] / (kWarps + units);
+  const int rest = p.rows[0] - plan.blocks * (kWarps + units);
+  plan.grid = plan.blocks + (rest + kWarps - 1) / kWarps;
+  return plan;
+}
+
+// A step that keeps the largest shared-memory split (GemvArgs::max_shared) asks it of each kernel it launches
+// through the kernel's attribute, set the first time on each device; it then holds for every launch of that
+// kernel in the process. (The same request as a launch attribute, cudaLaunchAttributePreferredSharedMemoryCarveout,
+// made TinyLlama's steps 13% slower on the H200, 2026-12-03: not understood.) The kernels of other widths'
+// products are other instances (rows of other batch counts), so models of other shapes are unaffected.
+void prefer_max_shared(const void* kernel) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, bool> done;
+  int device = 0;
+  LLM_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (std::exchange(done[{device, kernel}], true)) return;
+  LLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+}
+
+int gemv_swiglu_staged(const StagedPlan& plan, const GemvArgs& args, DType type, cudaStream_t stream) {
+  const size_t shared = static_cast<size_t>(plan.units) * 2 * args.cols * 2;
+  const auto kernel =
+      type == DType::BF16 ? gemv_swiglu_staged_kernel<__nv_bfloat16> : gemv_swiglu_staged_kernel<__half>;
+  {  // the most dynamic shared memory asked of the kernel on this device so far
+    static std::mutex mutex;
+    static std::map<std::pair<int, const void*>, size_t> allowed;
+    int device = 0;
+    LLM_CUDA_CHECK(cudaGetDevice(&device));
+    const std::lock_guard<std::mutex> lock(mutex);
+    size_t& most = allowed[{device, reinterpret_cast<const void*>(kernel)}];
+    if (shared > most) {
+      LLM_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+      most = shared;
+    }
+  }
+  // (The staged kernel itself is left to the driver's choice of split, as measured.)
+  launch_pdl(kernel, dim3(static_cast<unsigned>(plan.grid)), dim3(kWarps * 32), shared, stream, args, plan.blocks,
+             plan.units);
+  LLM_CUDA_CHECK_LAUNCH();
+  return plan.grid;
+}
+
 }  // namespace
 
 GemvKernel gemv_kernel_from_env() {
@@ -644,6 +820,24 @@ GemvKernel gemv_kernel_from_env() {
   if (std::strcmp(v, "cuda_core") == 0) return GemvKernel::CudaCore;
   if (std::strcmp(v, "tensor_core") == 0) return GemvKernel::TensorCore;
   fail("LLM_GEMV='{}': expected cuda_core, tensor_core or auto", v);
+}
+
+bool gemv_stage_from_env() {
+  const char* v = std::getenv("LLM_GEMV_STAGE");
+  if (!v || !*v || std::strcmp(v, "off") == 0) return false;
+  if (std::strcmp(v, "on") == 0) return true;
+  fail("LLM_GEMV_STAGE='{}': expected on or off", v);
+}
+
+bool gemv_stages_swiglu(GemvKernel kernel, DType type, int dim, bool allowed) {
+  if (!allowed || (type != DType::BF16 && type != DType::F16) ||
+      static_cast<size_t>(dim) * 2 != kStageChunks * kLaneChunkBytes || takes_tensor_cores(kernel, type, 1) ||
+      !gemv_prepares_norm(kernel, type, 1))
+    return false;
+  int device = 0, major = 0;  // (the copy engine's bulk copies: compute capability 9.0 on)
+  LLM_CUDA_CHECK(cudaGetDevice(&device));
+  LLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 9;
 }
 
 int gemv_splits_from_env() {
@@ -715,9 +909,14 @@ int gemv(GemvEpilogue epilogue, const GemvArgs& args, DType type, cudaStream_t s
   if (takes_tensor_cores(kernel, type, args.tokens)) return gemv_tensor_core(epilogue, args, type, stream, tuning);
   if (tuning.splits && tuning.splits != 1 && tuning.splits != 2 && tuning.splits != 4 && tuning.splits != 8)
     fail("gemv: {} warps a row unit; the CUDA-core kernel takes 1, 2, 4 or 8", tuning.splits);
+  if (tuning.staged_units < -1 || tuning.staged_units > kMaxStagedUnits)
+    fail("gemv: {} staged units a block; the staged SwiGLU takes 0 to {}", tuning.staged_units, kMaxStagedUnits);
+  if (const StagedPlan staged = plan_staged(epilogue, args, type, tuning); staged.grid)
+    return gemv_swiglu_staged(staged, args, type, stream);
   const CudaCorePlan plan = plan_cuda_core(epilogue, args, type, tuning);
   const int64_t warps = row_units(epilogue, args) * plan.splits;
   const int blocks = static_cast<int>((warps + kWarps - 1) / kWarps);
+  if (args.max_shared) prefer_max_shared(reinterpret_cast<const void*>(plan.kernel));
   launch_pdl(plan.kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), stream, args, plan.splits);
   LLM_CUDA_CHECK_LAUNCH();
   return blocks;
@@ -727,7 +926,8 @@ GemvTuning gemv_plan(GemvEpilogue epilogue, const GemvArgs& args, DType type, Ge
                      const GemvTuning& tuning) {
   if (!takes_tensor_cores(kernel, type, args.tokens)) {
     GemvTuning plan;
-    plan.splits = plan_cuda_core(epilogue, args, type, tuning).splits;
+    plan.staged_units = plan_staged(epilogue, args, type, tuning).units;
+    plan.splits = plan.staged_units ? 1 : plan_cuda_core(epilogue, args, type, tuning).splits;
     return plan;
   }
   return gemv_tensor_core_plan(epilogue, args, type, tuning);

@@ -112,6 +112,10 @@ struct GemvArgs {
   // ArgmaxF32 only: [tokens][kArgmaxTokenWords] keys (argmax_key.h), zero before the product; every row's
   // logit is folded into its token's slots.
   uint64_t* argmax_keys = nullptr;
+  // The launch asks for the largest shared-memory carveout: a step whose SwiGLU stages rows in shared memory
+  // (gemv_stages_swiglu) sets it on every product, so that no SM has to drain to change its split between
+  // L1 and shared memory before the staged blocks can join it.
+  bool max_shared = false;
 };
 
 // How a kernel cuts a product (0: chosen from the shape and the device; for measurement and tests).
@@ -123,7 +127,25 @@ struct GemvTuning {
   // of the columns (1, 2, 4 or 8; where a slice would be under 2 KB, or more tokens, 1). LLM_GEMV_SPLITS
   // sets it for every product.
   int splits = 0;
+  // the one-token SwiGLU that stages rows (gemv_stages_swiglu): the units whose rows each staged block
+  // copies into shared memory (-1: the plan's; 0: none, the plain kernel)
+  int staged_units = -1;
 };
+
+// The one-token SwiGLU with the norm prepared, for rows of 2,048 bf16/fp16 (one batch of 8 chunks a lane):
+// while decode attention runs, the SwiGLU blocks already resident hold their rows in registers and wait,
+// the DRAM goes idle, and shared memory sits empty. So each block also owns staged units, whose W1 and W3
+// rows the copy engine brings into shared memory as soon as the block's own register loads have landed: the
+// DRAM then has room. The step's products ask for the largest shared-memory split (GemvArgs::max_shared), or
+// the staged blocks would wait for SMs to drain before joining them. An experiment build of it decoded
+// TinyLlama at 1,564-1,565 tok/s at batch 1 on the H200, against 1,500 without (81.5% and 78.1% of the
+// issue's floor); this form of the kernel has passed its tests on the GPU but not yet been timed there, so it
+// is off unless LLM_GEMV_STAGE=on (docs/PERFORMANCE.md). gemv_stage_from_env reads the variable (unset,
+// empty or off: false; on: true) and throws llm::Error naming it on another value.
+bool gemv_stage_from_env();
+// Whether a one-token step of a model `dim` wide stages its SwiGLU's rows (when `allowed`): its products
+// then set GemvArgs::max_shared.
+bool gemv_stages_swiglu(GemvKernel kernel, DType type, int dim, bool allowed = true);
 
 // Whether gemv takes norm_gain (a fused RMSNorm) for a step of `tokens` tokens: the CUDA-core kernel does.
 bool gemv_normalizes_input(GemvKernel kernel, DType type, int tokens);

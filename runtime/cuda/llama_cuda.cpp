@@ -97,6 +97,7 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
       alloc_(std::make_unique<CachingAllocator>(device.index)),
       gemv_kernel_(gemv_kernel_from_env()),
       prepare_norm_(on_unless_env_says_0("LLM_PREPARED_NORM")),
+      stage_swiglu_(gemv_stage_from_env()),
       fold_argmax_(on_unless_env_says_0("LLM_ARGMAX_FOLD")),
       decode_overlap_(decode_overlap_from_env()),
       steps_ahead_(steps_ahead_from_env()),
@@ -162,6 +163,8 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   if (!overlap.empty())
     log().info("decode attention {}, where its backend takes it (LLM_DECODE_OVERLAP: {})", overlap,
                decode_overlap_ == kOverlapAuto ? "auto, from the model's shape" : "set");
+  if (gemv_stages_swiglu(step_kernel(1), dtype_, layers_.front().w1.cols, stage_swiglu_))
+    log().info("one-token decode steps: SwiGLU's blocks stage rows in shared memory (LLM_GEMV_STAGE=on)");
 }
 
 void LlamaCuda::set_gemv_max_tokens(int n) {
@@ -176,6 +179,11 @@ void LlamaCuda::set_fuse_norm(bool on) {
 
 void LlamaCuda::set_prepare_norm(bool on) {
   prepare_norm_ = on;
+  drop_graphs();
+}
+
+void LlamaCuda::set_stage_swiglu(bool on) {
+  stage_swiglu_ = on;
   drop_graphs();
 }
 
@@ -422,6 +430,8 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   const bool prepared = gemv_path && max_q_len == 1 && fuse_norm_ && prepare_norm_ && !tp_.collective &&
                         gemv_prepares_norm(kernel, dtype_, tokens);
   const bool norm_in_product = fused_norm || prepared;
+  // A one-token step whose SwiGLU stages rows keeps every SM in the largest shared-memory split (gemv.h).
+  const bool max_shared = prepared && tokens == 1 && gemv_stages_swiglu(kernel, dtype_, c.dim, stage_swiglu_);
   int parts = 0;  // partial sums in parts_ (prepared)
   EmbedNextNorm first;
   if (prepared) first.gain = layers_[0].rms_att, first.x = xn_, first.parts = parts_, parts = 1;
@@ -470,6 +480,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
     qkv.pos = pos;
     qkv.slot = slot;
     qkv.seq_stride = seq_stride_;
+    qkv.max_shared = max_shared;
   }
   // The norm a fused product takes: prepared (x = xn_, parts_), or from the residual x_ and `gain`.
   auto take_norm = [&](GemvArgs& a, const float* gain) {
@@ -493,6 +504,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
     if (norm_gain) take_norm(a, norm_gain);
     if (prepared && next_gain) a.next_gain = next_gain, a.next_x = xn_, a.next_parts = parts_;
     a.argmax_keys = argmax_keys;
+    a.max_shared = max_shared;
     const GemvEpilogue epilogue = add           ? GemvEpilogue::AddF32
                                   : argmax_keys ? GemvEpilogue::ArgmaxF32
                                                 : GemvEpilogue::StoreF32;
@@ -544,6 +556,7 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
       GemvArgs a;
       a.w[0] = L.w1.data, a.w[1] = L.w3.data, a.rows[0] = L.w1.rows, a.cols = L.w1.cols;
       a.x = xb_, a.tokens = tokens, a.out = hb_;
+      a.max_shared = max_shared;
       if (norm_in_product) take_norm(a, L.rms_ffn);
       gemv(GemvEpilogue::Swiglu, a, dtype_, stream_, kernel);
     } else {

@@ -18,10 +18,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "argmax_key.h"
@@ -641,6 +643,76 @@ TEST(Gemv, TensorCoreKernelTakesTheRmsNormPreparedByTheAddBefore) {
 // (its SwiGLU, 11,008 rows) and rows too short to cut (stories110M's 768 columns) are not; more tokens
 // never split; rows that are not one whole batch of their kernel split further. The figures that chose the
 // rule are in docs/PERFORMANCE.md.
+// The one-token SwiGLU that stages rows (gemv.h, gemv_stages_swiglu): which steps take it, and its outputs,
+// the plain kernel's bits (whole rows: the model's plan at one token), for TinyLlama's 5,632 rows, rows that
+// leave the staged blocks or the plain ones after them short, and every count of staged units; nothing
+// written past h.
+TEST(Gemv, StagedSwigluGivesThePlainKernelsBits) {
+  LLM_REQUIRE_GPU();
+  int device = 0, major = 0;
+  LLM_CUDA_CHECK(cudaGetDevice(&device));
+  LLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 9) GTEST_SKIP() << "the staged SwiGLU needs the copy engine's bulk copies (compute capability 9.0)";
+  std::mt19937 rng(20261203);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int cols = 2048;
+  for (DType type : {DType::BF16, DType::F16}) {
+    EXPECT_TRUE(cuda::gemv_stages_swiglu(GemvKernel::Auto, type, cols));
+    EXPECT_FALSE(cuda::gemv_stages_swiglu(GemvKernel::Auto, type, cols, false));
+    EXPECT_FALSE(cuda::gemv_stages_swiglu(GemvKernel::Auto, type, 4096));
+    EXPECT_FALSE(cuda::gemv_stages_swiglu(GemvKernel::TensorCore, type, cols));
+    EXPECT_FALSE(cuda::gemv_stages_swiglu(GemvKernel::Auto, DType::F32, cols));
+    for (int rows : {5632, 2999, 24, 9}) {
+      const std::string where = std::string(dtype_name(type)) + ", " + std::to_string(rows) + " rows";
+      std::vector<uint16_t> w1(static_cast<size_t>(rows) * cols), w3(w1.size()), x(cols);
+      for (auto* v : {&w1, &w3})
+        for (uint16_t& b : *v) b = to_bits(0.05f * u(rng), type);
+      for (uint16_t& b : x) b = to_bits(u(rng), type);
+      const std::vector<float> parts = {700.0f, 512.5f, 1.25f};  // partial sums of squares of the residual
+      DeviceBuffer d1(w1.size() * 2), d3(w3.size() * 2), dx(x.size() * 2), dparts(parts.size() * 4);
+      d1.upload(w1), d3.upload(w3), dx.upload(x), dparts.upload(parts);
+      GemvArgs a;
+      a.w[0] = d1.get(), a.w[1] = d3.get(), a.rows[0] = rows, a.cols = cols, a.x = dx.get(), a.tokens = 1;
+      a.norm_parts = static_cast<const float*>(dparts.get()), a.norm_parts_count = 3, a.norm_eps = 1e-5f;
+      a.max_shared = true;
+      auto run = [&](int staged_units) {
+        DeviceBuffer out((rows + kGuard) * 2);
+        out.poison();
+        a.out = out.get();
+        GemvTuning t;
+        t.staged_units = staged_units, t.splits = staged_units == 0 ? 1 : 0;
+        cuda::gemv(GemvEpilogue::Swiglu, a, type, nullptr, GemvKernel::Auto, t);
+        LLM_CUDA_CHECK(cudaDeviceSynchronize());
+        return out.download<uint16_t>();
+      };
+      EXPECT_EQ(cuda::gemv_plan(GemvEpilogue::Swiglu, a, type).staged_units, 12) << where;
+      const std::vector<uint16_t> plain = run(0);
+      size_t finite = 0, guards = 0;
+      for (int r = 0; r < rows; ++r) finite += std::isfinite(from_bits(plain[r], type)) ? 1 : 0;
+      for (size_t i = rows; i < plain.size(); ++i) guards += plain[i] == 0xffffu ? 1 : 0;
+      ASSERT_EQ(finite, static_cast<size_t>(rows)) << where << ": the plain kernel left NaN";
+      ASSERT_EQ(guards, plain.size() - rows) << where << ": the plain kernel wrote past h";
+      for (int units : {-1, 1, 8, 13}) {
+        const std::vector<uint16_t> staged = run(units);
+        size_t differ = 0, first = staged.size();
+        for (size_t i = 0; i < staged.size(); ++i)
+          if (staged[i] != plain[i]) ++differ, first = std::min(first, i);
+        EXPECT_EQ(differ, 0u) << where << ", " << units << " staged units: first at " << first;
+      }
+    }
+    GemvArgs b;  // not staged: the step does not keep the split, or rows of another width
+    b.rows[0] = 5632, b.cols = cols, b.tokens = 1, b.norm_parts_count = 1;
+    b.norm_parts = reinterpret_cast<const float*>(16);  // (planned only, never read)
+    EXPECT_EQ(cuda::gemv_plan(GemvEpilogue::Swiglu, b, type).staged_units, 0);
+    b.max_shared = true, b.cols = 4096;
+    EXPECT_EQ(cuda::gemv_plan(GemvEpilogue::Swiglu, b, type).staged_units, 0);
+    b.cols = cols;
+    GemvTuning bad;
+    bad.staged_units = 14;
+    EXPECT_THROW(cuda::gemv(GemvEpilogue::Swiglu, b, type, nullptr, GemvKernel::Auto, bad), Error);
+  }
+}
+
 TEST(Gemv, CudaCorePlanSplitsTheRowsOfFewRowProducts) {
   LLM_REQUIRE_GPU();
   using E = GemvEpilogue;
@@ -953,28 +1025,44 @@ TEST(Gemv, TokenLimitsAndTheLlmGemvVariable) {
     unsetenv("LLM_GEMV");
 }
 
-// LLM_GEMV_SPLITS, and a split the CUDA-core kernel does not take, are errors that name what was wrong.
-TEST(Gemv, TheLlmGemvSplitsVariable) {
-  const char* saved = std::getenv("LLM_GEMV_SPLITS");
+// Sets environment variable `name` to each good value in turn, for which `parse` must return the value paired
+// with it, then to each bad one, for which it must throw an Error naming the variable and the value; then
+// restores the variable.
+template <typename T, typename Parse>
+void check_env_variable(const char* name, std::initializer_list<std::pair<const char*, T>> good,
+                        std::initializer_list<const char*> bad, Parse parse) {
+  const char* saved = std::getenv(name);
   const std::string restore = saved ? saved : "";
-  for (auto [value, splits] : {std::pair{"", 0}, {"auto", 0}, {"1", 1}, {"2", 2}, {"4", 4}, {"8", 8}}) {
-    setenv("LLM_GEMV_SPLITS", value, 1);
-    EXPECT_EQ(cuda::gemv_splits_from_env(), splits) << value;
+  for (const auto& [value, want] : good) {
+    setenv(name, value, 1);
+    EXPECT_EQ(parse(), want) << name << "=" << value;
   }
-  for (const char* bad : {"3", "16", "2x", "two", "-1"}) {
-    setenv("LLM_GEMV_SPLITS", bad, 1);
+  for (const char* value : bad) {
+    setenv(name, value, 1);
     try {
-      cuda::gemv_splits_from_env();
-      ADD_FAILURE() << "LLM_GEMV_SPLITS=" << bad << " accepted";
+      parse();
+      ADD_FAILURE() << name << "=" << value << " accepted";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("LLM_GEMV_SPLITS='" + std::string(bad) + "'"), std::string::npos)
-          << e.what();
+      EXPECT_NE(std::string(e.what()).find(std::string(name) + "='" + value + "'"), std::string::npos) << e.what();
     }
   }
   if (saved)
-    setenv("LLM_GEMV_SPLITS", restore.c_str(), 1);
+    setenv(name, restore.c_str(), 1);
   else
-    unsetenv("LLM_GEMV_SPLITS");
+    unsetenv(name);
+}
+
+// LLM_GEMV_STAGE: on stages where gemv_stages_swiglu can, off (or unset, or empty) never; anything else is an
+// error naming the variable and the value.
+TEST(Gemv, TheLlmGemvStageVariable) {
+  check_env_variable<bool>("LLM_GEMV_STAGE", {{"", false}, {"off", false}, {"on", true}}, {"0", "auto", "ON", "12"},
+                           [] { return cuda::gemv_stage_from_env(); });
+}
+
+// LLM_GEMV_SPLITS, and a split the CUDA-core kernel does not take, are errors that name what was wrong.
+TEST(Gemv, TheLlmGemvSplitsVariable) {
+  check_env_variable<int>("LLM_GEMV_SPLITS", {{"", 0}, {"auto", 0}, {"1", 1}, {"2", 2}, {"4", 4}, {"8", 8}},
+                          {"3", "16", "2x", "two", "-1"}, [] { return cuda::gemv_splits_from_env(); });
   GemvArgs a;
   a.rows[0] = 16, a.cols = 16, a.tokens = 1;
   GemvTuning tuning;

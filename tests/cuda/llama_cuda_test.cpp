@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cuda_check.h"
 #include "cuda_test_support.h"
 #include "engine.h"
 #include "error.h"
@@ -410,6 +411,56 @@ TEST(LlamaCuda, DecodeOverlappingTheProductsGivesTheSameLogits) {
                             << first / vocab % seqs;
     }
   }
+}
+
+// A random model 2,048 wide (TinyLlama's rows: one batch of 8 chunks a lane) stages its SwiGLU's rows in one-token
+// steps (gemv.h), and its logits along a prompt and 60 greedy steps, replayed from graphs, are the bits of
+// the same steps without staging.
+TEST(LlamaCuda, StagedSwigluGivesTheLogitsOfThePlainKernel) {
+  LLM_REQUIRE_GPU();
+  LLM_REQUIRE_MODEL(tokenizer, "tok512.bin");
+  int device = 0, major = 0;
+  LLM_CUDA_CHECK(cudaGetDevice(&device));
+  LLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 9) GTEST_SKIP() << "the staged SwiGLU needs the copy engine's bulk copies (compute capability 9.0)";
+  test::TempDir dir;
+  ModelConfig mc;
+  mc.dim = 2048, mc.hidden_dim = 4400, mc.n_layers = 2, mc.n_heads = 32, mc.n_kv_heads = 4;
+  mc.vocab_size = 512, mc.max_seq_len = 256;
+  const std::string path = dir.file("wide_random.bin");
+  write_checkpoint(path, mc, CheckpointFormat::V1F32, random_weights(mc, 20261203));
+  const int vocab = mc.vocab_size;
+  auto run = [&](bool stage, int* replays) {
+    RunConfig c = gpu_config(path, "bf16");
+    c.tokenizer = tokenizer;
+    c.backend_order = {"flash_cuda"};
+    Engine engine(c, 1);
+    auto& model = dynamic_cast<cuda::LlamaCuda&>(engine.model());
+    model.set_stage_swiglu(stage);
+    EXPECT_TRUE(
+        cuda::gemv_stages_swiglu(cuda::gemv_resolve(model.gemv_kernel(), DType::BF16, mc.dim, 1), DType::BF16, mc.dim));
+    std::vector<int> prompt(23);
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int>(1 + i * 11 % 511);
+    std::vector<float> all;
+    const float* logits = model.forward({SequenceChunk{0, 0, prompt}});
+    all.insert(all.end(), logits, logits + vocab);
+    int pos = static_cast<int>(prompt.size());
+    for (int step = 0; step < 60; ++step) {
+      logits = model.forward({SequenceChunk{0, pos++, {argmax(logits, vocab)}}});
+      all.insert(all.end(), logits, logits + vocab);
+    }
+    *replays = model.graph_replays();
+    return all;
+  };
+  int plain_replays = 0, staged_replays = 0;
+  const std::vector<float> plain = run(false, &plain_replays), staged = run(true, &staged_replays);
+  EXPECT_GE(staged_replays, 59) << "the decode steps were replayed from a graph";
+  ASSERT_EQ(plain.size(), staged.size());
+  for (float v : staged) ASSERT_TRUE(std::isfinite(v));
+  size_t differ = 0, first = plain.size();
+  for (size_t i = 0; i < plain.size(); ++i)
+    if (std::memcmp(&plain[i], &staged[i], sizeof(float)) != 0) ++differ, first = std::min(first, i);
+  EXPECT_EQ(differ, 0u) << "first at call " << first / vocab << " (of 61)";
 }
 
 TEST(LlamaCuda, Int8CheckpointRunsOnTheGpu) {
