@@ -757,9 +757,9 @@ struct StagedPlan {
 // Staged where the step keeps every SM in the largest shared-memory split (max_shared), the norm is prepared
 // and the rows are one batch of kStageChunks chunks a lane of bf16/fp16, unless tuning.staged_units is 0.
 // Every whole block is staged: TinyLlama's 5,632 rows are then 281 blocks of 20 units and one of 12, about
-// one wave at two blocks a SM. H200, decode tok/s at batch 1 (units staged:blocks staged): 8:132 1,522-1,530,
-// 8:264 1,536-1,546, 8:352 (all) 1,506-1,516, 12:264 1,549-1,551, 12:all 1,564-1,565, 14:256 (all) 1,551-1,555
-// (docs/PERFORMANCE.md).
+// one wave at two blocks a SM. H200, an experiment build, TinyLlama decode tok/s at batch 1 (units staged:
+// blocks staged): 8:132 1,522-1,530, 8:264 1,536-1,546, 8:352 (all) 1,506-1,516, 12:264 1,549-1,551, 12:all
+// 1,564-1,565, 14:256 (all) 1,551-1,555 (docs/PERFORMANCE.md).
 StagedPlan plan_staged(GemvEpilogue e, const GemvArgs& p, DType type, const GemvTuning& tuning) {
   StagedPlan plan;
   const int units = tuning.staged_units < 0 ? kStagedUnits : tuning.staged_units;
@@ -774,10 +774,9 @@ StagedPlan plan_staged(GemvEpilogue e, const GemvArgs& p, DType type, const Gemv
 }
 
 // A step that keeps the largest shared-memory split (GemvArgs::max_shared) asks it of each kernel it launches
-// through the kernel's attribute, set the first time on each device; it then holds for every launch of that
-// kernel in the process. (The same request as a launch attribute, cudaLaunchAttributePreferredSharedMemoryCarveout,
-// made TinyLlama's steps 13% slower on the H200, 2026-12-03: not understood.) The kernels of other widths'
-// products are other instances (rows of other batch counts), so models of other shapes are unaffected.
+// through the kernel's attribute, as the experiment measured it, set the first time on each device; it then
+// holds for every launch of that kernel in the process. The kernels of other widths' products are other
+// instances (rows of other batch counts), so models of other shapes are unaffected.
 void prefer_max_shared(const void* kernel) {
   static std::mutex mutex;
   static std::map<std::pair<int, const void*>, bool> done;
