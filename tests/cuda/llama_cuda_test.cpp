@@ -56,6 +56,24 @@ std::string nan_copy(const std::string& fp32, test::TempDir& dir) {
   return path;
 }
 
+// A bf16 engine of `model` with flash_cuda alone, the tokenizer tok512.
+RunConfig flash_bf16_config(const std::string& model, const std::string& tokenizer) {
+  RunConfig c = gpu_config(model, "bf16");
+  c.tokenizer = tokenizer;
+  c.backend_order = {"flash_cuda"};
+  return c;
+}
+
+// The index of the first float of `b` whose bits differ from `a`'s, `a.size()` where none does; every float of
+// `b` finite, and the sizes equal.
+size_t first_differing_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  EXPECT_TRUE(std::all_of(b.begin(), b.end(), [](float v) { return std::isfinite(v); })) << "a logit is not finite";
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) return i;
+  return a.size();
+}
+
 TEST(LlamaCuda, LogitsMatchTheCpuForEachDtype) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(model, "stories260K.bin");
@@ -369,10 +387,7 @@ TEST(LlamaCuda, DecodeOverlappingTheProductsGivesTheSameLogits) {
   const std::string path = test::random_gqa_model(dir, "gqa_random.bin", 1408, 12);
   const int vocab = 512;
   auto run = [&](int overlap, int seqs, int* replays) {
-    RunConfig c = gpu_config(path, "bf16");
-    c.tokenizer = tokenizer;
-    c.backend_order = {"flash_cuda"};
-    Engine engine(c, 2);
+    Engine engine(flash_bf16_config(path, tokenizer), 2);
     auto& model = dynamic_cast<cuda::LlamaCuda&>(engine.model());
     model.set_decode_overlap(overlap);
     std::vector<int> prompts[2] = {std::vector<int>(37), std::vector<int>(100)};
@@ -402,13 +417,9 @@ TEST(LlamaCuda, DecodeOverlappingTheProductsGivesTheSameLogits) {
       int replays = 0;
       const std::vector<float> early = run(overlap, seqs, &replays);
       EXPECT_GE(replays, 99) << "the decode steps were replayed from a graph";
-      ASSERT_EQ(plain.size(), early.size());
-      for (float v : early) ASSERT_TRUE(std::isfinite(v));
-      size_t differ = 0, first = plain.size();
-      for (size_t i = 0; i < plain.size(); ++i)
-        if (std::memcmp(&plain[i], &early[i], sizeof(float)) != 0) ++differ, first = std::min(first, i);
-      EXPECT_EQ(differ, 0u) << "first at call " << first / (seqs * vocab) << " (of 101), sequence "
-                            << first / vocab % seqs;
+      const size_t first = first_differing_bits(plain, early);
+      EXPECT_EQ(first, plain.size()) << "first at call " << first / (seqs * vocab) << " (of 101), sequence "
+                                     << first / vocab % seqs;
     }
   }
 }
@@ -431,10 +442,7 @@ TEST(LlamaCuda, StagedSwigluGivesTheLogitsOfThePlainKernel) {
   write_checkpoint(path, mc, CheckpointFormat::V1F32, random_weights(mc, 20261203));
   const int vocab = mc.vocab_size;
   auto run = [&](bool stage, int* replays) {
-    RunConfig c = gpu_config(path, "bf16");
-    c.tokenizer = tokenizer;
-    c.backend_order = {"flash_cuda"};
-    Engine engine(c, 1);
+    Engine engine(flash_bf16_config(path, tokenizer), 1);
     auto& model = dynamic_cast<cuda::LlamaCuda&>(engine.model());
     model.set_stage_swiglu(stage);
     EXPECT_TRUE(
@@ -455,12 +463,8 @@ TEST(LlamaCuda, StagedSwigluGivesTheLogitsOfThePlainKernel) {
   int plain_replays = 0, staged_replays = 0;
   const std::vector<float> plain = run(false, &plain_replays), staged = run(true, &staged_replays);
   EXPECT_GE(staged_replays, 59) << "the decode steps were replayed from a graph";
-  ASSERT_EQ(plain.size(), staged.size());
-  for (float v : staged) ASSERT_TRUE(std::isfinite(v));
-  size_t differ = 0, first = plain.size();
-  for (size_t i = 0; i < plain.size(); ++i)
-    if (std::memcmp(&plain[i], &staged[i], sizeof(float)) != 0) ++differ, first = std::min(first, i);
-  EXPECT_EQ(differ, 0u) << "first at call " << first / vocab << " (of 61)";
+  const size_t first = first_differing_bits(plain, staged);
+  EXPECT_EQ(first, plain.size()) << "first at call " << first / vocab << " (of 61)";
 }
 
 TEST(LlamaCuda, Int8CheckpointRunsOnTheGpu) {
