@@ -9,6 +9,8 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <set>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -748,6 +750,11 @@ bool takes_tensor_cores(GemvKernel kernel, DType type, int tokens) {
   return gemv_resolve(kernel, type, std::numeric_limits<int>::max(), tokens) == GemvKernel::TensorCore;
 }
 
+// Rows the staged SwiGLU takes: bf16/fp16, exactly one batch of kStageChunks chunks a lane.
+bool stageable_rows(DType type, int cols) {
+  return (type == DType::BF16 || type == DType::F16) && static_cast<size_t>(cols) * 2 == kStageChunks * kLaneChunkBytes;
+}
+
 // A one-token SwiGLU that stages rows (gemv_swiglu_staged_kernel): `blocks` staged blocks of `units` staged
 // units each, `grid` blocks in all; grid 0 where the product takes the plain kernel.
 struct StagedPlan {
@@ -764,7 +771,7 @@ StagedPlan plan_staged(GemvEpilogue e, const GemvArgs& p, DType type, const Gemv
   StagedPlan plan;
   const int units = tuning.staged_units < 0 ? kStagedUnits : tuning.staged_units;
   if (e != GemvEpilogue::Swiglu || p.tokens != 1 || !p.norm_parts || !p.max_shared || units == 0 ||
-      (type != DType::BF16 && type != DType::F16) || static_cast<size_t>(p.cols) * 2 != kStageChunks * kLaneChunkBytes)
+      !stageable_rows(type, p.cols))
     return plan;
   plan.units = units;
   plan.blocks = p.rows[0] / (kWarps + units);
@@ -773,37 +780,34 @@ StagedPlan plan_staged(GemvEpilogue e, const GemvArgs& p, DType type, const Gemv
   return plan;
 }
 
-// A step that keeps the largest shared-memory split (GemvArgs::max_shared) asks it of each kernel it launches
-// through the kernel's attribute, as the experiment measured it, set the first time on each device; it then
-// holds for every launch of that kernel in the process. The kernels of other widths' products are other
-// instances (rows of other batch counts), so models of other shapes are unaffected.
-void prefer_max_shared(const void* kernel) {
+// True the first time it is asked for `kernel` and `attribute` on the current device: a kernel's attributes
+// are set once a device.
+bool first_on_device(const void* kernel, cudaFuncAttribute attribute) {
   static std::mutex mutex;
-  static std::map<std::pair<int, const void*>, bool> done;
+  static std::set<std::tuple<int, const void*, int>> seen;
   int device = 0;
   LLM_CUDA_CHECK(cudaGetDevice(&device));
   const std::lock_guard<std::mutex> lock(mutex);
-  if (std::exchange(done[{device, kernel}], true)) return;
-  LLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  return seen.emplace(device, kernel, static_cast<int>(attribute)).second;
+}
+
+// A step that keeps the largest shared-memory split (GemvArgs::max_shared) asks it of each kernel it launches
+// through the kernel's attribute, as the experiment measured it; it then holds for every launch of that kernel
+// in the process. The kernels of other widths' products are other instances (rows of other batch counts), so
+// models of other shapes are unaffected.
+void prefer_max_shared(const void* kernel) {
+  if (first_on_device(kernel, cudaFuncAttributePreferredSharedMemoryCarveout))
+    LLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
 }
 
 int gemv_swiglu_staged(const StagedPlan& plan, const GemvArgs& args, DType type, cudaStream_t stream) {
   const size_t shared = static_cast<size_t>(plan.units) * 2 * args.cols * 2;
   const auto kernel =
       type == DType::BF16 ? gemv_swiglu_staged_kernel<__nv_bfloat16> : gemv_swiglu_staged_kernel<__half>;
-  {  // the most dynamic shared memory asked of the kernel on this device so far
-    static std::mutex mutex;
-    static std::map<std::pair<int, const void*>, size_t> allowed;
-    int device = 0;
-    LLM_CUDA_CHECK(cudaGetDevice(&device));
-    const std::lock_guard<std::mutex> lock(mutex);
-    size_t& most = allowed[{device, reinterpret_cast<const void*>(kernel)}];
-    if (shared > most) {
-      LLM_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
-      most = shared;
-    }
-  }
+  constexpr size_t kMostShared = kMaxStagedUnits * 2 * kStageChunks * kLaneChunkBytes;  // (an upper bound only)
+  if (first_on_device(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize))
+    LLM_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMostShared)));
   // (The staged kernel itself is left to the driver's choice of split, as measured.)
   launch_pdl(kernel, dim3(static_cast<unsigned>(plan.grid)), dim3(kWarps * 32), shared, stream, args, plan.blocks,
              plan.units);
@@ -829,8 +833,7 @@ bool gemv_stage_from_env() {
 }
 
 bool gemv_stages_swiglu(GemvKernel kernel, DType type, int dim, bool allowed) {
-  if (!allowed || (type != DType::BF16 && type != DType::F16) ||
-      static_cast<size_t>(dim) * 2 != kStageChunks * kLaneChunkBytes || takes_tensor_cores(kernel, type, 1) ||
+  if (!allowed || !stageable_rows(type, dim) || takes_tensor_cores(kernel, type, 1) ||
       !gemv_prepares_norm(kernel, type, 1))
     return false;
   int device = 0, major = 0;  // (the copy engine's bulk copies: compute capability 9.0 on)
