@@ -81,6 +81,12 @@ struct Sample {
 class Sampler {
  public:
   bool set_up() {
+    samples_ = env_or("KERNEL_TRACE_DRAM_SAMPLES", 20000);
+    if (samples_ < 1 || samples_ > 10000000) {
+      std::fprintf(stderr, "dram_sampler: KERNEL_TRACE_DRAM_SAMPLES=%llu: expected 1 to 10,000,000\n",
+                   static_cast<unsigned long long>(samples_));
+      return false;
+    }
     if (cuInit(0) != CUDA_SUCCESS) {
       std::fprintf(stderr, "dram_sampler: cuInit failed\n");
       return false;
@@ -153,12 +159,6 @@ class Sampler {
     data.pPmSamplingObject = sampler_;
     data.numMetrics = metrics_.size();
     data.pMetricNames = metrics_.data();
-    samples_ = env_or("KERNEL_TRACE_DRAM_SAMPLES", 20000);
-    if (samples_ < 1 || samples_ > 10000000) {
-      std::fprintf(stderr, "dram_sampler: KERNEL_TRACE_DRAM_SAMPLES=%llu: expected 1 to 10,000,000\n",
-                   static_cast<unsigned long long>(samples_));
-      return false;
-    }
     data.maxSamples = static_cast<uint32_t>(samples_);
     if (!DS_OK(cuptiPmSamplingGetCounterDataSize(&data))) return false;
     image_.resize(data.counterDataSize);
