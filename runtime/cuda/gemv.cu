@@ -827,8 +827,8 @@ GemvKernel gemv_kernel_from_env() {
 
 bool gemv_stage_from_env() {
   const char* v = std::getenv("LLM_GEMV_STAGE");
-  if (!v || !*v || std::strcmp(v, "off") == 0) return false;
-  if (std::strcmp(v, "on") == 0) return true;
+  if (!v || !*v || std::strcmp(v, "on") == 0) return true;
+  if (std::strcmp(v, "off") == 0) return false;
   fail("LLM_GEMV_STAGE='{}': expected on or off", v);
 }
 

@@ -138,10 +138,10 @@ struct GemvTuning {
 // rows the copy engine brings into shared memory as soon as the block's own register loads have landed: the
 // DRAM then has room. The step's products ask for the largest shared-memory split (GemvArgs::max_shared), or
 // the staged blocks would wait for SMs to drain before joining them. An experiment build of it decoded
-// TinyLlama at 1,564-1,565 tok/s at batch 1 on the H200, against 1,500 without (81.5% and 78.1% of the
-// issue's floor); this form of the kernel has passed its tests on the GPU but not yet been timed there, so it
-// is off unless LLM_GEMV_STAGE=on (docs/PERFORMANCE.md). gemv_stage_from_env reads the variable (unset,
-// empty or off: false; on: true) and throws llm::Error naming it on another value.
+// TinyLlama at 1,569-1,572 tok/s at batch 1 on the H200, against 1,497-1,499 without (81.3% and 77.4% of the
+// issue's floor; docs/PERFORMANCE.md). On by default; LLM_GEMV_STAGE=off keeps the plain kernel.
+// gemv_stage_from_env reads the variable (unset, empty or on: true; off: false) and throws llm::Error naming
+// it on another value.
 bool gemv_stage_from_env();
 // Whether a one-token step of a model `dim` wide stages its SwiGLU's rows (when `allowed`): its products
 // then set GemvArgs::max_shared.

@@ -94,7 +94,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   void set_prepare_norm(bool on);
   bool prepare_norm() const { return prepare_norm_; }
   // Whether a one-token step's SwiGLU stages rows in shared memory where gemv_stages_swiglu says it can
-  // (LLM_GEMV_STAGE=on; off by default until timed in this form: gemv.h). Never changes the logits.
+  // (default, or LLM_GEMV_STAGE=off for off: gemv.h). Never changes the logits.
   void set_stage_swiglu(bool on);
   // Whether greedy steps fold the pick into the classifier's launch where its product takes the CUDA-core
   // kernel (gemv.h, GemvEpilogue::ArgmaxF32; default, or LLM_ARGMAX_FOLD=0 for off: argmax_rows after it).
@@ -224,7 +224,7 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   GemvKernel gemv_kernel_ = GemvKernel::Auto;
   bool fuse_norm_ = true;
   bool prepare_norm_ = true;
-  bool stage_swiglu_ = false;
+  bool stage_swiglu_ = true;
   bool fold_argmax_ = true;
   int decode_overlap_ = kOverlapAuto;
   std::vector<Graph> graphs_;                         // by chunk count, decode only

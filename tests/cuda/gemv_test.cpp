@@ -1052,10 +1052,10 @@ void check_env_variable(const char* name, std::initializer_list<std::pair<const 
     unsetenv(name);
 }
 
-// LLM_GEMV_STAGE: on stages where gemv_stages_swiglu can, off (or unset, or empty) never; anything else is an
+// LLM_GEMV_STAGE: on (or unset, or empty) stages where gemv_stages_swiglu can, off never; anything else is an
 // error naming the variable and the value.
 TEST(Gemv, TheLlmGemvStageVariable) {
-  check_env_variable<bool>("LLM_GEMV_STAGE", {{"", false}, {"off", false}, {"on", true}}, {"0", "auto", "ON", "12"},
+  check_env_variable<bool>("LLM_GEMV_STAGE", {{"", true}, {"off", false}, {"on", true}}, {"0", "auto", "ON", "12"},
                            [] { return cuda::gemv_stage_from_env(); });
 }
 
