@@ -166,7 +166,7 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   // (as a step decides it: where the residual adds prepare the norm, which a group of ranks does not)
   if (fuse_norm_ && prepare_norm_ && !tp_.collective &&
       gemv_stages_swiglu(step_kernel(1), dtype_, layers_.front().w1.cols, stage_swiglu_))
-    log().info("one-token decode steps: SwiGLU's blocks stage rows in shared memory (LLM_GEMV_STAGE=off: not)");
+    log().info("one-token decode steps: SwiGLU's blocks stage rows in shared memory (LLM_GEMV_STAGE=off turns it off)");
 }
 
 void LlamaCuda::set_gemv_max_tokens(int n) {
