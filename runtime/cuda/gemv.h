@@ -137,9 +137,9 @@ struct GemvTuning {
 // the DRAM goes idle, and shared memory sits empty. So each block also owns staged units, whose W1 and W3
 // rows the copy engine brings into shared memory as soon as the block's own register loads have landed: the
 // DRAM then has room. The step's products ask for the largest shared-memory split (GemvArgs::max_shared), or
-// the staged blocks would wait for SMs to drain before joining them. An experiment build of it decoded
-// TinyLlama at 1,569-1,572 tok/s at batch 1 on the H200, against 1,497-1,499 without (81.3% and 77.4% of the
-// issue's floor; docs/PERFORMANCE.md). On by default; LLM_GEMV_STAGE=off keeps the plain kernel.
+// the staged blocks would wait for SMs to drain before joining them. It decoded TinyLlama at 1,569-1,572
+// tok/s at batch 1 on the H200, against 1,497-1,499 without (81.3% and 77.4% of the floor;
+// docs/PERFORMANCE.md). On by default; LLM_GEMV_STAGE=off keeps the plain kernel.
 // gemv_stage_from_env reads the variable (unset, empty or on: true; off: false) and throws llm::Error naming
 // it on another value.
 bool gemv_stage_from_env();

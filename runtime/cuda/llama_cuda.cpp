@@ -163,9 +163,7 @@ LlamaCuda::LlamaCuda(const Checkpoint& checkpoint, std::unique_ptr<BackendChain>
   if (!overlap.empty())
     log().info("decode attention {}, where its backend takes it (LLM_DECODE_OVERLAP: {})", overlap,
                decode_overlap_ == kOverlapAuto ? "auto, from the model's shape" : "set");
-  // (as a step decides it: where the residual adds prepare the norm, which a group of ranks does not)
-  if (fuse_norm_ && prepare_norm_ && !tp_.collective &&
-      gemv_stages_swiglu(step_kernel(1), dtype_, layers_.front().w1.cols, stage_swiglu_))
+  if (adds_prepare_norm() && gemv_stages_swiglu(step_kernel(1), dtype_, layers_.front().w1.cols, stage_swiglu_))
     log().info("one-token decode steps: SwiGLU's blocks stage rows in shared memory (LLM_GEMV_STAGE=off turns it off)");
 }
 
@@ -429,8 +427,8 @@ void LlamaCuda::enqueue(int tokens, int chunks, int max_q_len, int max_kv_len, i
   // at any count; prefills of a few tokens keep the RMSNorm launches, as a group of ranks does, whose
   // residual adds are partial sums before the all-reduce).
   const bool fused_norm = fuse_norm_ && cuda_core;
-  const bool prepared = gemv_path && max_q_len == 1 && fuse_norm_ && prepare_norm_ && !tp_.collective &&
-                        gemv_prepares_norm(kernel, dtype_, tokens);
+  const bool prepared =
+      gemv_path && max_q_len == 1 && adds_prepare_norm() && gemv_prepares_norm(kernel, dtype_, tokens);
   const bool norm_in_product = fused_norm || prepared;
   // A one-token step whose SwiGLU stages rows keeps every SM in the largest shared-memory split (gemv.h).
   const bool max_shared = prepared && tokens == 1 && gemv_stages_swiglu(kernel, dtype_, c.dim, stage_swiglu_);

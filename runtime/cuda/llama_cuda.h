@@ -233,6 +233,9 @@ class LlamaCuda : public LanguageModel, public AttentionBridge {
   bool sample_on_host_ = false;                       // LLM_SAMPLE_ON_HOST=1: forward_sample picks on the host
   std::string graph_backend_;                         // the backend the graphs were captured with
   int graph_replays_ = 0;
+  // Whether a decode step's residual adds prepare the next norm's input for the products that take it:
+  // not under tensor parallelism (the residual is whole only after the all-reduce).
+  bool adds_prepare_norm() const { return fuse_norm_ && prepare_norm_ && !tp_.collective; }
   void drop_graphs();
   void drop_stale_graphs();  // drop_graphs where the chain's active backend is not the graphs'
   // ids[s * chunks + k] = pinned_ids_ likewise, for `steps` steps of picks copied back; throws where one is
