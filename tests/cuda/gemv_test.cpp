@@ -638,21 +638,14 @@ TEST(Gemv, TensorCoreKernelTakesTheRmsNormPreparedByTheAddBefore) {
   check_prepared_norm(GemvKernel::TensorCore, {1, 3, 8, 9, 16}, tunings, tunings);
 }
 
-// The CUDA-core kernel's split at one token, on the decode shapes: products of few rows (Llama-2-7B's
-// wo, 2,048 pairs of 8 KB rows) are split so that the GPU has a wave of warps, products of many rows
-// (its SwiGLU, 11,008 rows) and rows too short to cut (stories110M's 768 columns) are not; more tokens
-// never split; rows that are not one whole batch of their kernel split further. The figures that chose the
-// rule are in docs/PERFORMANCE.md.
 // The one-token SwiGLU that stages rows (gemv.h, gemv_stages_swiglu): which steps take it, and its outputs,
 // the plain kernel's bits (whole rows: the model's plan at one token), for TinyLlama's 5,632 rows, rows that
 // leave the staged blocks or the plain ones after them short, and every count of staged units; nothing
 // written past h.
 TEST(Gemv, StagedSwigluGivesThePlainKernelsBits) {
   LLM_REQUIRE_GPU();
-  int device = 0, major = 0;
-  LLM_CUDA_CHECK(cudaGetDevice(&device));
-  LLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (major < 9) GTEST_SKIP() << "the staged SwiGLU needs the copy engine's bulk copies (compute capability 9.0)";
+  if (cuda::probe_device(0).compute_major < 9)
+    GTEST_SKIP() << "the staged SwiGLU needs the copy engine's bulk copies (compute capability 9.0)";
   std::mt19937 rng(20261203);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   const int cols = 2048;
@@ -713,6 +706,11 @@ TEST(Gemv, StagedSwigluGivesThePlainKernelsBits) {
   }
 }
 
+// The CUDA-core kernel's split at one token, on the decode shapes: products of few rows (Llama-2-7B's
+// wo, 2,048 pairs of 8 KB rows) are split so that the GPU has a wave of warps, products of many rows
+// (its SwiGLU, 11,008 rows) and rows too short to cut (stories110M's 768 columns) are not; more tokens
+// never split; rows that are not one whole batch of their kernel split further. The figures that chose the
+// rule are in docs/PERFORMANCE.md.
 TEST(Gemv, CudaCorePlanSplitsTheRowsOfFewRowProducts) {
   LLM_REQUIRE_GPU();
   using E = GemvEpilogue;

@@ -13,7 +13,6 @@
 #include <tuple>
 #include <vector>
 
-#include "cuda_check.h"
 #include "cuda_test_support.h"
 #include "engine.h"
 #include "error.h"
@@ -430,10 +429,8 @@ TEST(LlamaCuda, DecodeOverlappingTheProductsGivesTheSameLogits) {
 TEST(LlamaCuda, StagedSwigluGivesTheLogitsOfThePlainKernel) {
   LLM_REQUIRE_GPU();
   LLM_REQUIRE_MODEL(tokenizer, "tok512.bin");
-  int device = 0, major = 0;
-  LLM_CUDA_CHECK(cudaGetDevice(&device));
-  LLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (major < 9) GTEST_SKIP() << "the staged SwiGLU needs the copy engine's bulk copies (compute capability 9.0)";
+  if (cuda::probe_device(0).compute_major < 9)
+    GTEST_SKIP() << "the staged SwiGLU needs the copy engine's bulk copies (compute capability 9.0)";
   test::TempDir dir;
   ModelConfig mc;
   mc.dim = 2048, mc.hidden_dim = 4400, mc.n_layers = 2, mc.n_heads = 32, mc.n_kv_heads = 4;
